@@ -1,0 +1,1 @@
+//! Checkpoint readers: safetensors (single and sharded), GGUF, Hugging Face config files.

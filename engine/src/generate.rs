@@ -1,0 +1,3 @@
+//! Sampling and generation sessions.
+
+pub mod sampling;

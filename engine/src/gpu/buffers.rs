@@ -1,0 +1,113 @@
+use super::Context;
+use crate::{Error, Result};
+
+/// What a buffer is for; decides its wgpu usage flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferUsage {
+    /// Read and written by kernels, uploaded to and read back.
+    Storage,
+    /// Small parameter blocks written before a submit.
+    Uniform,
+}
+
+/// A GPU buffer with its size in bytes. Sizes are rounded up to 4 bytes as WebGPU requires.
+pub struct GpuBuffer {
+    pub buffer: wgpu::Buffer,
+    pub size: u64,
+}
+
+impl GpuBuffer {
+    pub fn new(ctx: &Context, label: &str, size: u64, usage: BufferUsage) -> Result<Self> {
+        let size = size.max(4).next_multiple_of(4);
+        if size > ctx.caps.max_buffer_bytes {
+            return Err(Error::Gpu(format!(
+                "{label}: {size} bytes exceed the adapter's largest buffer ({} bytes)",
+                ctx.caps.max_buffer_bytes
+            )));
+        }
+        let usage = match usage {
+            BufferUsage::Storage => {
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+            }
+            BufferUsage::Uniform => wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        };
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        Ok(GpuBuffer { buffer, size })
+    }
+
+    /// A buffer holding `data` (padded with zeros to 4 bytes).
+    pub fn from_bytes(ctx: &Context, label: &str, data: &[u8], usage: BufferUsage) -> Result<Self> {
+        let buffer = Self::new(ctx, label, data.len() as u64, usage)?;
+        buffer.write(ctx, 0, data);
+        Ok(buffer)
+    }
+
+    pub fn from_slice<T: bytemuck::Pod>(ctx: &Context, label: &str, data: &[T], usage: BufferUsage) -> Result<Self> {
+        Self::from_bytes(ctx, label, bytemuck::cast_slice(data), usage)
+    }
+
+    /// Queues a write at `offset`; data that is not a multiple of 4 bytes is zero-padded.
+    pub fn write(&self, ctx: &Context, offset: u64, data: &[u8]) {
+        if data.len() % 4 == 0 {
+            ctx.queue.write_buffer(&self.buffer, offset, data);
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(data.len().next_multiple_of(4), 0);
+            ctx.queue.write_buffer(&self.buffer, offset, &padded);
+        }
+    }
+
+    /// The whole buffer as a binding.
+    pub fn binding(&self) -> wgpu::BufferBinding<'_> {
+        self.buffer.as_entire_buffer_binding()
+    }
+
+    /// `size` bytes from `offset` as a binding (chunks of tensors larger than the binding limit).
+    pub fn slice_binding(&self, offset: u64, size: u64) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding { buffer: &self.buffer, offset, size: std::num::NonZeroU64::new(size) }
+    }
+
+    /// Reads the whole buffer back.
+    pub async fn read(&self, ctx: &Context) -> Result<Vec<u8>> {
+        read_buffer(ctx, &self.buffer, 0, self.size).await
+    }
+
+    pub async fn read_vec<T: bytemuck::Pod>(&self, ctx: &Context) -> Result<Vec<T>> {
+        let bytes = self.read(ctx).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// Copies `size` bytes at `offset` of `buffer` to the host (through a staging buffer).
+pub async fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+    ctx.queue.submit([encoder.finish()]);
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |result| {
+        let _ = sender.send(result);
+    });
+    ctx.poll_blocking()?;
+    receiver
+        .await
+        .map_err(|_| Error::Gpu("device lost during readback".into()))?
+        .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+    let data = staging
+        .slice(..)
+        .get_mapped_range()
+        .map_err(|e| Error::Gpu(format!("readback mapping failed: {e}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(data)
+}

@@ -1,0 +1,278 @@
+use crate::{Error, Result};
+
+/// How to pick the adapter. Empty options mean: the best real GPU, else whatever the platform has.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// `vulkan`, `metal`, `dx12` or `gl` (natively; the browser always uses WebGPU).
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name, e.g. `llvmpipe` or `swiftshader`.
+    pub adapter_name: Option<String>,
+}
+
+impl ContextOptions {
+    /// Options from `TERN_BACKEND` and `TERN_ADAPTER`.
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        ContextOptions { backend: var("TERN_BACKEND"), adapter_name: var("TERN_ADAPTER") }
+    }
+
+    fn backends(&self) -> Result<wgpu::Backends> {
+        Ok(match self.backend.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => wgpu::Backends::all(),
+            Some("vulkan") => wgpu::Backends::VULKAN,
+            Some("metal") => wgpu::Backends::METAL,
+            Some("dx12") => wgpu::Backends::DX12,
+            Some("gl") => wgpu::Backends::GL,
+            Some("webgpu") => wgpu::Backends::BROWSER_WEBGPU,
+            Some(other) => {
+                return Err(Error::Invalid(format!(
+                    "TERN_BACKEND={other}: expected vulkan, metal, dx12, gl or webgpu"
+                )))
+            }
+        })
+    }
+}
+
+/// What the kernels may use on this device, decided once from the adapter.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    /// Smallest subgroup size the adapter may use (0 without subgroups).
+    pub subgroup_min_size: u32,
+    /// The adapter is a CPU rasterizer (lavapipe, SwiftShader): one invocation per row wins there.
+    pub is_cpu: bool,
+    pub max_binding_bytes: u64,
+    pub max_buffer_bytes: u64,
+    pub max_workgroup_invocations: u32,
+}
+
+/// Owns the device. Everything on the GPU is created through it.
+pub struct Context {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub caps: Capabilities,
+}
+
+/// One adapter as `tern info` prints it.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY);
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    descriptor.backends = backends;
+    wgpu::Instance::new(descriptor)
+}
+
+fn device_rank(info: &wgpu::AdapterInfo) -> u8 {
+    use wgpu::DeviceType::*;
+    match info.device_type {
+        DiscreteGpu => 0,
+        IntegratedGpu => 1,
+        VirtualGpu => 2,
+        Other => 3,
+        Cpu => 4,
+    }
+}
+
+impl Context {
+    /// Picks an adapter according to `options` and creates the device.
+    pub async fn new(options: &ContextOptions) -> Result<Self> {
+        let backends = options.backends()?;
+        let instance = instance(backends);
+        let adapter = Self::choose_adapter(&instance, backends, options).await?;
+        Self::from_adapter(adapter).await
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn choose_adapter(
+        instance: &wgpu::Instance,
+        backends: wgpu::Backends,
+        options: &ContextOptions,
+    ) -> Result<wgpu::Adapter> {
+        let mut adapters = instance.enumerate_adapters(backends).await;
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        if let Some(filter) = &options.adapter_name {
+            let filter = filter.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&filter));
+        }
+        // A real GPU first; among equals prefer Vulkan/Metal/DX12 over GL.
+        adapters.sort_by_key(|a| {
+            let info = a.get_info();
+            (device_rank(&info), info.backend == wgpu::Backend::Gl)
+        });
+        adapters.into_iter().next().ok_or_else(|| {
+            Error::Gpu(format!(
+                "no adapter matches (backends {backends:?}, name filter {:?}); adapters found: [{}]. \
+                 Install a Vulkan driver (e.g. mesa-vulkan-drivers for lavapipe) or set TERN_BACKEND=gl",
+                options.adapter_name,
+                seen.join(", ")
+            ))
+        })
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    async fn choose_adapter(
+        instance: &wgpu::Instance,
+        _backends: wgpu::Backends,
+        _options: &ContextOptions,
+    ) -> Result<wgpu::Adapter> {
+        instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("this browser offers no WebGPU adapter: {e}")))
+    }
+
+    /// Creates the device with the adapter's own maxima and every optional feature it has.
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("tern"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("{}: device creation failed: {e}", info.name)))?;
+        let caps = Capabilities {
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroup_min_size: if features.contains(wgpu::Features::SUBGROUP) {
+                info.subgroup_min_size
+            } else {
+                0
+            },
+            is_cpu: info.device_type == wgpu::DeviceType::Cpu
+                || info.name.to_lowercase().contains("swiftshader"),
+            max_binding_bytes: u64::from(limits.max_storage_buffer_binding_size),
+            max_buffer_bytes: limits.max_buffer_size,
+            max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+        };
+        Ok(Context { device, queue, info, limits, caps })
+    }
+
+    /// Every adapter the platform offers, for `tern info` and for tests that cover all of them.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn adapters(options: &ContextOptions) -> Result<Vec<wgpu::Adapter>> {
+        let backends = options.backends()?;
+        let mut adapters = instance(backends).enumerate_adapters(backends).await;
+        if let Some(filter) = &options.adapter_name {
+            let filter = filter.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&filter));
+        }
+        Ok(adapters)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn adapter_reports(options: &ContextOptions) -> Result<Vec<AdapterReport>> {
+        Ok(Self::adapters(options)
+            .await?
+            .into_iter()
+            .map(|a| AdapterReport { info: a.get_info(), limits: a.limits(), features: a.features() })
+            .collect())
+    }
+
+    /// One line naming the adapter, for logs and benchmark output.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    /// A compute pipeline from WGSL source with an automatic layout. `constants` fill the shader's
+    /// `override` declarations (workgroup sizes and the like).
+    pub fn pipeline(
+        &self,
+        label: &str,
+        source: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
+            cache: None,
+        })
+    }
+
+    /// A bind group for `pipeline`'s group 0 with the given buffers at bindings 0, 1, 2, …
+    pub fn bind_group(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[wgpu::BufferBinding<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(b.clone()),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Records work with `record`, submits it once and waits for it to finish (tests, loading).
+    pub async fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        record(&mut encoder);
+        self.queue.submit([encoder.finish()]);
+        self.wait().await
+    }
+
+    /// Waits until the queue is idle.
+    pub async fn wait(&self) -> Result<()> {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = sender.send(());
+        });
+        self.poll_blocking()?;
+        receiver.await.map_err(|_| Error::Gpu("device lost while waiting for work".into()))
+    }
+
+    /// Natively, drives the device until submitted work is done; in the browser the event loop does.
+    pub(crate) fn poll_blocking(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
+        Ok(())
+    }
+}

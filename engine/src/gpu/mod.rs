@@ -1,0 +1,8 @@
+//! The GPU context: instance, adapter choice, device with the adapter's own limits, optional
+//! features, and the helpers every kernel wrapper uses (pipelines, buffers, readback).
+
+mod buffers;
+mod context;
+
+pub use buffers::{read_buffer, BufferUsage, GpuBuffer};
+pub use context::{AdapterReport, Capabilities, Context, ContextOptions};

@@ -1,0 +1,50 @@
+//! One wrapper per WGSL kernel (`shaders/`): it builds the pipeline once, creates bind groups at load
+//! time (never per token) and records dispatches into a compute pass. Each kernel has a CPU twin in
+//! [`crate::reference`] that the tests compare against.
+
+pub mod rmsnorm_quant;
+
+/// The WGSL source of `shaders/<name>.wgsl`, embedded at compile time.
+macro_rules! shader {
+    ($name:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/", $name, ".wgsl"))
+    };
+}
+pub(crate) use shader;
+
+/// Per-token statistics written by the activation quantizer, read by the ternary kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ActStats {
+    /// max|y| / 127: the factor that turns the integer dot product back into activation units.
+    pub inv_scale: f32,
+    /// Σ q over the token's int8 activations.
+    pub sum: i32,
+}
+
+/// The per-step uniform the model writes before each submit, so bind groups stay fixed across tokens.
+/// WGSL twin: `struct StepParams { pos: u32, tokens: u32, _pad0: u32, _pad1: u32 }`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepParams {
+    /// Position of this step's first token in the sequence (and in the KV cache).
+    pub pos: u32,
+    /// Tokens processed in this step (T).
+    pub tokens: u32,
+    pub _pad: [u32; 2],
+}
+
+/// K padded to a multiple of 16 (one u32 of ternary codes), in u32 words of packed int8 activations.
+pub fn padded_activation_words(k: usize) -> usize {
+    k.next_multiple_of(16) / 4
+}
+
+/// WebGPU caps each dispatch dimension at 65535 workgroups: spread larger counts over y.
+pub fn dispatch_grid(workgroups: u32) -> (u32, u32) {
+    const MAX: u32 = 65535;
+    if workgroups <= MAX {
+        (workgroups, 1)
+    } else {
+        (MAX, workgroups.div_ceil(MAX))
+    }
+}

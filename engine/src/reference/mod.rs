@@ -1,0 +1,7 @@
+//! CPU f32 twins of every GPU kernel: the test oracle inside Rust. Each function computes what its WGSL
+//! kernel computes, with the same rounding (`round_ties_even`, like WGSL `round`) and integer
+//! accumulation where the kernel is integer, so tests can demand equality on integer paths and tight
+//! tolerances on float paths.
+
+pub mod norm;
+pub mod ternary;
