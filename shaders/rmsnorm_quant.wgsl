@@ -1,4 +1,5 @@
 // RMSNorm fused with per-token absmax int8 quantization (the input of every ternary projection).
+// With `normalize` = 0 it only quantizes (projections without a sub-norm before them).
 // One workgroup per token. y = w · x · rsqrt(mean(x²) + eps); s = 127 / max(|y|) (max clamped ≥ 1e-5);
 // q = clamp(round_half_even(y · s), −128, 127), packed 4 lanes a u32 (lane l in byte l), padded with
 // zeros to `padded_words`. Per token it also writes 1/s and Σq (the ternary kernels subtract Σq once
@@ -8,7 +9,7 @@ struct Params {
     k: u32,            // elements per token
     padded_words: u32, // u32 words per token in the output (K padded to a multiple of 16, / 4)
     eps: f32,
-    _pad: u32,
+    normalize: u32, // 0: y = x (quantize only)
 }
 
 struct ActStats {
@@ -52,6 +53,14 @@ fn reduce_max(lid: u32) -> f32 {
     return total;
 }
 
+// The normalized value of element i (gain and inv_rms are 1 when only quantizing).
+fn normalized(base: u32, i: u32, inv_rms: f32) -> f32 {
+    if (params.normalize == 0u) {
+        return x[base + i];
+    }
+    return gain[i] * (x[base + i] * inv_rms);
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
@@ -68,7 +77,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
     var absmax = 0.0;
     for (var i = lid; i < params.k; i = i + WG) {
-        absmax = max(absmax, abs(gain[i] * (x[base + i] * inv_rms)));
+        absmax = max(absmax, abs(normalized(base, i, inv_rms)));
     }
     partial[lid] = absmax;
     let scale = 127.0 / max(reduce_max(lid), 1e-5);
@@ -81,7 +90,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let i = w * 4u + lane;
             var q = 0;
             if (i < params.k) {
-                q = i32(clamp(round(gain[i] * (x[base + i] * inv_rms) * scale), -128.0, 127.0));
+                q = i32(clamp(round(normalized(base, i, inv_rms) * scale), -128.0, 127.0));
             }
             qsum = qsum + q;
             word = word | ((u32(q) & 0xffu) << (8u * lane));

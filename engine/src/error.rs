@@ -12,16 +12,27 @@ pub enum Error {
     Gpu(String),
     /// A checkpoint file is malformed: `file` names it, `what` the tensor or header field.
     #[error("{file}: {what}: {msg}")]
-    Format { file: String, what: String, msg: String },
+    Format {
+        file: String,
+        what: String,
+        msg: String,
+    },
     /// A configuration value is missing or unsupported.
     #[error("{file}: field `{field}`: {msg}")]
-    Config { file: String, field: String, msg: String },
+    Config {
+        file: String,
+        field: String,
+        msg: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("download: {0}")]
     Download(String),
     /// The prompt plus requested tokens do not fit the model's context.
@@ -32,13 +43,32 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn format(file: impl fmt::Display, what: impl fmt::Display, msg: impl fmt::Display) -> Self {
-        Error::Format { file: file.to_string(), what: what.to_string(), msg: msg.to_string() }
+    pub fn format(
+        file: impl fmt::Display,
+        what: impl fmt::Display,
+        msg: impl fmt::Display,
+    ) -> Self {
+        Error::Format {
+            file: file.to_string(),
+            what: what.to_string(),
+            msg: msg.to_string(),
+        }
     }
-    pub fn config(file: impl fmt::Display, field: impl fmt::Display, msg: impl fmt::Display) -> Self {
-        Error::Config { file: file.to_string(), field: field.to_string(), msg: msg.to_string() }
+    pub fn config(
+        file: impl fmt::Display,
+        field: impl fmt::Display,
+        msg: impl fmt::Display,
+    ) -> Self {
+        Error::Config {
+            file: file.to_string(),
+            field: field.to_string(),
+            msg: msg.to_string(),
+        }
     }
     pub fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_string(), source }
+        Error::Io {
+            path: path.to_string(),
+            source,
+        }
     }
 }

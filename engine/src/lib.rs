@@ -11,6 +11,8 @@ pub mod error;
 pub mod format;
 pub mod generate;
 pub mod gpu;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;
 pub mod model;
 pub mod ops;
 pub mod reference;

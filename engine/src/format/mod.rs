@@ -1,1 +1,9 @@
 //! Checkpoint readers: safetensors (single and sharded), GGUF, Hugging Face config files.
+//!
+//! Header parsers take bytes plus the file length and never touch files, so the browser can feed them
+//! fetched ranges; [`source::TensorSource`] abstracts where tensor bytes come from.
+
+pub mod checkpoint;
+pub mod gguf;
+pub mod safetensors;
+pub mod source;

@@ -27,7 +27,9 @@ impl GpuBuffer {
         }
         let usage = match usage {
             BufferUsage::Storage => {
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+                wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST
             }
             BufferUsage::Uniform => wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         };
@@ -47,7 +49,12 @@ impl GpuBuffer {
         Ok(buffer)
     }
 
-    pub fn from_slice<T: bytemuck::Pod>(ctx: &Context, label: &str, data: &[T], usage: BufferUsage) -> Result<Self> {
+    pub fn from_slice<T: bytemuck::Pod>(
+        ctx: &Context,
+        label: &str,
+        data: &[T],
+        usage: BufferUsage,
+    ) -> Result<Self> {
         Self::from_bytes(ctx, label, bytemuck::cast_slice(data), usage)
     }
 
@@ -69,7 +76,11 @@ impl GpuBuffer {
 
     /// `size` bytes from `offset` as a binding (chunks of tensors larger than the binding limit).
     pub fn slice_binding(&self, offset: u64, size: u64) -> wgpu::BufferBinding<'_> {
-        wgpu::BufferBinding { buffer: &self.buffer, offset, size: std::num::NonZeroU64::new(size) }
+        wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset,
+            size: std::num::NonZeroU64::new(size),
+        }
     }
 
     /// Reads the whole buffer back.
@@ -84,7 +95,12 @@ impl GpuBuffer {
 }
 
 /// Copies `size` bytes at `offset` of `buffer` to the host (through a staging buffer).
-pub async fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+pub async fn read_buffer(
+    ctx: &Context,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Result<Vec<u8>> {
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
         size,
@@ -95,9 +111,11 @@ pub async fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, offset: u64, size
     encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
     ctx.queue.submit([encoder.finish()]);
     let (sender, receiver) = futures_channel::oneshot::channel();
-    staging.slice(..).map_async(wgpu::MapMode::Read, move |result| {
-        let _ = sender.send(result);
-    });
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, move |result| {
+            let _ = sender.send(result);
+        });
     ctx.poll_blocking()?;
     receiver
         .await

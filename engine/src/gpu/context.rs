@@ -13,23 +13,33 @@ impl ContextOptions {
     /// Options from `TERN_BACKEND` and `TERN_ADAPTER`.
     pub fn from_env() -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        ContextOptions { backend: var("TERN_BACKEND"), adapter_name: var("TERN_ADAPTER") }
+        ContextOptions {
+            backend: var("TERN_BACKEND"),
+            adapter_name: var("TERN_ADAPTER"),
+        }
     }
 
     fn backends(&self) -> Result<wgpu::Backends> {
-        Ok(match self.backend.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None => wgpu::Backends::all(),
-            Some("vulkan") => wgpu::Backends::VULKAN,
-            Some("metal") => wgpu::Backends::METAL,
-            Some("dx12") => wgpu::Backends::DX12,
-            Some("gl") => wgpu::Backends::GL,
-            Some("webgpu") => wgpu::Backends::BROWSER_WEBGPU,
-            Some(other) => {
-                return Err(Error::Invalid(format!(
-                    "TERN_BACKEND={other}: expected vulkan, metal, dx12, gl or webgpu"
-                )))
-            }
-        })
+        Ok(
+            match self
+                .backend
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None => wgpu::Backends::all(),
+                Some("vulkan") => wgpu::Backends::VULKAN,
+                Some("metal") => wgpu::Backends::METAL,
+                Some("dx12") => wgpu::Backends::DX12,
+                Some("gl") => wgpu::Backends::GL,
+                Some("webgpu") => wgpu::Backends::BROWSER_WEBGPU,
+                Some(other) => {
+                    return Err(Error::Invalid(format!(
+                        "TERN_BACKEND={other}: expected vulkan, metal, dx12, gl or webgpu"
+                    )))
+                }
+            },
+        )
     }
 }
 
@@ -172,7 +182,13 @@ impl Context {
             max_buffer_bytes: limits.max_buffer_size,
             max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
         };
-        Ok(Context { device, queue, info, limits, caps })
+        Ok(Context {
+            device,
+            queue,
+            info,
+            limits,
+            caps,
+        })
     }
 
     /// Every adapter the platform offers, for `tern info` and for tests that cover all of them.
@@ -192,7 +208,11 @@ impl Context {
         Ok(Self::adapters(options)
             .await?
             .into_iter()
-            .map(|a| AdapterReport { info: a.get_info(), limits: a.limits(), features: a.features() })
+            .map(|a| AdapterReport {
+                info: a.get_info(),
+                limits: a.limits(),
+                features: a.features(),
+            })
             .collect())
     }
 
@@ -210,21 +230,24 @@ impl Context {
         entry: &str,
         constants: &[(&str, f64)],
     ) -> wgpu::ComputePipeline {
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                ..Default::default()
-            },
-            cache: None,
-        })
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        self.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
+                cache: None,
+            })
     }
 
     /// A bind group for `pipeline`'s group 0 with the given buffers at bindings 0, 1, 2, …
@@ -264,7 +287,9 @@ impl Context {
             let _ = sender.send(());
         });
         self.poll_blocking()?;
-        receiver.await.map_err(|_| Error::Gpu("device lost while waiting for work".into()))
+        receiver
+            .await
+            .map_err(|_| Error::Gpu("device lost while waiting for work".into()))
     }
 
     /// Natively, drives the device until submitted work is done; in the browser the event loop does.

@@ -1,3 +1,7 @@
 //! Model configuration, weights on the GPU, KV cache and the forward pass.
 
 pub mod config;
+mod forward;
+pub mod weights;
+
+pub use forward::{Model, ModelOptions, Output, StepResult};

@@ -2,12 +2,28 @@
 //! time (never per token) and records dispatches into a compute pass. Each kernel has a CPU twin in
 //! [`crate::reference`] that the tests compare against.
 
+pub mod attention;
+pub mod bandwidth;
+pub mod dense_matvec;
+pub mod embedding;
+pub mod quantize;
+pub mod repack;
+pub mod rmsnorm;
 pub mod rmsnorm_quant;
+pub mod rope;
+pub mod select;
+pub mod ternary_matmul;
+pub mod ternary_matvec;
 
 /// The WGSL source of `shaders/<name>.wgsl`, embedded at compile time.
 macro_rules! shader {
     ($name:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/", $name, ".wgsl"))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shaders/",
+            $name,
+            ".wgsl"
+        ))
     };
 }
 pub(crate) use shader;

@@ -11,7 +11,7 @@ struct Params {
     k: u32,
     padded_words: u32,
     eps: f32,
-    _pad: u32,
+    normalize: u32,
 }
 
 pub struct RmsNormQuant {
@@ -26,32 +26,56 @@ pub struct RmsNormQuantBinding {
 
 impl RmsNormQuant {
     pub fn new(ctx: &Context) -> Self {
-        RmsNormQuant { pipeline: ctx.pipeline("rmsnorm_quant", shader!("rmsnorm_quant"), "main", &[]) }
+        RmsNormQuant {
+            pipeline: ctx.pipeline("rmsnorm_quant", shader!("rmsnorm_quant"), "main", &[]),
+        }
     }
 
     /// `x`: f32 [T, k]; `gain`: f32 [k]; `xq`: u32 [T, padded_activation_words(k)]; `stats`: [T] ActStats.
+    /// `norm`: `Some(eps)` normalizes with `gain` first; `None` only quantizes (`gain` is not read).
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         ctx: &Context,
         k: usize,
-        eps: f32,
+        norm: Option<f32>,
         x: &GpuBuffer,
         gain: &GpuBuffer,
         xq: &GpuBuffer,
         stats: &GpuBuffer,
     ) -> Result<RmsNormQuantBinding> {
-        let params = Params { k: k as u32, padded_words: super::padded_activation_words(k) as u32, eps, _pad: 0 };
-        let params = GpuBuffer::from_slice(ctx, "rmsnorm_quant.params", &[params], BufferUsage::Uniform)?;
+        let params = Params {
+            k: k as u32,
+            padded_words: super::padded_activation_words(k) as u32,
+            eps: norm.unwrap_or(0.0),
+            normalize: u32::from(norm.is_some()),
+        };
+        let params =
+            GpuBuffer::from_slice(ctx, "rmsnorm_quant.params", &[params], BufferUsage::Uniform)?;
         let bind_group = ctx.bind_group(
             "rmsnorm_quant",
             &self.pipeline,
-            &[params.binding(), x.binding(), gain.binding(), xq.binding(), stats.binding()],
+            &[
+                params.binding(),
+                x.binding(),
+                gain.binding(),
+                xq.binding(),
+                stats.binding(),
+            ],
         );
-        Ok(RmsNormQuantBinding { bind_group, _params: params })
+        Ok(RmsNormQuantBinding {
+            bind_group,
+            _params: params,
+        })
     }
 
     /// Normalizes and quantizes `tokens` rows.
-    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, binding: &RmsNormQuantBinding, tokens: u32) {
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        binding: &RmsNormQuantBinding,
+        tokens: u32,
+    ) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &binding.bind_group, &[]);
         pass.dispatch_workgroups(tokens, 1, 1);

@@ -3,5 +3,14 @@
 //! accumulation where the kernel is integer, so tests can demand equality on integer paths and tight
 //! tolerances on float paths.
 
+pub mod attention;
+pub mod bandwidth;
+pub mod dense;
+pub mod embedding;
 pub mod norm;
+pub mod quantize;
+pub mod repack;
+pub mod rope;
+pub mod select;
 pub mod ternary;
+pub mod ternary_ops;

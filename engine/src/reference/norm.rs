@@ -28,7 +28,10 @@ pub fn quantize_activations(y: &[f32], k: usize) -> (Vec<i8>, Vec<ActStats>) {
             sum += i32::from(code);
             q.push(code);
         }
-        stats.push(ActStats { inv_scale: 1.0 / scale, sum });
+        stats.push(ActStats {
+            inv_scale: 1.0 / scale,
+            sum,
+        });
     }
     (q, stats)
 }

@@ -18,7 +18,12 @@ pub fn code_shift(k: usize) -> u32 {
 
 /// Packs ternary values t ∈ {−1, 0, 1} of a row-major [rows, k] matrix into the engine layout.
 pub fn pack_ternary(t: &[i8], rows: usize, k: usize) -> Vec<u32> {
-    assert_eq!(t.len(), rows * k, "pack_ternary: {rows}×{k} needs {} values", rows * k);
+    assert_eq!(
+        t.len(),
+        rows * k,
+        "pack_ternary: {rows}×{k} needs {} values",
+        rows * k
+    );
     let words = words_per_row(k);
     // Padding columns hold code 1 (t = 0) in every 2-bit slot.
     let mut packed = vec![0x5555_5555u32; rows * words];
@@ -37,6 +42,8 @@ pub fn pack_ternary(t: &[i8], rows: usize, k: usize) -> Vec<u32> {
 pub fn unpack_ternary(packed: &[u32], rows: usize, k: usize) -> Vec<i8> {
     let words = words_per_row(k);
     (0..rows)
-        .flat_map(|r| (0..k).map(move |c| ((packed[r * words + c / 16] >> code_shift(c)) & 3) as i8 - 1))
+        .flat_map(|r| {
+            (0..k).map(move |c| ((packed[r * words + c / 16] >> code_shift(c)) & 3) as i8 - 1)
+        })
         .collect()
 }

@@ -1,0 +1,1265 @@
+//! The loader's single entry point: a checkpoint (HF safetensors directory or GGUF file) resolved into
+//! checked references to every tensor the forward pass needs. Every tensor is checked at open — present,
+//! dtype and shape exactly as the config implies, scales finite and positive — so later stages never
+//! meet a malformed tensor.
+
+use super::gguf::{self, GgmlType, GgufFile, MetaValue};
+use super::safetensors::{self as st, Dtype};
+use super::source::{read_range, TensorSource};
+use crate::model::config::{ModelConfig, QuantMode};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+
+/// File layout of ternary codes (DESIGN §4.1, §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TernaryLayout {
+    /// U8 [out/4, in]; the output axis is split into 4 blocks of out/4 rows, block i in bits 2i.
+    HfPacked,
+    /// bitnet.cpp I2_S: 128-value blocks along the input axis, MSB first, then one f32 scale.
+    I2S,
+    Tq2_0,
+    Tq1_0,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatDType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatDType {
+    pub fn size(self) -> u64 {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightData {
+    /// Ternary codes in a file layout + the per-tensor scale (read as f32 and checked finite and
+    /// positive; for I2_S it was read from the blob's tail; for TQ*_0 the per-block f16 scales stay in
+    /// the blob and `scale` is None).
+    Ternary {
+        layout: TernaryLayout,
+        scale: Option<f32>,
+    },
+    /// Float latent weights [out, in] to be absmean-quantized at load (online mode).
+    Float { dtype: FloatDType },
+}
+
+/// A projection's bytes: `len` bytes at `offset` of `sources[source]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightRef {
+    pub source: usize,
+    pub offset: u64,
+    pub len: u64,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    pub data: WeightData,
+    /// GGUF `llama` q/k: rows are permuted to the interleaved RoPE layout; the loader un-permutes them.
+    pub rope_permuted: bool,
+    pub file: String,
+    pub name: String,
+}
+
+/// A float tensor (norm gain: rows 1; embedding / LM head: [vocab, hidden]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FloatRef {
+    pub source: usize,
+    pub offset: u64,
+    pub len: u64,
+    pub dtype: FloatDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub file: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Projection {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    fn hf_name(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::O => "self_attn.o_proj",
+            Self::Gate => "mlp.gate_proj",
+            Self::Up => "mlp.up_proj",
+            Self::Down => "mlp.down_proj",
+        }
+    }
+
+    fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Q => "attn_q",
+            Self::K => "attn_k",
+            Self::V => "attn_v",
+            Self::O => "attn_output",
+            Self::Gate => "ffn_gate",
+            Self::Up => "ffn_up",
+            Self::Down => "ffn_down",
+        }
+    }
+
+    /// (out, in) implied by the config.
+    fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        let (h, attn, kv, ff) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        match self {
+            Self::Q => (attn, h),
+            Self::K | Self::V => (kv, h),
+            Self::O => (h, attn),
+            Self::Gate | Self::Up => (ff, h),
+            Self::Down => (h, ff),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormWeight {
+    InputLn,
+    PostAttnLn,
+    AttnSub,
+    FfnSub,
+}
+
+impl NormWeight {
+    const ALL: [NormWeight; 4] = [Self::InputLn, Self::PostAttnLn, Self::AttnSub, Self::FfnSub];
+
+    /// Candidate HF names: 2B-4T spelling first, then the 1bitLLM one.
+    fn hf_names(self) -> &'static [&'static str] {
+        match self {
+            Self::InputLn => &["input_layernorm"],
+            Self::PostAttnLn => &["post_attention_layernorm"],
+            Self::AttnSub => &["self_attn.attn_sub_norm", "self_attn.inner_attn_ln"],
+            Self::FfnSub => &["mlp.ffn_sub_norm", "mlp.ffn_layernorm"],
+        }
+    }
+
+    fn gguf_name(self) -> &'static str {
+        match self {
+            Self::InputLn => "attn_norm",
+            Self::PostAttnLn => "ffn_norm",
+            Self::AttnSub => "attn_sub_norm",
+            Self::FfnSub => "ffn_sub_norm",
+        }
+    }
+
+    fn width(self, c: &ModelConfig) -> usize {
+        match self {
+            Self::InputLn | Self::PostAttnLn => c.hidden_size,
+            Self::AttnSub => c.num_heads * c.head_dim,
+            Self::FfnSub => c.intermediate_size,
+        }
+    }
+
+    fn is_sub(self) -> bool {
+        matches!(self, Self::AttnSub | Self::FfnSub)
+    }
+}
+
+struct Layer {
+    projections: Vec<WeightRef>,
+    norms: Vec<Option<FloatRef>>,
+}
+
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub sources: Vec<Box<dyn TensorSource>>,
+    pub tokenizer_json: Option<String>,
+    pub tokenizer_config_json: Option<String>,
+    pub chat_template: Option<String>,
+    /// All GGUF metadata (the tokenizer is built from it); None for HF checkpoints.
+    pub gguf_metadata: Option<BTreeMap<String, MetaValue>>,
+    layers: Vec<Layer>,
+    embedding: FloatRef,
+    final_norm: FloatRef,
+    lm_head: FloatRef,
+}
+
+/// A tensor as found in a header, before checking it against the config.
+struct Entry {
+    source: usize,
+    offset: u64,
+    len: u64,
+    kind: Kind,
+}
+
+enum Kind {
+    St { dtype: Dtype, shape: Vec<usize> },
+    Gguf { ty: GgmlType, dims: Vec<u64> },
+}
+
+impl Kind {
+    fn describe(&self) -> String {
+        match self {
+            Kind::St { dtype, shape } => format!("{dtype:?} {shape:?}"),
+            Kind::Gguf { ty, dims } => format!("{} ggml dims {dims:?}", ty.name()),
+        }
+    }
+}
+
+/// Looks tensors up by name and checks them against the config.
+struct Resolver<'a> {
+    /// Names the checkpoint when a tensor is missing (the file or the shard index).
+    name: &'a str,
+    sources: &'a [Box<dyn TensorSource>],
+    entries: HashMap<String, Entry>,
+    config: &'a ModelConfig,
+}
+
+impl Resolver<'_> {
+    fn get(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| Error::format(self.name, name, "missing tensor"))
+    }
+
+    fn file(&self, e: &Entry) -> String {
+        self.sources[e.source].name().to_string()
+    }
+
+    fn mismatch(&self, e: &Entry, name: &str, want: &str) -> Error {
+        Error::format(
+            self.file(e),
+            name,
+            format!("expected {want}, found {}", e.kind.describe()),
+        )
+    }
+
+    /// A float tensor of exactly `rows` × `cols` (rows 1: a vector).
+    fn float(&self, name: &str, rows: usize, cols: usize) -> Result<FloatRef> {
+        let e = self.get(name)?;
+        let want = if rows == 1 {
+            format!("a float vector [{cols}]")
+        } else {
+            format!("a float [{rows}, {cols}]")
+        };
+        let dtype = match &e.kind {
+            Kind::St { dtype, shape } if shape_is(shape, rows, cols) => st_float(*dtype),
+            Kind::Gguf { ty, dims } if dims_are(dims, rows, cols) => gguf_float(*ty),
+            _ => None,
+        };
+        let dtype = dtype.ok_or_else(|| self.mismatch(e, name, &want))?;
+        Ok(FloatRef {
+            source: e.source,
+            offset: e.offset,
+            len: e.len,
+            dtype,
+            rows,
+            cols,
+            file: self.file(e),
+            name: name.into(),
+        })
+    }
+
+    fn hf_projection(&self, layer: usize, p: Projection) -> Result<WeightRef> {
+        let (rows, cols) = p.shape(self.config);
+        let name = format!("model.layers.{layer}.{}.weight", p.hf_name());
+        let e = self.get(&name)?;
+        let data = match self.config.quantization {
+            QuantMode::Offline => {
+                if rows % 4 != 0 {
+                    return Err(Error::format(
+                        self.file(e),
+                        &name,
+                        format!("{rows} output rows do not pack by 4"),
+                    ));
+                }
+                match &e.kind {
+                    Kind::St {
+                        dtype: Dtype::U8,
+                        shape,
+                    } if shape == &[rows / 4, cols] => {}
+                    _ => {
+                        return Err(self.mismatch(
+                            e,
+                            &name,
+                            &format!("packed ternary U8 [{}, {cols}]", rows / 4),
+                        ))
+                    }
+                }
+                let scale_name = format!("model.layers.{layer}.{}.weight_scale", p.hf_name());
+                WeightData::Ternary {
+                    layout: TernaryLayout::HfPacked,
+                    scale: Some(self.hf_scale(&scale_name)?),
+                }
+            }
+            QuantMode::Online => match &e.kind {
+                Kind::St { dtype, shape }
+                    if shape == &[rows, cols] && st_float(*dtype).is_some() =>
+                {
+                    WeightData::Float {
+                        dtype: st_float(*dtype).expect("checked"),
+                    }
+                }
+                _ => {
+                    return Err(self.mismatch(
+                        e,
+                        &name,
+                        &format!("float latent weights [{rows}, {cols}] (online quantization)"),
+                    ))
+                }
+            },
+        };
+        Ok(WeightRef {
+            source: e.source,
+            offset: e.offset,
+            len: e.len,
+            rows,
+            cols,
+            data,
+            rope_permuted: false,
+            file: self.file(e),
+            name,
+        })
+    }
+
+    /// A per-tensor `weight_scale` of one element.
+    fn hf_scale(&self, name: &str) -> Result<f32> {
+        let e = self.get(name)?;
+        let dtype = match &e.kind {
+            Kind::St { dtype, shape } if shape.iter().product::<usize>() == 1 => st_float(*dtype),
+            _ => None,
+        };
+        let dtype = dtype.ok_or_else(|| self.mismatch(e, name, "a one-element float scale"))?;
+        let bytes = read_range(self.sources[e.source].as_ref(), e.offset, e.len)?;
+        check_scale(&self.file(e), name, to_f32(dtype, &bytes)[0])
+    }
+
+    fn gguf_projection(&self, layer: usize, p: Projection, permuted: bool) -> Result<WeightRef> {
+        let (rows, cols) = p.shape(self.config);
+        let name = format!("blk.{layer}.{}.weight", p.gguf_name());
+        let scale_name = format!("blk.{layer}.{}.scale", p.gguf_name());
+        if self.entries.contains_key(&scale_name) {
+            return Err(Error::format(
+                self.name,
+                scale_name,
+                "separate scale tensors are not supported",
+            ));
+        }
+        let e = self.get(&name)?;
+        let Kind::Gguf { ty, dims } = &e.kind else {
+            unreachable!("GGUF entries only")
+        };
+        if !dims_are(dims, rows, cols) {
+            return Err(self.mismatch(e, &name, &format!("ggml dims [{cols}, {rows}]")));
+        }
+        let data = match ty {
+            GgmlType::I2S => {
+                if cols % 128 != 0 {
+                    return Err(Error::format(
+                        self.file(e),
+                        &name,
+                        format!("I2_S rows of {cols} are not whole 128-value blocks"),
+                    ));
+                }
+                let codes = (rows * cols / 4) as u64;
+                let b = read_range(self.sources[e.source].as_ref(), e.offset + codes, 4)?;
+                let scale = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                WeightData::Ternary {
+                    layout: TernaryLayout::I2S,
+                    scale: Some(check_scale(&self.file(e), &name, scale)?),
+                }
+            }
+            GgmlType::Tq2_0 => WeightData::Ternary {
+                layout: TernaryLayout::Tq2_0,
+                scale: None,
+            },
+            GgmlType::Tq1_0 => WeightData::Ternary {
+                layout: TernaryLayout::Tq1_0,
+                scale: None,
+            },
+            t => {
+                return Err(Error::format(
+                    self.file(e),
+                    &name,
+                    format!(
+                        "{} projection weights are not supported in GGUF; use I2_S, TQ1_0 or TQ2_0",
+                        t.name()
+                    ),
+                ))
+            }
+        };
+        Ok(WeightRef {
+            source: e.source,
+            offset: e.offset,
+            len: e.len,
+            rows,
+            cols,
+            data,
+            rope_permuted: permuted && matches!(p, Projection::Q | Projection::K),
+            file: self.file(e),
+            name,
+        })
+    }
+}
+
+fn shape_is(shape: &[usize], rows: usize, cols: usize) -> bool {
+    if rows == 1 {
+        shape == [cols]
+    } else {
+        shape == [rows, cols]
+    }
+}
+
+fn dims_are(dims: &[u64], rows: usize, cols: usize) -> bool {
+    if rows == 1 {
+        dims == [cols as u64]
+    } else {
+        dims == [cols as u64, rows as u64]
+    }
+}
+
+fn st_float(d: Dtype) -> Option<FloatDType> {
+    match d {
+        Dtype::F32 => Some(FloatDType::F32),
+        Dtype::F16 => Some(FloatDType::F16),
+        Dtype::BF16 => Some(FloatDType::BF16),
+        _ => None,
+    }
+}
+
+fn gguf_float(t: GgmlType) -> Option<FloatDType> {
+    match t {
+        GgmlType::F32 => Some(FloatDType::F32),
+        GgmlType::F16 => Some(FloatDType::F16),
+        GgmlType::BF16 => Some(FloatDType::BF16),
+        _ => None,
+    }
+}
+
+fn check_scale(file: &str, name: &str, s: f32) -> Result<f32> {
+    if s.is_finite() && s > 0.0 {
+        Ok(s)
+    } else {
+        Err(Error::format(
+            file,
+            name,
+            format!("scale {s} is not finite and positive"),
+        ))
+    }
+}
+
+fn to_f32(dtype: FloatDType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        FloatDType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect(),
+        FloatDType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        FloatDType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
+}
+
+/// The chat template of a `tokenizer_config.json`: a string, or a list of {name, template} where the
+/// one named "default" wins.
+pub fn chat_template_from_tokenizer_config(file: &str, json: &str) -> Result<Option<String>> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Error::config(file, "(root)", format!("invalid JSON: {e}")))?;
+    match v.get("chat_template") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Array(list)) => {
+            let named = |n: &str| {
+                list.iter()
+                    .find(|t| t.get("name").and_then(|x| x.as_str()) == Some(n))
+            };
+            let t = named("default")
+                .or(list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str());
+            t.map(|t| Some(t.to_string())).ok_or_else(|| {
+                Error::config(
+                    file,
+                    "chat_template",
+                    "list without a usable {name, template} entry",
+                )
+            })
+        }
+        Some(_) => Err(Error::config(
+            file,
+            "chat_template",
+            "neither a string nor a list",
+        )),
+    }
+}
+
+impl Checkpoint {
+    /// Resolves a safetensors checkpoint: `headers[i]` is the parsed header of `sources[i]`; `name`
+    /// (the file or the shard index) is named when a tensor is missing.
+    pub fn from_safetensors(
+        name: &str,
+        mut config: ModelConfig,
+        sources: Vec<Box<dyn TensorSource>>,
+        headers: Vec<st::Header>,
+    ) -> Result<Self> {
+        let mut entries = HashMap::new();
+        for (source, h) in headers.into_iter().enumerate() {
+            for t in h.tensors {
+                let entry = Entry {
+                    source,
+                    offset: t.offset,
+                    len: t.len,
+                    kind: Kind::St {
+                        dtype: t.dtype,
+                        shape: t.shape,
+                    },
+                };
+                if entries.insert(t.name.clone(), entry).is_some() {
+                    return Err(Error::format(
+                        sources[source].name(),
+                        &t.name,
+                        "tensor appears in more than one shard",
+                    ));
+                }
+            }
+        }
+        // Tie when the config says so or when there is no separate head (1bitLLM, DESIGN §4.3).
+        config.tie_word_embeddings |= !entries.contains_key("lm_head.weight");
+        let r = Resolver {
+            name,
+            sources: &sources,
+            entries,
+            config: &config,
+        };
+        let (h, vocab) = (config.hidden_size, config.vocab_size);
+        let embedding = r.float("model.embed_tokens.weight", vocab, h)?;
+        let final_norm = r.float("model.norm.weight", 1, h)?;
+        let lm_head = if config.tie_word_embeddings {
+            embedding.clone()
+        } else {
+            r.float("lm_head.weight", vocab, h)?
+        };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let projections = Projection::ALL
+                .iter()
+                .map(|&p| r.hf_projection(i, p))
+                .collect::<Result<_>>()?;
+            let norms = NormWeight::ALL
+                .iter()
+                .map(|&n| {
+                    if n.is_sub() && !config.sub_norms {
+                        return Ok(None);
+                    }
+                    let names: Vec<String> = n
+                        .hf_names()
+                        .iter()
+                        .map(|s| format!("model.layers.{i}.{s}.weight"))
+                        .collect();
+                    let found = names
+                        .iter()
+                        .find(|s| r.entries.contains_key(*s))
+                        .unwrap_or(&names[0]);
+                    r.float(found, 1, n.width(&config)).map(Some)
+                })
+                .collect::<Result<_>>()?;
+            layers.push(Layer { projections, norms });
+        }
+        Ok(Self {
+            config,
+            sources,
+            tokenizer_json: None,
+            tokenizer_config_json: None,
+            chat_template: None,
+            gguf_metadata: None,
+            layers,
+            embedding,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// Resolves a GGUF checkpoint whose header `g` was parsed from `source`.
+    pub fn from_gguf(source: Box<dyn TensorSource>, g: GgufFile) -> Result<Self> {
+        let file = source.name().to_string();
+        let config = ModelConfig::from_gguf(&file, &g)?;
+        let permuted = g.architecture() == Some("llama");
+        let entries = g
+            .tensors
+            .into_iter()
+            .map(|t| {
+                (
+                    t.name,
+                    Entry {
+                        source: 0,
+                        offset: t.offset,
+                        len: t.len,
+                        kind: Kind::Gguf {
+                            ty: t.ggml_type,
+                            dims: t.dims,
+                        },
+                    },
+                )
+            })
+            .collect();
+        let sources = vec![source];
+        let r = Resolver {
+            name: &file,
+            sources: &sources,
+            entries,
+            config: &config,
+        };
+        let (h, vocab) = (config.hidden_size, config.vocab_size);
+        let embedding = r.float("token_embd.weight", vocab, h)?;
+        let final_norm = r.float("output_norm.weight", 1, h)?;
+        let lm_head = if config.tie_word_embeddings {
+            embedding.clone()
+        } else {
+            r.float("output.weight", vocab, h)?
+        };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let projections = Projection::ALL
+                .iter()
+                .map(|&p| r.gguf_projection(i, p, permuted))
+                .collect::<Result<_>>()?;
+            let norms = NormWeight::ALL
+                .iter()
+                .map(|&n| {
+                    if n.is_sub() && !config.sub_norms {
+                        return Ok(None);
+                    }
+                    r.float(
+                        &format!("blk.{i}.{}.weight", n.gguf_name()),
+                        1,
+                        n.width(&config),
+                    )
+                    .map(Some)
+                })
+                .collect::<Result<_>>()?;
+            layers.push(Layer { projections, norms });
+        }
+        let chat_template = g
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(MetaValue::as_str)
+            .map(str::to_string);
+        Ok(Self {
+            config,
+            sources,
+            tokenizer_json: None,
+            tokenizer_config_json: None,
+            chat_template,
+            gguf_metadata: Some(g.metadata),
+            layers,
+            embedding,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// Opens a `.gguf` file, or a directory holding `config.json`, `model.safetensors` (or
+    /// `model.safetensors.index.json` and its shards) and optional tokenizer files.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        use super::source::FileSource;
+        if path.is_file() {
+            let src = FileSource::open(path)?;
+            let g = gguf::read(&src)?;
+            return Self::from_gguf(Box::new(src), g);
+        }
+        let read_opt = |name: &str| -> Result<Option<String>> {
+            let p = path.join(name);
+            match std::fs::read_to_string(&p) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(p.display(), e)),
+            }
+        };
+        let config_path = path.join("config.json");
+        let config_json = read_opt("config.json")?.ok_or_else(|| {
+            Error::format(
+                path.display(),
+                "config.json",
+                "missing (need a checkpoint directory or a .gguf file)",
+            )
+        })?;
+        let config = ModelConfig::from_hf_json(&config_path.display().to_string(), &config_json)?;
+
+        let single = path.join("model.safetensors");
+        let index_path = path.join("model.safetensors.index.json");
+        let mut ckpt = if single.is_file() {
+            let src = FileSource::open(&single)?;
+            let header = st::read_header(&src)?;
+            Self::from_safetensors(
+                src.name().to_string().as_str(),
+                config,
+                vec![Box::new(src)],
+                vec![header],
+            )?
+        } else if let Some(index) = read_opt("model.safetensors.index.json")? {
+            let index_name = index_path.display().to_string();
+            let map = st::parse_index(&index_name, &index)?;
+            let mut shards: Vec<&String> = map.values().collect();
+            shards.sort();
+            shards.dedup();
+            let mut sources: Vec<Box<dyn TensorSource>> = Vec::with_capacity(shards.len());
+            let mut headers = Vec::with_capacity(shards.len());
+            for shard in shards {
+                let src = FileSource::open(&path.join(shard))?;
+                let header = st::read_header(&src)?;
+                for (t, s) in &map {
+                    if s == shard && !header.tensors.iter().any(|h| &h.name == t) {
+                        return Err(Error::format(
+                            src.name(),
+                            t,
+                            "listed in the index but missing from the shard",
+                        ));
+                    }
+                }
+                sources.push(Box::new(src));
+                headers.push(header);
+            }
+            Self::from_safetensors(&index_name, config, sources, headers)?
+        } else {
+            return Err(Error::format(
+                path.display(),
+                "model.safetensors",
+                "missing (neither model.safetensors nor model.safetensors.index.json)",
+            ));
+        };
+        ckpt.tokenizer_json = read_opt("tokenizer.json")?;
+        ckpt.tokenizer_config_json = read_opt("tokenizer_config.json")?;
+        if let Some(tc) = &ckpt.tokenizer_config_json {
+            let name = path.join("tokenizer_config.json").display().to_string();
+            ckpt.chat_template = chat_template_from_tokenizer_config(&name, tc)?;
+        }
+        if ckpt.chat_template.is_none() {
+            ckpt.chat_template = read_opt("chat_template.jinja")?;
+        }
+        Ok(ckpt)
+    }
+
+    fn layer(&self, layer: usize) -> Result<&Layer> {
+        self.layers.get(layer).ok_or_else(|| {
+            Error::Invalid(format!(
+                "layer {layer} out of range (the model has {})",
+                self.layers.len()
+            ))
+        })
+    }
+
+    pub fn projection(&self, layer: usize, p: Projection) -> Result<WeightRef> {
+        let i = Projection::ALL
+            .iter()
+            .position(|&x| x == p)
+            .expect("ALL lists every projection");
+        Ok(self.layer(layer)?.projections[i].clone())
+    }
+
+    /// A norm gain; sub-norms are an error for models without them.
+    pub fn norm(&self, layer: usize, n: NormWeight) -> Result<FloatRef> {
+        let i = NormWeight::ALL
+            .iter()
+            .position(|&x| x == n)
+            .expect("ALL lists every norm");
+        self.layer(layer)?.norms[i]
+            .clone()
+            .ok_or_else(|| Error::Invalid(format!("this model has no {n:?} norm")))
+    }
+
+    pub fn final_norm(&self) -> Result<FloatRef> {
+        Ok(self.final_norm.clone())
+    }
+
+    /// [vocab, hidden].
+    pub fn embedding(&self) -> Result<FloatRef> {
+        Ok(self.embedding.clone())
+    }
+
+    /// [vocab, hidden]; the embedding when tied.
+    pub fn lm_head(&self) -> Result<FloatRef> {
+        Ok(self.lm_head.clone())
+    }
+
+    /// Reads a (small) float tensor as f32.
+    pub fn read_f32_vector(&self, r: &FloatRef) -> Result<Vec<f32>> {
+        let src = self
+            .sources
+            .get(r.source)
+            .ok_or_else(|| Error::Invalid(format!("no source {}", r.source)))?;
+        if (r.rows * r.cols) as u64 * r.dtype.size() != r.len {
+            return Err(Error::format(
+                &r.file,
+                &r.name,
+                "byte length does not match the shape",
+            ));
+        }
+        Ok(to_f32(r.dtype, &read_range(src.as_ref(), r.offset, r.len)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::gguf::tests::Writer;
+    use crate::format::safetensors::tests::write as write_st;
+    use crate::format::source::BytesSource;
+    use crate::model::config::tests::{gguf_meta, B158_2B4T};
+
+    /// A tiny 2B-4T-style config: hidden 8, 2 heads (1 kv) of 4, intermediate 16, vocab 10, 1 layer.
+    fn tiny_config(edit: impl FnOnce(&mut serde_json::Value)) -> ModelConfig {
+        let mut v: serde_json::Value = serde_json::from_str(B158_2B4T).unwrap();
+        for (k, n) in [
+            ("hidden_size", 8),
+            ("num_hidden_layers", 1),
+            ("num_attention_heads", 2),
+            ("num_key_value_heads", 1),
+            ("intermediate_size", 16),
+            ("vocab_size", 10),
+            ("bos_token_id", 1),
+            ("eos_token_id", 2),
+        ] {
+            v[k] = n.into();
+        }
+        edit(&mut v);
+        ModelConfig::from_hf_json("config.json", &v.to_string()).unwrap()
+    }
+
+    type StTensor = (String, &'static str, Vec<usize>, Vec<u8>);
+
+    fn bf16(xs: &[f32]) -> Vec<u8> {
+        xs.iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect()
+    }
+
+    /// Every tensor of `tiny_config`, packed (offline) or as BF16 latents (online).
+    fn tiny_tensors(offline: bool) -> Vec<StTensor> {
+        let shapes = [
+            ("self_attn.q_proj", 8, 8),
+            ("self_attn.k_proj", 4, 8),
+            ("self_attn.v_proj", 4, 8),
+            ("self_attn.o_proj", 8, 8),
+            ("mlp.gate_proj", 16, 8),
+            ("mlp.up_proj", 16, 8),
+            ("mlp.down_proj", 8, 16),
+        ];
+        let p = "model.layers.0.";
+        let mut t: Vec<StTensor> = Vec::new();
+        for (name, out, inp) in shapes {
+            if offline {
+                t.push((
+                    format!("{p}{name}.weight"),
+                    "U8",
+                    vec![out / 4, inp],
+                    vec![0x55; out / 4 * inp],
+                ));
+                t.push((
+                    format!("{p}{name}.weight_scale"),
+                    "BF16",
+                    vec![1],
+                    bf16(&[0.5]),
+                ));
+            } else {
+                t.push((
+                    format!("{p}{name}.weight"),
+                    "BF16",
+                    vec![out, inp],
+                    bf16(&vec![0.25; out * inp]),
+                ));
+            }
+        }
+        for (name, n) in [
+            ("input_layernorm", 8),
+            ("post_attention_layernorm", 8),
+            ("self_attn.attn_sub_norm", 8),
+            ("mlp.ffn_sub_norm", 16),
+        ] {
+            t.push((
+                format!("{p}{name}.weight"),
+                "BF16",
+                vec![n],
+                bf16(&vec![1.5; n]),
+            ));
+        }
+        t.push((
+            "model.norm.weight".into(),
+            "F32",
+            vec![8],
+            [2.0f32; 8].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+        t.push((
+            "model.embed_tokens.weight".into(),
+            "BF16",
+            vec![10, 8],
+            bf16(&[0.0; 80]),
+        ));
+        t
+    }
+
+    fn st_checkpoint(config: ModelConfig, tensors: &[StTensor]) -> Result<Checkpoint> {
+        let refs: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+            .collect();
+        let src = BytesSource::new("model.safetensors", write_st(&refs));
+        let header = st::read_header(&src)?;
+        Checkpoint::from_safetensors(
+            "model.safetensors",
+            config,
+            vec![Box::new(src)],
+            vec![header],
+        )
+    }
+
+    fn st_err(config: ModelConfig, tensors: &[StTensor], want: &[&str]) {
+        let e = st_checkpoint(config, tensors)
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(e.contains("model.safetensors"), "{e}");
+        for w in want {
+            assert!(e.contains(w), "{e} lacks {w}");
+        }
+    }
+
+    #[test]
+    fn hf_packed_checkpoint() {
+        let c = st_checkpoint(tiny_config(|_| {}), &tiny_tensors(true)).unwrap();
+        let q = c.projection(0, Projection::Q).unwrap();
+        assert_eq!((q.rows, q.cols, q.len), (8, 8, 16));
+        assert_eq!(
+            q.data,
+            WeightData::Ternary {
+                layout: TernaryLayout::HfPacked,
+                scale: Some(0.5)
+            }
+        );
+        let down = c.projection(0, Projection::Down).unwrap();
+        assert_eq!((down.rows, down.cols), (8, 16));
+        assert_eq!(
+            c.read_f32_vector(&c.norm(0, NormWeight::FfnSub).unwrap())
+                .unwrap(),
+            vec![1.5; 16]
+        );
+        assert_eq!(
+            c.read_f32_vector(&c.final_norm().unwrap()).unwrap(),
+            vec![2.0; 8]
+        );
+        assert_eq!(c.lm_head().unwrap(), c.embedding().unwrap());
+        assert!(c.projection(1, Projection::Q).is_err());
+    }
+
+    #[test]
+    fn hf_online_and_onebit_llm_names() {
+        let cfg = tiny_config(|v| v["quantization_config"]["quantization_mode"] = "online".into());
+        let mut t = tiny_tensors(false);
+        for (name, ..) in t.iter_mut() {
+            *name = name
+                .replace("attn_sub_norm", "inner_attn_ln")
+                .replace("ffn_sub_norm", "ffn_layernorm");
+        }
+        t.push(("lm_head.weight".into(), "F16", vec![10, 8], vec![0; 160]));
+        let c = st_checkpoint(cfg.clone(), &t).unwrap();
+        assert_eq!(
+            c.projection(0, Projection::Up).unwrap().data,
+            WeightData::Float {
+                dtype: FloatDType::BF16
+            }
+        );
+        assert!(c
+            .norm(0, NormWeight::AttnSub)
+            .unwrap()
+            .name
+            .contains("inner_attn_ln"));
+        // tie_word_embeddings is true in the base config; untied, the head is read.
+        let mut untied = cfg;
+        untied.tie_word_embeddings = false;
+        let c = st_checkpoint(untied, &t).unwrap();
+        assert_eq!(
+            (
+                c.lm_head().unwrap().name.as_str(),
+                c.lm_head().unwrap().dtype
+            ),
+            ("lm_head.weight", FloatDType::F16)
+        );
+    }
+
+    #[test]
+    fn hf_rejects_bad_tensors() {
+        let cfg = || tiny_config(|_| {});
+        let edit = |name: &str, f: &dyn Fn(&mut StTensor)| {
+            let mut t = tiny_tensors(true);
+            t.iter_mut().filter(|x| x.0 == name).for_each(f);
+            t
+        };
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        let qs = "model.layers.0.self_attn.q_proj.weight_scale";
+        let mut t = tiny_tensors(true);
+        t.retain(|x| x.0 != q);
+        st_err(cfg(), &t, &[q, "missing"]);
+        st_err(cfg(), &edit(qs, &|x| x.3 = bf16(&[f32::NAN])), &[qs, "NaN"]);
+        st_err(
+            cfg(),
+            &edit(qs, &|x| x.3 = bf16(&[f32::INFINITY])),
+            &[qs, "inf"],
+        );
+        st_err(cfg(), &edit(qs, &|x| x.3 = bf16(&[0.0])), &[qs, "positive"]);
+        st_err(cfg(), &edit(q, &|x| x.2 = vec![4, 4]), &[q, "U8 [2, 8]"]);
+        st_err(cfg(), &edit(q, &|x| x.1 = "I8"), &[q, "I8"]);
+        let emb = "model.embed_tokens.weight";
+        st_err(
+            cfg(),
+            &edit(emb, &|x| (x.2, x.3) = (vec![9, 8], bf16(&[0.0; 72]))),
+            &[emb, "[10, 8]"],
+        );
+        // Online config meets packed weights.
+        let online =
+            tiny_config(|v| v["quantization_config"]["quantization_mode"] = "online".into());
+        st_err(online, &tiny_tensors(true), &[q, "online"]);
+    }
+
+    fn i2s_blob(rows: usize, cols: usize, scale: f32) -> Vec<u8> {
+        let mut b = vec![0xAA; rows * cols / 4];
+        b.extend_from_slice(&scale.to_le_bytes());
+        b.resize(rows * cols / 4 + 32, 0);
+        b
+    }
+
+    /// A GGUF matching `gguf_meta` (hidden 128, 4 heads of 32, 2 kv, ffn 256, vocab 10, 2 layers).
+    fn gguf_file(arch: &str, scale: f32, vocab_rows: u64) -> Vec<u8> {
+        let mut w = Writer::default();
+        gguf_meta(&mut w, arch, 10);
+        w.kv_str("tokenizer.chat_template", "{{ messages }}");
+        let f32s = |n: usize| vec![0u8; n * 4];
+        w.tensor(
+            "token_embd.weight",
+            &[128, vocab_rows],
+            1,
+            &vec![0; 128 * vocab_rows as usize * 2],
+        );
+        w.tensor("output_norm.weight", &[128], 0, &f32s(128));
+        for i in 0..2 {
+            for (p, inp, out) in [
+                ("attn_q", 128, 128),
+                ("attn_k", 128, 64),
+                ("attn_v", 128, 64),
+                ("attn_output", 128, 128),
+                ("ffn_gate", 128, 256),
+                ("ffn_up", 128, 256),
+            ] {
+                w.tensor(
+                    &format!("blk.{i}.{p}.weight"),
+                    &[inp, out],
+                    36,
+                    &i2s_blob(out as usize, inp as usize, scale),
+                );
+            }
+            w.tensor(
+                &format!("blk.{i}.ffn_down.weight"),
+                &[256, 128],
+                35,
+                &[0; 128 * 66],
+            );
+            for (n, width) in [
+                ("attn_norm", 128),
+                ("ffn_norm", 128),
+                ("attn_sub_norm", 128),
+                ("ffn_sub_norm", 256),
+            ] {
+                w.tensor(
+                    &format!("blk.{i}.{n}.weight"),
+                    &[width],
+                    0,
+                    &f32s(width as usize),
+                );
+            }
+        }
+        w.finish()
+    }
+
+    fn gguf_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint> {
+        let src = BytesSource::new("m.gguf", bytes);
+        let g = gguf::read(&src)?;
+        Checkpoint::from_gguf(Box::new(src), g)
+    }
+
+    #[test]
+    fn gguf_checkpoint_resolves() {
+        let c = gguf_checkpoint(gguf_file("bitnet-b1.58", 1.25, 10)).unwrap();
+        let k = c.projection(1, Projection::K).unwrap();
+        assert_eq!(
+            (k.rows, k.cols, k.len, k.rope_permuted),
+            (64, 128, 64 * 128 / 4 + 32, false)
+        );
+        assert_eq!(
+            k.data,
+            WeightData::Ternary {
+                layout: TernaryLayout::I2S,
+                scale: Some(1.25)
+            }
+        );
+        let d = c.projection(0, Projection::Down).unwrap();
+        assert_eq!(
+            (d.rows, d.cols, d.data.clone()),
+            (
+                128,
+                256,
+                WeightData::Ternary {
+                    layout: TernaryLayout::Tq2_0,
+                    scale: None
+                }
+            )
+        );
+        let e = c.embedding().unwrap();
+        assert_eq!((e.rows, e.cols, e.dtype), (10, 128, FloatDType::F16));
+        assert_eq!(c.lm_head().unwrap(), e);
+        assert_eq!(c.chat_template.as_deref(), Some("{{ messages }}"));
+        assert!(c
+            .gguf_metadata
+            .as_ref()
+            .unwrap()
+            .contains_key("tokenizer.ggml.tokens"));
+        assert_eq!(
+            c.read_f32_vector(&c.norm(1, NormWeight::FfnSub).unwrap())
+                .unwrap()
+                .len(),
+            256
+        );
+
+        // gguf_file writes sub-norms too; a llama model simply does not use them.
+        let c = gguf_checkpoint(gguf_file("llama", 1.0, 10)).unwrap();
+        assert!(c.projection(0, Projection::Q).unwrap().rope_permuted);
+        assert!(!c.projection(0, Projection::V).unwrap().rope_permuted);
+        assert!(c.norm(0, NormWeight::AttnSub).is_err());
+    }
+
+    #[test]
+    fn gguf_rejects_bad_tensors() {
+        let err = |bytes: Vec<u8>, want: &[&str]| {
+            let e = gguf_checkpoint(bytes).err().expect("must fail").to_string();
+            assert!(e.contains("m.gguf"), "{e}");
+            for w in want {
+                assert!(e.contains(w), "{e} lacks {w}");
+            }
+        };
+        err(
+            gguf_file("bitnet-b1.58", f32::NAN, 10),
+            &["blk.0.attn_q.weight", "NaN"],
+        );
+        err(
+            gguf_file("bitnet-b1.58", -1.0, 10),
+            &["blk.0.attn_q.weight", "positive"],
+        );
+        err(
+            gguf_file("bitnet-b1.58", 1.0, 11),
+            &["token_embd.weight", "[10, 128]"],
+        );
+        let mut w = Writer::default();
+        gguf_meta(&mut w, "bitnet-b1.58", 10);
+        err(w.finish(), &["token_embd.weight", "missing"]);
+    }
+
+    #[test]
+    fn open_directories_and_files() {
+        let dir = std::env::temp_dir().join(format!("tern-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg_json = {
+            let mut v: serde_json::Value = serde_json::from_str(B158_2B4T).unwrap();
+            for (k, n) in [
+                ("hidden_size", 8),
+                ("num_hidden_layers", 1),
+                ("num_attention_heads", 2),
+                ("num_key_value_heads", 1),
+                ("intermediate_size", 16),
+                ("vocab_size", 10),
+                ("bos_token_id", 1),
+                ("eos_token_id", 2),
+            ] {
+                v[k] = n.into();
+            }
+            v.to_string()
+        };
+        let e = Checkpoint::open(&dir).err().unwrap().to_string();
+        assert!(e.contains("config.json"), "{e}");
+        std::fs::write(dir.join("config.json"), &cfg_json).unwrap();
+        // Sharded: two shards plus an index.
+        let t = tiny_tensors(true);
+        let (a, b) = t.split_at(5);
+        let mut map = serde_json::Map::new();
+        for (shard, part) in [("s1.safetensors", a), ("s2.safetensors", b)] {
+            let refs: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = part
+                .iter()
+                .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+                .collect();
+            std::fs::write(dir.join(shard), write_st(&refs)).unwrap();
+            for (n, ..) in part {
+                map.insert(n.clone(), shard.into());
+            }
+        }
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            serde_json::json!({"weight_map": map}).to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        )
+        .unwrap();
+        let c = Checkpoint::open(&dir).unwrap();
+        assert_eq!(c.chat_template.as_deref(), Some("D"));
+        assert!(c.tokenizer_json.is_none());
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(
+            c.read_f32_vector(&c.final_norm().unwrap()).unwrap(),
+            vec![2.0; 8]
+        );
+        // An index naming a tensor its shard lacks.
+        map.insert("extra.weight".into(), "s1.safetensors".into());
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            serde_json::json!({"weight_map": map}).to_string(),
+        )
+        .unwrap();
+        let e = Checkpoint::open(&dir).err().unwrap().to_string();
+        assert!(
+            e.contains("s1.safetensors") && e.contains("extra.weight"),
+            "{e}"
+        );
+        // A GGUF file.
+        let g = dir.join("m.gguf");
+        std::fs::write(&g, gguf_file("bitnet-b1.58", 1.0, 10)).unwrap();
+        assert_eq!(Checkpoint::open(&g).unwrap().config.num_layers, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

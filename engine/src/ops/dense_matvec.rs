@@ -1,0 +1,137 @@
+//! Dense matrix-vector product over a row-chunked f32/f16/bf16 table (the LM head):
+//! `shaders/dense_matvec.wgsl`. CPU twin: [`crate::reference::dense::matvec`].
+
+use super::embedding::{DenseTable, TableDtype};
+use super::shader;
+use crate::gpu::{BufferUsage, Context, GpuBuffer};
+use crate::{Error, Result};
+
+/// How rows map to invocations; see the shader's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatvecLayout {
+    /// One invocation per row: fastest on CPU adapters.
+    RowPerInvocation,
+    /// One workgroup per row with a reduction: coalesced loads for real GPUs.
+    RowPerWorkgroup,
+}
+
+impl MatvecLayout {
+    pub fn for_adapter(ctx: &Context) -> Self {
+        if ctx.caps.is_cpu {
+            MatvecLayout::RowPerInvocation
+        } else {
+            MatvecLayout::RowPerWorkgroup
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    cols: u32,
+    first_row: u32,
+    rows: u32,
+    out_stride: u32,
+}
+
+const ROWS_PER_WORKGROUP: u32 = 64;
+const WORKGROUP_PER_ROW: u32 = 128;
+
+pub struct DenseMatvec {
+    pipeline: wgpu::ComputePipeline,
+    layout: MatvecLayout,
+    dtype: TableDtype,
+    cols: usize,
+}
+
+/// One bind group per table chunk, made at load.
+pub struct DenseMatvecBinding {
+    chunks: Vec<(wgpu::BindGroup, GpuBuffer, u32)>,
+}
+
+impl DenseMatvec {
+    /// A kernel for tables of `dtype` with `cols` columns, laid out for this adapter.
+    pub fn new(ctx: &Context, dtype: TableDtype, cols: usize) -> Self {
+        Self::with_layout(ctx, dtype, cols, MatvecLayout::for_adapter(ctx))
+    }
+
+    pub fn with_layout(
+        ctx: &Context,
+        dtype: TableDtype,
+        cols: usize,
+        layout: MatvecLayout,
+    ) -> Self {
+        let aligned = (cols * dtype.bytes()) % 16 == 0;
+        let (entry, workgroup) = match layout {
+            MatvecLayout::RowPerInvocation => ("row_per_invocation", ROWS_PER_WORKGROUP),
+            MatvecLayout::RowPerWorkgroup => ("row_per_workgroup", WORKGROUP_PER_ROW),
+        };
+        let constants = [
+            ("DTYPE", dtype.shader_code()),
+            ("ALIGNED", f64::from(u8::from(aligned))),
+            ("WG", f64::from(workgroup)),
+        ];
+        let pipeline = ctx.pipeline("dense_matvec", shader!("dense_matvec"), entry, &constants);
+        DenseMatvec {
+            pipeline,
+            layout,
+            dtype,
+            cols,
+        }
+    }
+
+    /// `step`: [`super::StepParams`] (T = `tokens`); `x`: f32 [T, cols]; `out`: f32 [T, table.rows].
+    pub fn bind(
+        &self,
+        ctx: &Context,
+        table: &DenseTable,
+        step: &GpuBuffer,
+        x: &GpuBuffer,
+        out: &GpuBuffer,
+    ) -> Result<DenseMatvecBinding> {
+        if table.dtype != self.dtype || table.cols != self.cols {
+            return Err(Error::Invalid(format!(
+                "dense matvec built for {:?} × {} columns, table is {:?} × {}",
+                self.dtype, self.cols, table.dtype, table.cols
+            )));
+        }
+        let mut chunks = Vec::new();
+        for chunk in &table.chunks {
+            let params = Params {
+                cols: table.cols as u32,
+                first_row: chunk.first_row as u32,
+                rows: chunk.rows as u32,
+                out_stride: table.rows as u32,
+            };
+            let params =
+                GpuBuffer::from_slice(ctx, "dense_matvec.params", &[params], BufferUsage::Uniform)?;
+            let bind_group = ctx.bind_group(
+                "dense_matvec",
+                &self.pipeline,
+                &[
+                    step.binding(),
+                    params.binding(),
+                    chunk.buffer.binding(),
+                    x.binding(),
+                    out.binding(),
+                ],
+            );
+            let workgroups = match self.layout {
+                MatvecLayout::RowPerInvocation => (chunk.rows as u32).div_ceil(ROWS_PER_WORKGROUP),
+                MatvecLayout::RowPerWorkgroup => chunk.rows as u32,
+            };
+            chunks.push((bind_group, params, workgroups));
+        }
+        Ok(DenseMatvecBinding { chunks })
+    }
+
+    /// All rows for the step's tokens: one dispatch per table chunk.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, binding: &DenseMatvecBinding) {
+        pass.set_pipeline(&self.pipeline);
+        for (bind_group, _, workgroups) in &binding.chunks {
+            let (x, y) = super::dispatch_grid(*workgroups);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    }
+}

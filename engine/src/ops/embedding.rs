@@ -1,0 +1,253 @@
+//! Embedding lookup: `shaders/embedding.wgsl`. CPU twin: [`crate::reference::embedding::embed`].
+//!
+//! Also defines [`DenseTable`], the row-chunked f32/f16/bf16 matrix shared by the embedding and the
+//! LM head ([`super::dense_matvec`]): a tied head reads the embedding's own buffers.
+
+use super::shader;
+use crate::gpu::{BufferUsage, Context, GpuBuffer};
+use crate::{Error, Result};
+
+/// Element type of a dense table as stored on the GPU (the file's own bytes, never converted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl TableDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            TableDtype::F32 => 4,
+            TableDtype::F16 | TableDtype::Bf16 => 2,
+        }
+    }
+
+    /// The `DTYPE` override constant of the table kernels.
+    pub(crate) fn shader_code(self) -> f64 {
+        match self {
+            TableDtype::F32 => 0.0,
+            TableDtype::F16 => 1.0,
+            TableDtype::Bf16 => 2.0,
+        }
+    }
+}
+
+/// Rows `first_row .. first_row + rows` of a table, in a buffer of their own.
+pub struct RowChunk {
+    pub buffer: GpuBuffer,
+    pub first_row: usize,
+    pub rows: usize,
+}
+
+/// A [rows, cols] matrix split into row chunks that each fit one storage binding. Chunk buffers are
+/// padded to 16 bytes so kernels may read them as `vec4<u32>`; a chunk's row count is a multiple of 8
+/// (except the last) so every chunk starts on a 16-byte boundary of the full matrix's bytes.
+pub struct DenseTable {
+    pub dtype: TableDtype,
+    pub rows: usize,
+    pub cols: usize,
+    pub chunks: Vec<RowChunk>,
+}
+
+impl DenseTable {
+    /// Rows per chunk for this adapter: as many as fit its binding limit, a multiple of 8.
+    pub fn rows_per_chunk(ctx: &Context, dtype: TableDtype, cols: usize) -> Result<usize> {
+        let row_bytes = (cols * dtype.bytes()) as u64;
+        let rows =
+            (ctx.caps.max_binding_bytes.min(ctx.caps.max_buffer_bytes) - 16) / row_bytes.max(1) / 8
+                * 8;
+        if rows == 0 {
+            return Err(Error::Gpu(format!(
+                "a table row of {row_bytes} bytes exceeds the binding limit"
+            )));
+        }
+        Ok(rows as usize)
+    }
+
+    /// Allocates zeroed chunk buffers; the loader fills them with [`DenseTable::write_rows`].
+    pub fn allocate(
+        ctx: &Context,
+        label: &str,
+        dtype: TableDtype,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        Self::allocate_with_chunk_rows(
+            ctx,
+            label,
+            dtype,
+            rows,
+            cols,
+            Self::rows_per_chunk(ctx, dtype, cols)?,
+        )
+    }
+
+    /// As [`DenseTable::allocate`] with an explicit chunk size (a multiple of 8; tests use small ones).
+    pub fn allocate_with_chunk_rows(
+        ctx: &Context,
+        label: &str,
+        dtype: TableDtype,
+        rows: usize,
+        cols: usize,
+        chunk_rows: usize,
+    ) -> Result<Self> {
+        if chunk_rows == 0 || chunk_rows % 8 != 0 {
+            return Err(Error::Invalid(format!(
+                "{label}: chunk rows {chunk_rows} must be a positive multiple of 8"
+            )));
+        }
+        let mut chunks = Vec::new();
+        for first_row in (0..rows).step_by(chunk_rows) {
+            let chunk = chunk_rows.min(rows - first_row);
+            let bytes = ((chunk * cols * dtype.bytes()) as u64).next_multiple_of(16);
+            let buffer = GpuBuffer::new(
+                ctx,
+                &format!("{label}[{first_row}..]"),
+                bytes,
+                BufferUsage::Storage,
+            )?;
+            chunks.push(RowChunk {
+                buffer,
+                first_row,
+                rows: chunk,
+            });
+        }
+        Ok(DenseTable {
+            dtype,
+            rows,
+            cols,
+            chunks,
+        })
+    }
+
+    /// Writes `bytes` (whole rows in the table's dtype, row-major) starting at row `first_row`.
+    pub fn write_rows(&self, ctx: &Context, first_row: usize, bytes: &[u8]) -> Result<()> {
+        let row_bytes = self.cols * self.dtype.bytes();
+        if bytes.len() % row_bytes != 0 || first_row + bytes.len() / row_bytes > self.rows {
+            return Err(Error::Invalid(format!(
+                "table write of {} bytes at row {first_row} does not fit [{}, {}] {:?}",
+                bytes.len(),
+                self.rows,
+                self.cols,
+                self.dtype
+            )));
+        }
+        let end_row = first_row + bytes.len() / row_bytes;
+        for chunk in &self.chunks {
+            let start = first_row.max(chunk.first_row);
+            let end = end_row.min(chunk.first_row + chunk.rows);
+            if start < end {
+                let src = &bytes[(start - first_row) * row_bytes..(end - first_row) * row_bytes];
+                chunk
+                    .buffer
+                    .write(ctx, ((start - chunk.first_row) * row_bytes) as u64, src);
+            }
+        }
+        Ok(())
+    }
+
+    /// A table holding `bytes` (the whole matrix), chunked for this adapter.
+    pub fn upload(
+        ctx: &Context,
+        label: &str,
+        dtype: TableDtype,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Self> {
+        let table = Self::allocate(ctx, label, dtype, rows, cols)?;
+        table.write_rows(ctx, 0, bytes)?;
+        Ok(table)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    cols: u32,
+    first_row: u32,
+    rows: u32,
+    _pad: u32,
+}
+
+pub struct Embedding {
+    pipeline: wgpu::ComputePipeline,
+    dtype: TableDtype,
+}
+
+/// One bind group per table chunk, made at load.
+pub struct EmbeddingBinding {
+    chunks: Vec<(wgpu::BindGroup, GpuBuffer)>,
+    cols: usize,
+}
+
+const WORKGROUP: u32 = 64;
+
+impl Embedding {
+    pub fn new(ctx: &Context, dtype: TableDtype) -> Self {
+        let pipeline = ctx.pipeline(
+            "embedding",
+            shader!("embedding"),
+            "main",
+            &[("DTYPE", dtype.shader_code())],
+        );
+        Embedding { pipeline, dtype }
+    }
+
+    /// `step`: [`super::StepParams`] (T = `tokens`); `ids`: u32 [T]; `out`: f32 [T, table.cols].
+    /// Ids outside the table leave their output row untouched.
+    pub fn bind(
+        &self,
+        ctx: &Context,
+        table: &DenseTable,
+        step: &GpuBuffer,
+        ids: &GpuBuffer,
+        out: &GpuBuffer,
+    ) -> Result<EmbeddingBinding> {
+        if table.dtype != self.dtype {
+            return Err(Error::Invalid(format!(
+                "embedding built for {:?}, table is {:?}",
+                self.dtype, table.dtype
+            )));
+        }
+        let mut chunks = Vec::new();
+        for chunk in &table.chunks {
+            let params = Params {
+                cols: table.cols as u32,
+                first_row: chunk.first_row as u32,
+                rows: chunk.rows as u32,
+                _pad: 0,
+            };
+            let params =
+                GpuBuffer::from_slice(ctx, "embedding.params", &[params], BufferUsage::Uniform)?;
+            let bind_group = ctx.bind_group(
+                "embedding",
+                &self.pipeline,
+                &[
+                    step.binding(),
+                    params.binding(),
+                    chunk.buffer.binding(),
+                    ids.binding(),
+                    out.binding(),
+                ],
+            );
+            chunks.push((bind_group, params));
+        }
+        Ok(EmbeddingBinding {
+            chunks,
+            cols: table.cols,
+        })
+    }
+
+    /// Gathers the rows of this step's ids (one dispatch per table chunk; the count of ids is read
+    /// from the step uniform, so the dispatch is the same for every step).
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, binding: &EmbeddingBinding) {
+        pass.set_pipeline(&self.pipeline);
+        let (x, y) = super::dispatch_grid((binding.cols as u32).div_ceil(WORKGROUP));
+        for (bind_group, _) in &binding.chunks {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+// Prefill attention: T queries at positions pos .. pos + T, query t attending causally to cache
+// positions 0 ..= pos + t (pos > 0 is chunked prefill over an existing cache). One workgroup per
+// (head, token) runs an online softmax over tiles of CHUNK positions: running max m, per-invocation
+// partial sums of exp(s − m) and per-invocation output lanes d = lid + i·WG, rescaled whenever m grows.
+// GQA: kv head = head / (heads / kv_heads). Scores = q·k · scale. Output [T, heads·head_dim].
+
+struct StepParams {
+    pos: u32,
+    tokens: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    max_seq: u32,
+    q_stride: u32, // elements per token row of the q buffer (q of head h at h·head_dim)
+    max_chunks: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: StepParams;
+@group(0) @binding(1) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+const CHUNK: u32 = 256u;
+const MAX_HEAD_DIM: u32 = 256u;
+const LANES: u32 = MAX_HEAD_DIM / WG; // output elements per invocation
+var<workgroup> q_shared: array<f32, MAX_HEAD_DIM>;
+var<workgroup> weights: array<f32, CHUNK>;
+var<workgroup> reduction: array<f32, WG>;
+
+fn reduce_max(lid: u32, value: f32) -> f32 {
+    reduction[lid] = value;
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            reduction[lid] = max(reduction[lid], reduction[lid + stride]);
+        }
+    }
+    workgroupBarrier();
+    let result = reduction[0];
+    workgroupBarrier();
+    return result;
+}
+
+fn reduce_sum(lid: u32, value: f32) -> f32 {
+    reduction[lid] = value;
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            reduction[lid] = reduction[lid] + reduction[lid + stride];
+        }
+    }
+    workgroupBarrier();
+    let result = reduction[0];
+    workgroupBarrier();
+    return result;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let head = wid.x;
+    let t = wid.y;
+    let hd = params.head_dim;
+    let kv_head = head / (params.heads / params.kv_heads);
+    let end = step.pos + t + 1u;
+    let cache_base = kv_head * params.max_seq * hd;
+
+    for (var d = lid; d < hd; d = d + WG) {
+        q_shared[d] = q[t * params.q_stride + head * hd + d];
+    }
+    workgroupBarrier();
+
+    var m = -3.0e38;
+    var partial_sum = 0.0;
+    var acc: array<f32, LANES>;
+    for (var start = 0u; start < end; start = start + CHUNK) {
+        let tile_end = min(start + CHUNK, end);
+        var local_max = -3.0e38;
+        for (var i = lid; i < CHUNK; i = i + WG) {
+            let p = start + i;
+            var score = -3.0e38;
+            if (p < tile_end) {
+                let key = cache_base + p * hd;
+                var dot_qk = 0.0;
+                for (var d = 0u; d < hd; d = d + 1u) {
+                    dot_qk = dot_qk + q_shared[d] * k_cache[key + d];
+                }
+                score = dot_qk * params.scale;
+            }
+            weights[i] = score;
+            local_max = max(local_max, score);
+        }
+        let m_new = max(m, reduce_max(lid, local_max)); // its barriers also publish `weights`
+        let rescale = exp(m - m_new);
+        partial_sum = partial_sum * rescale;
+        for (var i = lid; i < CHUNK; i = i + WG) {
+            var e = 0.0;
+            if (start + i < tile_end) {
+                e = exp(weights[i] - m_new);
+            }
+            weights[i] = e;
+            partial_sum = partial_sum + e;
+        }
+        workgroupBarrier();
+        for (var lane = 0u; lane < LANES; lane = lane + 1u) {
+            let d = lid + lane * WG;
+            if (d < hd) {
+                var sum = acc[lane] * rescale;
+                for (var p = start; p < tile_end; p = p + 1u) {
+                    sum = sum + weights[p - start] * v_cache[cache_base + p * hd + d];
+                }
+                acc[lane] = sum;
+            }
+        }
+        workgroupBarrier(); // the next tile overwrites `weights`
+        m = m_new;
+    }
+    let l = reduce_sum(lid, partial_sum);
+    let out_base = t * params.heads * hd + head * hd;
+    for (var lane = 0u; lane < LANES; lane = lane + 1u) {
+        let d = lid + lane * WG;
+        if (d < hd) {
+            out[out_base + d] = acc[lane] / l;
+        }
+    }
+}
