@@ -28,6 +28,31 @@ fn read_byte(i: u32) -> u32 {
     return (raw[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
 }
 
+// Bytes b … b+3 as one little-endian word, for any alignment of b.
+fn bytes4(b: u32) -> u32 {
+    let k = b & 3u;
+    let low = raw[b >> 2u];
+    if (k == 0u) {
+        return low;
+    }
+    return (low >> (8u * k)) | (raw[(b >> 2u) + 1u] << (32u - 8u * k));
+}
+
+// The codes at bit `shift` of the 16 bytes from `first`, as one engine word: code s belongs at bit
+// 8·(s % 4) + 2·(s / 4), so byte lane l of the q-th loaded word moves to 8l + 2q.
+fn gather16(first: u32, shift: u32) -> u32 {
+    var word = 0u;
+    for (var q = 0u; q < 4u; q = q + 1u) {
+        word = word | (((bytes4(first + 4u * q) >> shift) & 0x03030303u) << (2u * q));
+    }
+    return word;
+}
+
+// Number of 2-bit fields holding code 3 (not a ternary value).
+fn invalid_codes(word: u32) -> u32 {
+    return countOneBits(word & (word >> 1u) & 0x55555555u);
+}
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -41,16 +66,21 @@ fn main(
     let row = index / params.words_per_row;
     let first = (index % params.words_per_row) * 16u;
     let count = min(16u, params.cols - first);
+    let start = row * params.cols + first; // flat index: blocks run across row ends
     var word = 0x55555555u; // padding columns keep code 1 (t = 0)
-    var invalid = 0u;
-    for (var s = 0u; s < count; s = s + 1u) {
-        let e = row * params.cols + first + s; // flat index: blocks run across row ends
-        let j = e & 127u;
-        let code = (read_byte((e >> 7u) * 32u + (j & 31u)) >> (6u - 2u * (j >> 5u))) & 3u;
-        invalid = invalid + select(0u, 1u, code == 3u);
-        let shift = 8u * (s & 3u) + 2u * (s >> 2u);
-        word = (word & ~(3u << shift)) | (code << shift);
+    if (count == 16u && (start & 15u) == 0u) {
+        // 16 values of one block: bytes j mod 32 … +15, one shift.
+        let j = start & 127u;
+        word = gather16((start >> 7u) * 32u + (j & 31u), 6u - 2u * (j >> 5u));
+    } else {
+        for (var s = 0u; s < count; s = s + 1u) {
+            let j = (start + s) & 127u;
+            let code = (read_byte(((start + s) >> 7u) * 32u + (j & 31u)) >> (6u - 2u * (j >> 5u))) & 3u;
+            let shift = 8u * (s & 3u) + 2u * (s >> 2u);
+            word = (word & ~(3u << shift)) | (code << shift);
+        }
     }
+    let invalid = invalid_codes(word);
     packed[index] = word;
     if (invalid != 0u) {
         atomicAdd(&status.invalid_codes, invalid);

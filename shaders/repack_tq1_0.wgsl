@@ -38,24 +38,26 @@ fn read_byte(i: u32) -> u32 {
     return (raw[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
 }
 
-// Byte offset within the block and digit index of value v.
-fn position(v: u32) -> vec2<u32> {
-    if (v < 160u) {
-        return vec2<u32>(v & 31u, v >> 5u);
+// Bytes b … b+3 as one little-endian word, for any alignment of b.
+fn bytes4(b: u32) -> u32 {
+    let k = b & 3u;
+    let low = raw[b >> 2u];
+    if (k == 0u) {
+        return low;
     }
-    if (v < 240u) {
-        let u = v - 160u;
-        return vec2<u32>(32u + (u & 15u), u >> 4u);
-    }
-    let u = v - 240u;
-    return vec2<u32>(48u + (u & 3u), u >> 2u);
+    return (low >> (8u * k)) | (raw[(b >> 2u) + 1u] << (32u - 8u * k));
 }
 
-fn digit(byte: u32, n: u32) -> u32 {
+fn power3(n: u32) -> u32 {
     var power = 1u;
     for (var i = 0u; i < n; i = i + 1u) {
         power = power * 3u;
     }
+    return power;
+}
+
+// Digit of a pre-scaled byte, brought to the top by multiplying by 3ⁿ (mod 256).
+fn digit(byte: u32, power: u32) -> u32 {
     return (((byte * power) & 0xffu) * 3u) >> 8u;
 }
 
@@ -76,13 +78,26 @@ fn main(
         let base = block * BLOCK_BYTES;
         var live = false;
         for (var w = 0u; w < 16u; w = w + 1u) {
+            // Code s of the word belongs at bit 8·(s % 4) + 2·(s / 4) = 8·lane + 2q for s = 4q + lane.
+            // Words 0–9: values 16w … 16w+15 are digit w/2 of qs[16·(w % 2) …], words 10–14: digit
+            // w − 10 of qs[32 …]; word 15 (values 240 + 4n + j): digit n = q of qh[j = lane].
             var word = 0u;
-            for (var s = 0u; s < 16u; s = s + 1u) {
-                let at = position(16u * w + s);
-                let code = digit(read_byte(base + at.x), at.y);
-                live = live || code != 1u;
-                word = word | (code << (8u * (s & 3u) + 2u * (s >> 2u)));
+            for (var q = 0u; q < 4u; q = q + 1u) {
+                var first = base + 48u;
+                var power = power3(q);
+                if (w < 10u) {
+                    first = base + 16u * (w & 1u) + 4u * q;
+                    power = power3(w >> 1u);
+                } else if (w < 15u) {
+                    first = base + 32u + 4u * q;
+                    power = power3(w - 10u);
+                }
+                let four = bytes4(first);
+                for (var lane = 0u; lane < 4u; lane = lane + 1u) {
+                    word = word | (digit((four >> (8u * lane)) & 0xffu, power) << (8u * lane + 2u * q));
+                }
             }
+            live = live || word != 0x55555555u;
             packed[block * 16u + w] = word;
         }
         if (live) {

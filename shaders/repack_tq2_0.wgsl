@@ -36,6 +36,31 @@ fn read_byte(i: u32) -> u32 {
     return (raw[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
 }
 
+// Bytes b … b+3 as one little-endian word, for any alignment of b.
+fn bytes4(b: u32) -> u32 {
+    let k = b & 3u;
+    let low = raw[b >> 2u];
+    if (k == 0u) {
+        return low;
+    }
+    return (low >> (8u * k)) | (raw[(b >> 2u) + 1u] << (32u - 8u * k));
+}
+
+// The codes at bit `shift` of the 16 bytes from `first`, as one engine word: code s belongs at bit
+// 8·(s % 4) + 2·(s / 4), so byte lane l of the q-th loaded word moves to 8l + 2q.
+fn gather16(first: u32, shift: u32) -> u32 {
+    var word = 0u;
+    for (var q = 0u; q < 4u; q = q + 1u) {
+        word = word | (((bytes4(first + 4u * q) >> shift) & 0x03030303u) << (2u * q));
+    }
+    return word;
+}
+
+// Number of 2-bit fields holding code 3 (not a ternary value).
+fn invalid_codes(word: u32) -> u32 {
+    return countOneBits(word & (word >> 1u) & 0x55555555u);
+}
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -58,13 +83,9 @@ fn main(
             let h = w >> 3u;
             let l = (w >> 1u) & 3u;
             let first_byte = base + 32u * h + 16u * (w & 1u);
-            var word = 0u;
-            for (var s = 0u; s < 16u; s = s + 1u) {
-                let code = (read_byte(first_byte + s) >> (2u * l)) & 3u;
-                live = live || code != 1u;
-                invalid = invalid + select(0u, 1u, code == 3u);
-                word = word | (code << (8u * (s & 3u) + 2u * (s >> 2u)));
-            }
+            let word = gather16(first_byte, 2u * l);
+            live = live || word != 0x55555555u;
+            invalid = invalid + invalid_codes(word);
             packed[block * 16u + w] = word;
         }
         if (live) {

@@ -33,7 +33,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
     }
     workgroupBarrier();
-    let inv_rms = inverseSqrt(partial[0] / f32(params.k) + params.eps);
+    let inv_rms = 1.0 / sqrt(partial[0] / f32(params.k) + params.eps);
     for (var i = lid; i < params.k; i = i + WG) {
         y[base + i] = gain[i] * (x[base + i] * inv_rms);
     }

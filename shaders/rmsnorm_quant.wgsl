@@ -73,7 +73,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         squares = squares + v * v;
     }
     partial[lid] = squares;
-    let inv_rms = inverseSqrt(reduce_sum(lid) / f32(params.k) + params.eps);
+    let inv_rms = 1.0 / sqrt(reduce_sum(lid) / f32(params.k) + params.eps);
 
     var absmax = 0.0;
     for (var i = lid; i < params.k; i = i + WG) {

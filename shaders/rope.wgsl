@@ -2,7 +2,7 @@
 // q|k|v projection [T, (heads + 2·kv_heads)·head_dim]. q is rotated in place; rotated k and raw v are
 // written to the layer's caches [kv_heads, max_seq, head_dim] at positions pos .. pos + T.
 // angle = f32(position) · inv_freq[j] in f32, exactly as the CPU twin (inv_freq comes from the host);
-// the angle is reduced to [−π, π] exactly before cos/sin, since GPU cos/sin are only accurate there.
+// sin/cos are evaluated by this shader itself (see sin_cos) to stay within ~1e-7 of libm everywhere.
 // One invocation per (token, head, pair j).
 
 struct StepParams {
@@ -26,11 +26,30 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> v_cache: array<f32>;
 
-// a − n·2π with 2π = C1 + C2 + C3, C1 and C2 short enough that n·C1, n·C2 and both subtractions are
-// exact for n < 2^15 (|a| < ~200000): the result is within ~2.5e-7 of the exact reduction.
-fn reduce_angle(a: f32) -> f32 {
-    let n = round(a * 0.15915494);
-    return ((a - n * 6.28125) - n * 0.001934051513671875) - n * 1.2556659e-06;
+// (sin a, cos a) for |a| < ~1.3e5 without the builtins, whose accuracy outside [−π, π] is unspecified
+// and which SwiftShader evaluates to only ~2e-4 even inside it. r = a − n·π/2 with π/2 split into
+// C1 + C2 + C3 so that n·C1, n·C2 and the first subtractions are exact; then Taylor polynomials on
+// |r| ≤ π/4 (truncation < 2e-9) and the quadrant n mod 4. Agrees with libm's sinf/cosf to ~1e-7.
+fn sin_cos(a: f32) -> vec2<f32> {
+    let n = round(a * 0.63661977);
+    let r = ((a - n * 1.5625) - n * 0.00830078125) - n * -4.454455e-06;
+    let r2 = r * r;
+    let s = r + r * r2 * (-0.16666667 + r2 * (0.008333334 + r2 * (-0.0001984127 + r2 * 2.7557319e-06)));
+    let c = 1.0 + r2 * (-0.5 + r2 * (0.041666668 + r2 * (-0.0013888889 + r2 * (2.4801588e-05 + r2 * -2.7557319e-07))));
+    switch (i32(n) & 3) {
+        case 0: {
+            return vec2<f32>(s, c);
+        }
+        case 1: {
+            return vec2<f32>(c, -s);
+        }
+        case 2: {
+            return vec2<f32>(-s, -c);
+        }
+        default: {
+            return vec2<f32>(-c, s);
+        }
+    }
 }
 
 @compute @workgroup_size(64)
@@ -55,9 +74,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         v_cache[dst + half_dim] = x2;
         return;
     }
-    let angle = reduce_angle(f32(position) * inv_freq[j]);
-    let c = cos(angle);
-    let s = sin(angle);
+    let sc = sin_cos(f32(position) * inv_freq[j]);
+    let s = sc.x;
+    let c = sc.y;
     let y1 = x1 * c + (-x2) * s;
     let y2 = x2 * c + x1 * s;
     if (head < params.heads) {

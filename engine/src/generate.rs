@@ -33,7 +33,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), ignore_eos: false }
+        GenerateOptions {
+            max_new_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -117,7 +122,13 @@ impl Session {
                 model.config.vocab_size
             )));
         }
-        Ok(Session { model, tokenizer, template, end_ids, history: Vec::new() })
+        Ok(Session {
+            model,
+            tokenizer,
+            template,
+            end_ids,
+            history: Vec::new(),
+        })
     }
 
     /// Forgets the conversation.
@@ -131,7 +142,8 @@ impl Session {
         let bos = self.tokenizer.bos_token().unwrap_or_default();
         let eos = self.tokenizer.eos_token().unwrap_or_default();
         let rendered = self.template.render(messages, true, &bos, &eos)?;
-        self.tokenizer.encode(&rendered.text, !rendered.starts_with_bos)
+        self.tokenizer
+            .encode(&rendered.text, !rendered.starts_with_bos)
     }
 
     /// Teacher-forced logits [ids.len(), vocab] from an empty cache. `one_at_a_time` feeds the
@@ -141,7 +153,9 @@ impl Session {
         let mut logits = Vec::with_capacity(ids.len() * self.model.config.vocab_size);
         if one_at_a_time {
             for &id in ids {
-                logits.extend(expect_logits(self.model.forward(&[id], Output::LastLogits).await?)?);
+                logits.extend(expect_logits(
+                    self.model.forward(&[id], Output::LastLogits).await?,
+                )?);
             }
         } else {
             logits = expect_logits(self.model.forward(ids, Output::AllLogits).await?)?;
@@ -164,7 +178,10 @@ impl Session {
         }
         let limit = self.model.options.max_context;
         if prompt.len() >= limit {
-            return Err(Error::ContextOverflow { needed: prompt.len() + 1, limit });
+            return Err(Error::ContextOverflow {
+                needed: prompt.len() + 1,
+                limit,
+            });
         }
         let mut sampler = Sampler::new(options.sampling.clone())?;
         let output = output_for(&options.sampling);
@@ -212,7 +229,10 @@ impl Session {
             let tail = stops.push(&streamer.finish()?) + &stops.flush();
             if !tail.is_empty() {
                 text.push_str(&tail);
-                on_token(TokenEvent { id: *generated.last().expect("one token"), text: &tail });
+                on_token(TokenEvent {
+                    id: *generated.last().expect("one token"),
+                    text: &tail,
+                });
             }
         }
         Ok(Generation {
@@ -255,7 +275,9 @@ fn choose(sampler: &mut Sampler, result: StepResult, history: &[u32]) -> Result<
 fn expect_logits(result: StepResult) -> Result<Vec<f32>> {
     match result {
         StepResult::Logits(l) => Ok(l),
-        other => Err(Error::Invalid(format!("expected logits from the model, got {other:?}"))),
+        other => Err(Error::Invalid(format!(
+            "expected logits from the model, got {other:?}"
+        ))),
     }
 }
 
@@ -267,7 +289,9 @@ fn now() -> f64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use std::time::{SystemTime, UNIX_EPOCH};
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
     }
     #[cfg(target_arch = "wasm32")]
     {
@@ -280,7 +304,9 @@ pub fn tokenizer_of(checkpoint: &Checkpoint) -> Result<Tokenizer> {
     let config = &checkpoint.config;
     if let Some(json) = &checkpoint.tokenizer_json {
         let tokenizer = Tokenizer::from_json("tokenizer.json", json)?;
-        return Ok(tokenizer.with_special_ids(config.bos_token_id, config.eos_token_ids.first().copied()));
+        return Ok(
+            tokenizer.with_special_ids(config.bos_token_id, config.eos_token_ids.first().copied())
+        );
     }
     let Some(meta) = &checkpoint.gguf_metadata else {
         return Err(Error::Tokenizer(
@@ -290,14 +316,30 @@ pub fn tokenizer_of(checkpoint: &Checkpoint) -> Result<Tokenizer> {
     let strings = |key: &str| -> Vec<String> {
         meta.get(key)
             .and_then(MetaValue::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
-    let id = |key: &str| meta.get(key).and_then(MetaValue::as_u64).and_then(|v| u32::try_from(v).ok());
-    let types: Option<Vec<i32>> = meta.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array).map(|a| {
-        a.iter().map(|v| v.as_u64().map_or(-1, |t| i32::try_from(t).unwrap_or(-1))).collect()
-    });
-    let model = meta.get("tokenizer.ggml.model").and_then(MetaValue::as_str).unwrap_or("gpt2");
+    let id = |key: &str| {
+        meta.get(key)
+            .and_then(MetaValue::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let types: Option<Vec<i32>> = meta
+        .get("tokenizer.ggml.token_type")
+        .and_then(MetaValue::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_u64().map_or(-1, |t| i32::try_from(t).unwrap_or(-1)))
+                .collect()
+        });
+    let model = meta
+        .get("tokenizer.ggml.model")
+        .and_then(MetaValue::as_str)
+        .unwrap_or("gpt2");
     Tokenizer::from_gguf(
         &strings("tokenizer.ggml.tokens"),
         types.as_deref(),

@@ -5,7 +5,8 @@
 // and its subgroups take them in turns, so any actual size ≥ the minimum covers every row.
 // Subgroup s is taken to be invocations s·size … s·size + size − 1 (how every driver splits a 1-D
 // workgroup; the `subgroup_id` builtin would say so explicitly but browsers do not offer it yet).
-enable subgroups;
+// No `enable subgroups;` here: naga (wgpu 30) rejects the directive and needs only the device feature;
+// the wrapper adds it for the browser, whose WGSL compiler requires it.
 
 override SG_ROWS: u32 = 8u;
 

@@ -2,6 +2,8 @@
 //! test runs on each adapter the machine has (lavapipe and SwiftShader in CI), plus helpers for random
 //! inputs and tolerance checks that say where a comparison failed.
 
+pub mod goldens;
+
 use std::sync::OnceLock;
 use tern::gpu::{Context, ContextOptions};
 

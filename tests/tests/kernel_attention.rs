@@ -38,18 +38,38 @@ impl Case {
     }
 
     fn cpu(&self) -> Vec<f32> {
-        attention(&self.q, self.q_stride, &self.k_cache, &self.v_cache, self.shape, self.pos, self.tokens)
+        attention(
+            &self.q,
+            self.q_stride,
+            &self.k_cache,
+            &self.v_cache,
+            self.shape,
+            self.pos,
+            self.tokens,
+        )
     }
 
     fn gpu(&self, ctx: &Context, decode: bool) -> Vec<f32> {
-        let step = StepParams { pos: self.pos as u32, tokens: self.tokens as u32, _pad: [0; 2] };
+        let step = StepParams {
+            pos: self.pos as u32,
+            tokens: self.tokens as u32,
+            _pad: [0; 2],
+        };
         let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
         let q = GpuBuffer::from_slice(ctx, "q", &self.q, BufferUsage::Storage).unwrap();
         let k_cache = GpuBuffer::from_slice(ctx, "k", &self.k_cache, BufferUsage::Storage).unwrap();
         let v_cache = GpuBuffer::from_slice(ctx, "v", &self.v_cache, BufferUsage::Storage).unwrap();
         let out_len = self.tokens * self.shape.heads * self.shape.head_dim;
-        let out = GpuBuffer::from_slice(ctx, "out", &vec![f32::NAN; out_len], BufferUsage::Storage).unwrap();
-        let buffers = AttentionBuffers { step: &step, q: &q, q_stride: self.q_stride, k_cache: &k_cache, v_cache: &v_cache, out: &out };
+        let out = GpuBuffer::from_slice(ctx, "out", &vec![f32::NAN; out_len], BufferUsage::Storage)
+            .unwrap();
+        let buffers = AttentionBuffers {
+            step: &step,
+            q: &q,
+            q_stride: self.q_stride,
+            k_cache: &k_cache,
+            v_cache: &v_cache,
+            out: &out,
+        };
         if decode {
             assert_eq!(self.tokens, 1);
             let kernel = AttentionDecode::new(ctx);
@@ -76,14 +96,31 @@ impl Case {
         let cpu = self.cpu();
         let what = format!("{:?} pos={} T={}", self.shape, self.pos, self.tokens);
         if self.tokens == 1 {
-            assert_close(&format!("decode {what}"), &self.gpu(ctx, true), &cpu, 1e-5, 1e-5);
+            assert_close(
+                &format!("decode {what}"),
+                &self.gpu(ctx, true),
+                &cpu,
+                1e-5,
+                1e-5,
+            );
         }
-        assert_close(&format!("prefill {what}"), &self.gpu(ctx, false), &cpu, 1e-5, 1e-5);
+        assert_close(
+            &format!("prefill {what}"),
+            &self.gpu(ctx, false),
+            &cpu,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
 fn shape(kv_heads: usize, group: usize, head_dim: usize, max_seq: usize) -> AttentionShape {
-    AttentionShape { heads: kv_heads * group, kv_heads, head_dim, max_seq }
+    AttentionShape {
+        heads: kv_heads * group,
+        kv_heads,
+        head_dim,
+        max_seq,
+    }
 }
 
 #[test]

@@ -18,11 +18,16 @@ const DTYPES: [FloatDtype; 3] = [FloatDtype::F32, FloatDtype::F16, FloatDtype::B
 
 /// Roughly normal latent weights (sum of uniforms), times `scale`, in the file's bytes.
 fn random_tensor(rng: &mut impl Rng, n: usize, dtype: FloatDtype, scale: f32) -> Vec<u8> {
-    let values = (0..n).map(|_| (0..3).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * scale);
+    let values =
+        (0..n).map(|_| (0..3).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * scale);
     match dtype {
         FloatDtype::F32 => values.flat_map(f32::to_le_bytes).collect(),
-        FloatDtype::F16 => values.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect(),
-        FloatDtype::Bf16 => values.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect(),
+        FloatDtype::F16 => values
+            .flat_map(|v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        FloatDtype::Bf16 => values
+            .flat_map(|v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -36,14 +41,19 @@ fn gpu_quantize(
 ) -> (Vec<i8>, f32) {
     let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
     let (packed, scale) =
-        pollster::block_on(quantizer.quantize(ctx, "test.weight", dtype, &raw, rows, cols)).unwrap();
+        pollster::block_on(quantizer.quantize(ctx, "test.weight", dtype, &raw, rows, cols))
+            .unwrap();
     let words: Vec<u32> = pollster::block_on(packed.read_vec(ctx)).unwrap();
     assert_eq!(words.len(), rows * words_per_row(cols));
     // Padding columns must hold code 1 (t = 0) so that the matvec's Σc·x − Σx stays exact.
     for (w, &word) in words.iter().enumerate() {
         let valid = (cols - (w % words_per_row(cols)) * 16).min(16);
         for s in valid..16 {
-            assert_eq!((word >> (8 * (s % 4) + 2 * (s / 4))) & 3, 1, "padding code in word {w}");
+            assert_eq!(
+                (word >> (8 * (s % 4) + 2 * (s / 4))) & 3,
+                1,
+                "padding code in word {w}"
+            );
         }
     }
     (unpack_ternary(&words, rows, cols), scale)
@@ -66,7 +76,14 @@ fn compare(what: &str, values: &[f32], gpu: (Vec<i8>, f32), cpu: &(Vec<i8>, f32)
     }
 }
 
-fn check(ctx: &Context, quantizer: &Quantizer, dtype: FloatDtype, rows: usize, cols: usize, seed: u64) {
+fn check(
+    ctx: &Context,
+    quantizer: &Quantizer,
+    dtype: FloatDtype,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) {
     let mut rng = seeded(seed);
     let scale = rng.random_range(0.001..2.0);
     let bytes = random_tensor(&mut rng, rows * cols, dtype, scale);
@@ -79,7 +96,11 @@ fn check(ctx: &Context, quantizer: &Quantizer, dtype: FloatDtype, rows: usize, c
 #[test]
 fn model_shapes() {
     // 2B-4T-bf16 gate (6912×2560: three summing levels) and down (2560×6912); 1bitLLM-large q (fp16).
-    let cases = [(FloatDtype::Bf16, 6912, 2560), (FloatDtype::Bf16, 2560, 6912), (FloatDtype::F16, 1536, 1536)];
+    let cases = [
+        (FloatDtype::Bf16, 6912, 2560),
+        (FloatDtype::Bf16, 2560, 6912),
+        (FloatDtype::F16, 1536, 1536),
+    ];
     for (dtype, rows, cols) in cases {
         let mut rng = seeded(rows as u64 + cols as u64);
         let bytes = random_tensor(&mut rng, rows * cols, dtype, 0.02);

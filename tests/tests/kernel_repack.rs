@@ -8,13 +8,18 @@ use rand::Rng;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
 use tern::ops::repack::{RepackLayout, Repacker};
 use tern::reference::repack::{
-    decode_hf_packed, decode_i2s, decode_tq1_0, decode_tq2_0, encode_hf_packed, encode_i2s, encode_tq1_0,
-    encode_tq2_0, i2s_scale, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK,
+    decode_hf_packed, decode_i2s, decode_tq1_0, decode_tq2_0, encode_hf_packed, encode_i2s,
+    encode_tq1_0, encode_tq2_0, i2s_scale, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK,
 };
 use tern::reference::ternary::pack_ternary;
 use tern_tests::{for_each_adapter, seeded};
 
-const LAYOUTS: [RepackLayout; 4] = [RepackLayout::HfPacked, RepackLayout::I2S, RepackLayout::Tq2_0, RepackLayout::Tq1_0];
+const LAYOUTS: [RepackLayout; 4] = [
+    RepackLayout::HfPacked,
+    RepackLayout::I2S,
+    RepackLayout::Tq2_0,
+    RepackLayout::Tq1_0,
+];
 
 fn gpu_repack(
     ctx: &Context,
@@ -25,7 +30,8 @@ fn gpu_repack(
 ) -> tern::Result<(Vec<u32>, Option<f32>)> {
     let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
     let repacker = Repacker::new(ctx);
-    let (packed, scale) = pollster::block_on(repacker.repack(ctx, "test.weight", layout, &raw, rows, cols))?;
+    let (packed, scale) =
+        pollster::block_on(repacker.repack(ctx, "test.weight", layout, &raw, rows, cols))?;
     Ok((pollster::block_on(packed.read_vec(ctx)).unwrap(), scale))
 }
 
@@ -40,7 +46,13 @@ fn random_ternary(rng: &mut impl Rng, n: usize) -> Vec<i8> {
 
 /// The file bytes of `t` in `layout`, checked to decode back to `t` on the CPU, and the scale the
 /// repack must report.
-fn encode(layout: RepackLayout, t: &[i8], rows: usize, cols: usize, scale: f16) -> (Vec<u8>, Option<f32>) {
+fn encode(
+    layout: RepackLayout,
+    t: &[i8],
+    rows: usize,
+    cols: usize,
+    scale: f16,
+) -> (Vec<u8>, Option<f32>) {
     let n = rows * cols;
     match layout {
         RepackLayout::HfPacked => {
@@ -64,7 +76,11 @@ fn encode(layout: RepackLayout, t: &[i8], rows: usize, cols: usize, scale: f16) 
                 let decoded = decode_tq1_0(&bytes, n).unwrap();
                 (bytes, decoded)
             };
-            let expected_scale = if t.iter().all(|&v| v == 0) { 0.0 } else { scale.to_f32() };
+            let expected_scale = if t.iter().all(|&v| v == 0) {
+                0.0
+            } else {
+                scale.to_f32()
+            };
             assert_eq!(decoded, (t.to_vec(), expected_scale));
             (bytes, Some(expected_scale))
         }
@@ -78,7 +94,10 @@ fn check(ctx: &Context, layout: RepackLayout, rows: usize, cols: usize, seed: u6
     let (bytes, expected_scale) = encode(layout, &t, rows, cols, scale);
     let (packed, scale) = gpu_repack(ctx, layout, &bytes, rows, cols).unwrap();
     assert_eq!(scale, expected_scale, "{layout:?} {rows}×{cols}: scale");
-    assert!(packed == pack_ternary(&t, rows, cols), "{layout:?} {rows}×{cols}: packed weights differ");
+    assert!(
+        packed == pack_ternary(&t, rows, cols),
+        "{layout:?} {rows}×{cols}: packed weights differ"
+    );
 }
 
 #[test]
@@ -94,7 +113,10 @@ fn model_shapes() {
             for_each_adapter(|ctx| {
                 let (packed, scale) = gpu_repack(ctx, layout, &bytes, rows, cols).unwrap();
                 assert_eq!(scale, expected_scale, "{layout:?} {rows}×{cols}: scale");
-                assert!(packed == expected, "{layout:?} {rows}×{cols}: packed weights differ");
+                assert!(
+                    packed == expected,
+                    "{layout:?} {rows}×{cols}: packed weights differ"
+                );
             });
         }
     }
@@ -130,7 +152,10 @@ fn hand_made_blocks() {
     tq2[0] = 0b01_10_00_00; // values 0: −1, 32: −1, 64: +1, 96: 0
     tq2[32 + 5] = 0b10_00_01_10; // values 133: +1, 165: 0, 197: −1, 229: +1
     tq2.extend_from_slice(&[0x00, 0x38]);
-    let tq2_t = values(256, &[(0, -1), (32, -1), (64, 1), (133, 1), (197, -1), (229, 1)]);
+    let tq2_t = values(
+        256,
+        &[(0, -1), (32, -1), (64, 1), (133, 1), (197, -1), (229, 1)],
+    );
 
     // TQ1_0, W[1, 256]: byte = ⌈c·256/243⌉ for base-3 digits c (first most significant), digit = code.
     // All-zero digits (1,1,1,1,1): c = 121 → 128 in qs; qh holds 4 digits then a 0: c = 120 → 127.
@@ -140,7 +165,19 @@ fn hand_made_blocks() {
     tq1[32 + 8] = 70; // digits (0,2,1,1,0): c = 66 → 70 → values 168: −1, 184: +1, 232: −1
     tq1[48 + 2] = 203; // digits (2,1,0,1,0): c = 192 → 203 → values 242: +1, 250: −1
     tq1.extend_from_slice(&[0x00, 0x34]); // d = 0.25
-    let tq1_t = values(256, &[(5, 1), (37, -1), (133, 1), (168, -1), (184, 1), (232, -1), (242, 1), (250, -1)]);
+    let tq1_t = values(
+        256,
+        &[
+            (5, 1),
+            (37, -1),
+            (133, 1),
+            (168, -1),
+            (184, 1),
+            (232, -1),
+            (242, 1),
+            (250, -1),
+        ],
+    );
 
     assert_eq!(decode_hf_packed(&hf, 8, 3).unwrap(), hf_t);
     assert_eq!(encode_hf_packed(&hf_t, 8, 3), hf);
@@ -174,14 +211,16 @@ fn rejects_mixed_block_scales_and_invalid_codes() {
     let mut tq2 = encode_tq2_0(&t, f16::from_f32(1.0));
     let mut tq1 = encode_tq1_0(&t, f16::from_f32(1.0));
     // Block 4 gets another scale.
-    tq2[4 * TQ2_0_BLOCK_BYTES + 64..4 * TQ2_0_BLOCK_BYTES + 66].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
-    tq1[4 * TQ1_0_BLOCK_BYTES + 52..4 * TQ1_0_BLOCK_BYTES + 54].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
+    tq2[4 * TQ2_0_BLOCK_BYTES + 64..4 * TQ2_0_BLOCK_BYTES + 66]
+        .copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
+    tq1[4 * TQ1_0_BLOCK_BYTES + 52..4 * TQ1_0_BLOCK_BYTES + 54]
+        .copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
     assert!(decode_tq2_0(&tq2, rows * cols).is_err());
     assert!(decode_tq1_0(&tq1, rows * cols).is_err());
     // Code 3 in HF packed and I2_S.
-    let mut hf = encode_hf_packed(&vec![0i8; 8 * 5], 8, 5);
+    let mut hf = encode_hf_packed(&[0i8; 8 * 5], 8, 5);
     hf[7] = 0b11_01_01_01;
-    let mut i2s = encode_i2s(&vec![0i8; 256], 1.0);
+    let mut i2s = encode_i2s(&[0i8; 256], 1.0);
     i2s[40] = 0b01_11_01_01;
     assert!(decode_hf_packed(&hf, 8, 5).is_err());
     assert!(decode_i2s(&i2s, 256).is_err());
@@ -193,12 +232,24 @@ fn rejects_mixed_block_scales_and_invalid_codes() {
             (RepackLayout::HfPacked, &hf, 8, 5, "invalid 2-bit codes"),
             (RepackLayout::I2S, &i2s, 1, 256, "invalid 2-bit codes"),
         ] {
-            let err = gpu_repack(ctx, layout, bytes, rows, cols).unwrap_err().to_string();
-            assert!(err.contains("test.weight") && err.contains(expect), "{layout:?}: {err}");
+            let err = gpu_repack(ctx, layout, bytes, rows, cols)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("test.weight") && err.contains(expect),
+                "{layout:?}: {err}"
+            );
         }
         // Zero tensors: no block carries a scale.
         let zeros = vec![0i8; 2 * 256];
-        let (packed, scale) = gpu_repack(ctx, RepackLayout::Tq2_0, &encode_tq2_0(&zeros, f16::ONE), 2, 256).unwrap();
+        let (packed, scale) = gpu_repack(
+            ctx,
+            RepackLayout::Tq2_0,
+            &encode_tq2_0(&zeros, f16::ONE),
+            2,
+            256,
+        )
+        .unwrap();
         assert_eq!((packed, scale), (pack_ternary(&zeros, 2, 256), Some(0.0)));
     });
 }
@@ -211,7 +262,10 @@ fn rejects_shapes_the_layout_cannot_hold() {
         (RepackLayout::Tq2_0, 4, 384),
         (RepackLayout::Tq1_0, 1, 128),
     ] {
-        let err = layout.check_shape("test.weight", rows, cols).unwrap_err().to_string();
+        let err = layout
+            .check_shape("test.weight", rows, cols)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("test.weight"), "{err}");
     }
     // I2_S blocks run across rows: only the total must be a multiple of 128 (bitnet_b1_58-3B's 8640).

@@ -10,7 +10,10 @@ use tern_tests::{assert_close, for_each_adapter, random_f32, seeded};
 fn check(ctx: &Context, tokens: usize, k: usize, seed: u64) {
     let mut rng = seeded(seed);
     let x = random_f32(&mut rng, tokens * k, 3.0);
-    let gain: Vec<f32> = random_f32(&mut rng, k, 1.0).iter().map(|g| g + 1.2).collect();
+    let gain: Vec<f32> = random_f32(&mut rng, k, 1.0)
+        .iter()
+        .map(|g| g + 1.2)
+        .collect();
     let eps = 1e-5;
     let kernel = RmsNorm::new(ctx);
     let xb = GpuBuffer::from_slice(ctx, "x", &x, BufferUsage::Storage).unwrap();
@@ -23,7 +26,13 @@ fn check(ctx: &Context, tokens: usize, k: usize, seed: u64) {
     }))
     .unwrap();
     let gpu: Vec<f32> = pollster::block_on(yb.read_vec(ctx)).unwrap();
-    assert_close(&format!("rmsnorm T={tokens} k={k}"), &gpu[..tokens * k], &rmsnorm(&x, &gain, eps), 5e-6, 1e-5);
+    assert_close(
+        &format!("rmsnorm T={tokens} k={k}"),
+        &gpu[..tokens * k],
+        &rmsnorm(&x, &gain, eps),
+        5e-6,
+        1e-5,
+    );
 }
 
 #[test]

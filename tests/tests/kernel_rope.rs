@@ -1,6 +1,6 @@
 //! `rope.wgsl` (RoPE on q and k + KV-cache append) against `reference::rope::rope_append`.
-//! Tolerance on rotated values (inputs in [−1, 1]): |gpu − cpu| ≤ 2e-6 absolute — the angle is the
-//! same f32 on both sides; GPU cos/sin after exact range reduction differ from libm by ~1e-7.
+//! Tolerance on rotated values (inputs in [−1, 1]): |gpu − cpu| ≤ 1e-6 absolute — the angle is the
+//! same f32 on both sides; the shader's own sin/cos differ from libm by ~1e-7.
 //! v and every untouched cache entry must match exactly.
 
 use proptest::prelude::*;
@@ -11,7 +11,7 @@ use tern::ops::StepParams;
 use tern::reference::rope::{inv_freq, rope_append};
 use tern_tests::{assert_close, for_each_adapter, random_f32, seeded};
 
-const TOLERANCE: f32 = 2e-6;
+const TOLERANCE: f32 = 1e-6;
 
 fn check(ctx: &Context, shape: AttentionShape, theta: f32, pos: usize, tokens: usize, seed: u64) {
     let mut rng = seeded(seed);
@@ -22,12 +22,18 @@ fn check(ctx: &Context, shape: AttentionShape, theta: f32, pos: usize, tokens: u
     let freqs = inv_freq(theta, shape.head_dim);
 
     let kernel = Rope::new(ctx);
-    let step = StepParams { pos: pos as u32, tokens: tokens as u32, _pad: [0; 2] };
+    let step = StepParams {
+        pos: pos as u32,
+        tokens: tokens as u32,
+        _pad: [0; 2],
+    };
     let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
     let qkv_b = GpuBuffer::from_slice(ctx, "qkv", &qkv, BufferUsage::Storage).unwrap();
     let k_b = GpuBuffer::from_slice(ctx, "k", &k_cache, BufferUsage::Storage).unwrap();
     let v_b = GpuBuffer::from_slice(ctx, "v", &v_cache, BufferUsage::Storage).unwrap();
-    let binding = kernel.bind(ctx, shape, &freqs, &step, &qkv_b, &k_b, &v_b).unwrap();
+    let binding = kernel
+        .bind(ctx, shape, &freqs, &step, &qkv_b, &k_b, &v_b)
+        .unwrap();
     pollster::block_on(ctx.run(|encoder| {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         kernel.dispatch(&mut pass, &binding, tokens as u32);
@@ -40,18 +46,39 @@ fn check(ctx: &Context, shape: AttentionShape, theta: f32, pos: usize, tokens: u
     let (mut cpu_qkv, mut cpu_k, mut cpu_v) = (qkv.clone(), k_cache, v_cache);
     rope_append(&mut cpu_qkv, &mut cpu_k, &mut cpu_v, shape, pos, &freqs);
     let what = format!("{shape:?} θ={theta} pos={pos} T={tokens}");
-    assert_close(&format!("q|k|v {what}"), &gpu_qkv[..qkv.len()], &cpu_qkv, TOLERANCE, 0.0);
+    assert_close(
+        &format!("q|k|v {what}"),
+        &gpu_qkv[..qkv.len()],
+        &cpu_qkv,
+        TOLERANCE,
+        0.0,
+    );
     let q_len = shape.heads * shape.head_dim;
     for t in 0..tokens {
         // k and v stay as they were in the projection output.
-        assert_eq!(gpu_qkv[t * row + q_len..(t + 1) * row], qkv[t * row + q_len..(t + 1) * row], "{what}");
+        assert_eq!(
+            gpu_qkv[t * row + q_len..(t + 1) * row],
+            qkv[t * row + q_len..(t + 1) * row],
+            "{what}"
+        );
     }
-    assert_close(&format!("k cache {what}"), &gpu_k[..cpu_k.len()], &cpu_k, TOLERANCE, 0.0);
+    assert_close(
+        &format!("k cache {what}"),
+        &gpu_k[..cpu_k.len()],
+        &cpu_k,
+        TOLERANCE,
+        0.0,
+    );
     assert_eq!(gpu_v[..cpu_v.len()], cpu_v[..], "v cache {what}");
 }
 
 fn shape(heads: usize, kv_heads: usize, head_dim: usize, max_seq: usize) -> AttentionShape {
-    AttentionShape { heads, kv_heads, head_dim, max_seq }
+    AttentionShape {
+        heads,
+        kv_heads,
+        head_dim,
+        max_seq,
+    }
 }
 
 #[test]
@@ -63,6 +90,8 @@ fn model_shapes_and_long_positions() {
         check(ctx, shape(4, 1, 256, 4097), 1_000_042.0, 4095, 2, 3);
         check(ctx, shape(3, 3, 96, 600), 10_000.0, 0, 17, 4);
         check(ctx, shape(5, 1, 100, 64), 500_000.0, 31, 33, 5);
+        // Llama-3's 128k context: angles up to 1.3e5 rad.
+        check(ctx, shape(2, 1, 64, 131_072), 500_000.0, 131_060, 4, 6);
     });
 }
 

@@ -51,11 +51,26 @@ fn check(ctx: &Context, rows: usize, vocab: usize, k: usize, distinct: u32, seed
     let mut rng = seeded(seed);
     let values = logits(&mut rng, rows * vocab, distinct);
     let cpu_argmax: Vec<u32> = values.chunks_exact(vocab).map(argmax).collect();
-    assert_eq!(run_argmax(ctx, &values, vocab), cpu_argmax, "argmax rows {rows} vocab {vocab}");
-    let cpu_top: Vec<Candidate> = values.chunks_exact(vocab).flat_map(|row| top_k(row, k)).collect();
+    assert_eq!(
+        run_argmax(ctx, &values, vocab),
+        cpu_argmax,
+        "argmax rows {rows} vocab {vocab}"
+    );
+    let cpu_top: Vec<Candidate> = values
+        .chunks_exact(vocab)
+        .flat_map(|row| top_k(row, k))
+        .collect();
     let gpu_top = run_top_k(ctx, &values, vocab, k);
-    let bits = |c: &[Candidate]| c.iter().map(|c| (c.index, c.value.to_bits())).collect::<Vec<_>>();
-    assert_eq!(bits(&gpu_top), bits(&cpu_top), "top-{k} rows {rows} vocab {vocab}");
+    let bits = |c: &[Candidate]| {
+        c.iter()
+            .map(|c| (c.index, c.value.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bits(&gpu_top),
+        bits(&cpu_top),
+        "top-{k} rows {rows} vocab {vocab}"
+    );
 }
 
 #[test]
@@ -75,10 +90,27 @@ fn degenerate_rows() {
         values.extend(vec![1.5f32; vocab]);
         assert_eq!(run_argmax(ctx, &values, vocab), vec![0, 0]);
         let top = run_top_k(ctx, &values, vocab, 5);
-        assert!(top[..5].iter().all(|c| c.index == u32::MAX && c.value == f32::NEG_INFINITY));
-        assert_eq!(top[5..].iter().map(|c| c.index).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert!(top[..5]
+            .iter()
+            .all(|c| c.index == u32::MAX && c.value == f32::NEG_INFINITY));
+        assert_eq!(
+            top[5..].iter().map(|c| c.index).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
         assert_eq!(run_argmax(ctx, &[f32::NEG_INFINITY], 1), vec![0]);
-        assert_eq!(run_top_k(ctx, &[3.0], 1, 4)[..2], [Candidate { index: 0, value: 3.0 }, Candidate { index: u32::MAX, value: f32::NEG_INFINITY }]);
+        assert_eq!(
+            run_top_k(ctx, &[3.0], 1, 4)[..2],
+            [
+                Candidate {
+                    index: 0,
+                    value: 3.0
+                },
+                Candidate {
+                    index: u32::MAX,
+                    value: f32::NEG_INFINITY
+                }
+            ]
+        );
     });
 }
 

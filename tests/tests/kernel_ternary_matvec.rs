@@ -97,6 +97,9 @@ fn rows_beyond_one_dispatch_dimension() {
     let expected = case.expected(Epilogue::Store);
     for_each_adapter(|ctx| {
         for layout in layouts(ctx) {
+            let t0 = std::time::Instant::now();
+            let r = run(ctx, &case, layout, Epilogue::Store);
+            eprintln!("TIMING {} {layout:?} {:?}", ctx.adapter_name(), t0.elapsed());
             case.check(
                 &format!("{layout:?}"),
                 Epilogue::Store,

@@ -3,7 +3,7 @@
 //! dtype and shape exactly as the config implies, scales finite and positive — so later stages never
 //! meet a malformed tensor.
 
-use super::gguf::{self, GgmlType, GgufFile, MetaValue};
+use super::gguf::{GgmlType, GgufFile, MetaValue};
 use super::safetensors::{self as st, Dtype};
 use super::source::{read_range, TensorSource};
 use crate::model::config::{ModelConfig, QuantMode};
@@ -348,7 +348,7 @@ impl Resolver<'_> {
     fn hf_scale(&self, name: &str) -> Result<f32> {
         let e = self.get(name)?;
         let dtype = match &e.kind {
-            Kind::St { dtype, shape } if shape.iter().product::<usize>() == 1 => st_float(*dtype),
+            Kind::St { dtype, shape } if shape.iter().all(|&d| d == 1) => st_float(*dtype),
             _ => None,
         };
         let dtype = dtype.ok_or_else(|| self.mismatch(e, name, "a one-element float scale"))?;
@@ -368,12 +368,10 @@ impl Resolver<'_> {
             ));
         }
         let e = self.get(&name)?;
-        let Kind::Gguf { ty, dims } = &e.kind else {
-            unreachable!("GGUF entries only")
+        let ty = match &e.kind {
+            Kind::Gguf { ty, dims } if dims_are(dims, rows, cols) => ty,
+            _ => return Err(self.mismatch(e, &name, &format!("ggml dims [{cols}, {rows}]"))),
         };
-        if !dims_are(dims, rows, cols) {
-            return Err(self.mismatch(e, &name, &format!("ggml dims [{cols}, {rows}]")));
-        }
         let data = match ty {
             GgmlType::I2S => {
                 if cols % 128 != 0 {
@@ -383,7 +381,7 @@ impl Resolver<'_> {
                         format!("I2_S rows of {cols} are not whole 128-value blocks"),
                     ));
                 }
-                let codes = (rows * cols / 4) as u64;
+                let codes = rows as u64 * cols as u64 / 4;
                 let b = read_range(self.sources[e.source].as_ref(), e.offset + codes, 4)?;
                 let scale = f32::from_le_bytes(b.try_into().expect("4 bytes"));
                 WeightData::Ternary {
@@ -529,6 +527,13 @@ impl Checkpoint {
         sources: Vec<Box<dyn TensorSource>>,
         headers: Vec<st::Header>,
     ) -> Result<Self> {
+        if sources.len() != headers.len() {
+            return Err(Error::Invalid(format!(
+                "{} sources but {} headers",
+                sources.len(),
+                headers.len()
+            )));
+        }
         let mut entries = HashMap::new();
         for (source, h) in headers.into_iter().enumerate() {
             for t in h.tensors {
@@ -692,7 +697,7 @@ impl Checkpoint {
         use super::source::FileSource;
         if path.is_file() {
             let src = FileSource::open(path)?;
-            let g = gguf::read(&src)?;
+            let g = super::gguf::read(&src)?;
             return Self::from_gguf(Box::new(src), g);
         }
         let read_opt = |name: &str| -> Result<Option<String>> {
@@ -815,7 +820,7 @@ impl Checkpoint {
             .sources
             .get(r.source)
             .ok_or_else(|| Error::Invalid(format!("no source {}", r.source)))?;
-        if (r.rows * r.cols) as u64 * r.dtype.size() != r.len {
+        if r.rows as u64 * r.cols as u64 * r.dtype.size() != r.len {
             return Err(Error::format(
                 &r.file,
                 &r.name,
@@ -829,7 +834,7 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::gguf::tests::Writer;
+    use crate::format::gguf::{self, tests::Writer};
     use crate::format::safetensors::tests::write as write_st;
     use crate::format::source::BytesSource;
     use crate::model::config::tests::{gguf_meta, B158_2B4T};
@@ -1189,6 +1194,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_arch = "wasm32"))]
     fn open_directories_and_files() {
         let dir = std::env::temp_dir().join(format!("tern-ckpt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1261,5 +1267,41 @@ mod tests {
         std::fs::write(&g, gguf_file("bitnet-b1.58", 1.0, 10)).unwrap();
         assert_eq!(Checkpoint::open(&g).unwrap().config.num_layers, 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every committed fixture (tests/fixtures, one per checkpoint format) opens and resolves.
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn opens_committed_fixtures() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        for (name, layout, sub_norms) in [
+            ("bitnet-2b4t", Some(TernaryLayout::HfPacked), true),
+            ("bitnet-2b4t-sharded", Some(TernaryLayout::HfPacked), true),
+            ("bitnet-2b4t-bf16", None, true),
+            ("llama-1bitllm", None, true),
+            ("plain-bitnet", Some(TernaryLayout::HfPacked), false),
+            ("bitnet-2b4t-i2s.gguf", Some(TernaryLayout::I2S), true),
+            ("bitnet-2b4t-tq1_0.gguf", Some(TernaryLayout::Tq1_0), true),
+            ("bitnet-2b4t-tq2_0.gguf", Some(TernaryLayout::Tq2_0), true),
+        ] {
+            let c = Checkpoint::open(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.config.sub_norms, sub_norms, "{name}");
+            let q = c
+                .projection(c.config.num_layers - 1, Projection::Q)
+                .unwrap();
+            match (q.data, layout) {
+                (WeightData::Ternary { layout: l, .. }, Some(want)) => {
+                    assert_eq!(l, want, "{name}")
+                }
+                (WeightData::Float { .. }, None) => {}
+                (d, _) => panic!("{name}: {d:?}"),
+            }
+            assert!(
+                c.tokenizer_json.is_some() || c.gguf_metadata.is_some(),
+                "{name}"
+            );
+            let norm = c.read_f32_vector(&c.final_norm().unwrap()).unwrap();
+            assert!(norm.iter().all(|x| x.is_finite()), "{name}");
+        }
     }
 }

@@ -71,12 +71,6 @@ pub struct TensorInfo {
     pub len: u64,
 }
 
-impl TensorInfo {
-    pub fn numel(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Header {
     /// Sorted by offset.

@@ -134,6 +134,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_arch = "wasm32"))]
     fn file_source_positioned_reads() {
         let path = std::env::temp_dir().join(format!("tern-source-{}.bin", std::process::id()));
         std::fs::write(&path, [9u8, 8, 7, 6, 5]).unwrap();

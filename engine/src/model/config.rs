@@ -351,7 +351,7 @@ impl ModelConfig {
                 ));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::config(
                 file,
                 "num_key_value_heads",
@@ -361,7 +361,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 file,
                 "head_dim",
@@ -632,10 +632,13 @@ pub(crate) mod tests {
         assert!(bad(&|m| m["hidden_act"] = "gelu".into()).contains("hidden_act"));
         assert!(bad(&|m| m["model_type"] = "gpt2".into()).contains("model_type"));
         assert!(bad(&|m| m["rms_norm_eps"] = "x".into()).contains("rms_norm_eps"));
-        assert!(
-            bad(&|m| m["rope_scaling"] = serde_json::json!({"rope_type": "llama3"}))
-                .contains("rope_scaling")
-        );
+        assert!(bad(&|m| {
+            m.insert(
+                "rope_scaling".into(),
+                serde_json::json!({"rope_type": "llama3"}),
+            );
+        })
+        .contains("rope_scaling"));
         assert!(err("{").contains("JSON"));
     }
 

@@ -62,6 +62,17 @@ pub enum StepResult {
     Logits(Vec<f32>),
 }
 
+/// See [`Model::last_layer_activations`].
+pub struct LastLayerActivations {
+    /// Attention output before the sub-norm and o_proj.
+    pub attention: Vec<f32>,
+    /// act(gate)·up, before the sub-norm and down_proj.
+    pub ffn_activation: Vec<f32>,
+    /// The residual stream after the last layer.
+    pub residual: Vec<f32>,
+    pub final_norm: Vec<f32>,
+}
+
 /// Kernels of one layer: norm/quant sites, projections (decode and prefill variants), rope, attention.
 struct LayerBindings {
     input_norm: RmsNormQuantBinding,
@@ -403,6 +414,20 @@ impl Model {
         .map(|b| b.size)
         .sum();
         self.weights.gpu_bytes() + cache + activations
+    }
+
+    /// The last layer's activations of the last step, [T, width] each — for bisecting a parity
+    /// failure against the reference's per-op dumps (layer 0 is reached with a one-layer config).
+    pub async fn last_layer_activations(&self, tokens: usize) -> Result<LastLayerActivations> {
+        let ctx = &self.ctx;
+        let c = &self.config;
+        let bytes = |width: usize| (tokens * width * 4) as u64;
+        Ok(LastLayerActivations {
+            attention: read_f32(ctx, &self.act.attention, bytes(c.num_heads * c.head_dim)).await?,
+            ffn_activation: read_f32(ctx, &self.act.ffn, bytes(c.intermediate_size)).await?,
+            residual: read_f32(ctx, &self.act.x, bytes(c.hidden_size)).await?,
+            final_norm: read_f32(ctx, &self.act.normed, bytes(c.hidden_size)).await?,
+        })
     }
 
     /// Feeds `ids` at the current position (in batches of at most `max_batch`) and returns `output`

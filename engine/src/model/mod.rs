@@ -4,4 +4,4 @@ pub mod config;
 mod forward;
 pub mod weights;
 
-pub use forward::{Model, ModelOptions, Output, StepResult};
+pub use forward::{LastLayerActivations, Model, ModelOptions, Output, StepResult};

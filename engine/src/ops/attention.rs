@@ -27,8 +27,8 @@ pub struct AttentionShape {
 impl AttentionShape {
     pub fn validate(&self) -> Result<()> {
         let ok = self.kv_heads > 0
-            && self.heads % self.kv_heads == 0
-            && self.head_dim % 2 == 0
+            && self.heads.is_multiple_of(self.kv_heads)
+            && self.head_dim.is_multiple_of(2)
             && (2..=MAX_HEAD_DIM).contains(&self.head_dim)
             && self.max_seq > 0;
         if ok {

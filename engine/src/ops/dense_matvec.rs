@@ -61,7 +61,7 @@ impl DenseMatvec {
         cols: usize,
         layout: MatvecLayout,
     ) -> Self {
-        let aligned = (cols * dtype.bytes()) % 16 == 0;
+        let aligned = (cols * dtype.bytes()).is_multiple_of(16);
         let (entry, workgroup) = match layout {
             MatvecLayout::RowPerInvocation => ("row_per_invocation", ROWS_PER_WORKGROUP),
             MatvecLayout::RowPerWorkgroup => ("row_per_workgroup", WORKGROUP_PER_ROW),

@@ -92,7 +92,7 @@ impl DenseTable {
         cols: usize,
         chunk_rows: usize,
     ) -> Result<Self> {
-        if chunk_rows == 0 || chunk_rows % 8 != 0 {
+        if chunk_rows == 0 || !chunk_rows.is_multiple_of(8) {
             return Err(Error::Invalid(format!(
                 "{label}: chunk rows {chunk_rows} must be a positive multiple of 8"
             )));
@@ -124,7 +124,8 @@ impl DenseTable {
     /// Writes `bytes` (whole rows in the table's dtype, row-major) starting at row `first_row`.
     pub fn write_rows(&self, ctx: &Context, first_row: usize, bytes: &[u8]) -> Result<()> {
         let row_bytes = self.cols * self.dtype.bytes();
-        if bytes.len() % row_bytes != 0 || first_row + bytes.len() / row_bytes > self.rows {
+        if !bytes.len().is_multiple_of(row_bytes) || first_row + bytes.len() / row_bytes > self.rows
+        {
             return Err(Error::Invalid(format!(
                 "table write of {} bytes at row {first_row} does not fit [{}, {}] {:?}",
                 bytes.len(),

@@ -54,15 +54,17 @@ impl RepackLayout {
             ))
         } else {
             match self {
-                RepackLayout::HfPacked if rows % 4 != 0 => Some(format!(
+                RepackLayout::HfPacked if !rows.is_multiple_of(4) => Some(format!(
                     "{rows} output rows: the packing needs a multiple of 4"
                 )),
-                RepackLayout::I2S if n % I2S_BLOCK != 0 => Some(format!(
+                RepackLayout::I2S if !n.is_multiple_of(I2S_BLOCK) => Some(format!(
                     "{rows}×{cols} = {n} values: I2_S stores whole blocks of {I2S_BLOCK}"
                 )),
-                RepackLayout::Tq2_0 | RepackLayout::Tq1_0 if cols % TQ_BLOCK != 0 => Some(format!(
-                    "row length {cols}: rows must hold whole blocks of {TQ_BLOCK} values"
-                )),
+                RepackLayout::Tq2_0 | RepackLayout::Tq1_0 if !cols.is_multiple_of(TQ_BLOCK) => {
+                    Some(format!(
+                        "row length {cols}: rows must hold whole blocks of {TQ_BLOCK} values"
+                    ))
+                }
                 _ => None,
             }
         };

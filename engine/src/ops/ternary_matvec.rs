@@ -232,12 +232,18 @@ impl TernaryMatvec {
                     ("WG", f64::from(SUBGROUP_WG)),
                     ("SG_ROWS", f64::from(rows)),
                 ];
-                let source = concat!(
+                #[cfg(not(target_arch = "wasm32"))]
+                let directive = "";
+                #[cfg(target_arch = "wasm32")]
+                let directive = "enable subgroups;\n";
+                let source = [
+                    directive,
                     shader!("subgroup/ternary_matvec"),
-                    shader!("ternary_matvec")
-                );
+                    shader!("ternary_matvec"),
+                ]
+                .concat();
                 let pipeline =
-                    ctx.pipeline("ternary_matvec", source, "subgroup_per_row", &constants);
+                    ctx.pipeline("ternary_matvec", &source, "subgroup_per_row", &constants);
                 (pipeline, rows)
             }
         };

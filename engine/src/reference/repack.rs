@@ -39,7 +39,7 @@ fn ternary(code: u8, layout: &str, index: usize) -> Result<i8> {
 /// `packed[r, k] = Σ_i code[i·rows/4 + r, k] << 2i`.
 pub fn encode_hf_packed(t: &[i8], rows: usize, cols: usize) -> Vec<u8> {
     assert!(
-        rows % 4 == 0 && t.len() == rows * cols,
+        rows.is_multiple_of(4) && t.len() == rows * cols,
         "HF packed: {rows}×{cols} (rows must be a multiple of 4)"
     );
     let block_rows = rows / 4;
@@ -76,7 +76,7 @@ fn i2s_position(e: usize) -> (usize, u32) {
 pub fn encode_i2s(t: &[i8], scale: f32) -> Vec<u8> {
     let n = t.len();
     assert!(
-        n % I2S_BLOCK == 0,
+        n.is_multiple_of(I2S_BLOCK),
         "I2_S: {n} values is not a multiple of {I2S_BLOCK}"
     );
     let mut blob = vec![0u8; n / 4 + I2S_TAIL_BYTES];
@@ -144,7 +144,7 @@ impl SharedScale {
 }
 
 fn check_blocks(len: usize, n: usize, block_bytes: usize, layout: &str) -> Result<()> {
-    if n % TQ_BLOCK != 0 || len < n / TQ_BLOCK * block_bytes {
+    if !n.is_multiple_of(TQ_BLOCK) || len < n / TQ_BLOCK * block_bytes {
         return Err(Error::Invalid(format!(
             "{layout}: {n} values need a multiple of {TQ_BLOCK} and {} bytes, got {len} bytes",
             n / TQ_BLOCK * block_bytes
@@ -163,7 +163,7 @@ fn tq2_0_position(v: usize) -> (usize, u32) {
 /// Every non-zero block gets d = `scale`; all-zero blocks get d = 0, as llama.cpp writes them.
 pub fn encode_tq2_0(t: &[i8], scale: f16) -> Vec<u8> {
     assert!(
-        t.len() % TQ_BLOCK == 0,
+        t.len().is_multiple_of(TQ_BLOCK),
         "TQ2_0: {} values is not a multiple of {TQ_BLOCK}",
         t.len()
     );
@@ -231,7 +231,7 @@ fn tq1_0_digit(byte: u8, n: u32) -> u8 {
 /// Every non-zero block gets d = `scale`; all-zero blocks get d = 0, as llama.cpp writes them.
 pub fn encode_tq1_0(t: &[i8], scale: f16) -> Vec<u8> {
     assert!(
-        t.len() % TQ_BLOCK == 0,
+        t.len().is_multiple_of(TQ_BLOCK),
         "TQ1_0: {} values is not a multiple of {TQ_BLOCK}",
         t.len()
     );

@@ -11,3 +11,16 @@ pub mod tokenizer;
 pub use chat_template::{ChatMessage, ChatTemplate, RenderedPrompt};
 pub use stream::{StopMatcher, TextStreamer};
 pub use tokenizer::Tokenizer;
+
+#[cfg(test)]
+mod tests {
+    /// Sessions move between threads (the native server); so must everything they hold.
+    #[test]
+    fn text_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Tokenizer>();
+        check::<super::TextStreamer>();
+        check::<super::ChatTemplate>();
+        check::<crate::generate::sampling::Sampler>();
+    }
+}
