@@ -25,14 +25,14 @@ struct Params {
 @group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
 const WG: u32 = 64u;
 const CHUNK: u32 = 256u; // cached positions per workgroup; 4 per invocation
 const MAX_HEAD_DIM: u32 = 256u;
-var<workgroup> q_shared: array<f32, MAX_HEAD_DIM>;
+var<workgroup> q_shared: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> weights: array<f32, CHUNK>;
 var<workgroup> reduction: array<f32, WG>;
 
@@ -72,10 +72,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kv_head = head / (params.heads / params.kv_heads);
     let start = chunk * CHUNK;
     let end = min(start + CHUNK, step.pos + 1u);
-    let cache_base = kv_head * params.max_seq * hd;
+    let hd4 = hd / 4u; // head_dim is a multiple of 4: K and V are read as vec4
+    let cache_base = kv_head * params.max_seq * hd4;
 
-    for (var d = lid; d < hd; d = d + WG) {
-        q_shared[d] = q[head * hd + d];
+    if (lid < hd4) {
+        let q_base = head * hd + 4u * lid;
+        q_shared[lid] = vec4<f32>(q[q_base], q[q_base + 1u], q[q_base + 2u], q[q_base + 3u]);
     }
     workgroupBarrier();
 
@@ -84,10 +86,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let p = start + i;
         var score = -3.0e38;
         if (p < end) {
-            let key = cache_base + p * hd;
+            let key = cache_base + p * hd4;
             var dot_qk = 0.0;
-            for (var d = 0u; d < hd; d = d + 1u) {
-                dot_qk = dot_qk + q_shared[d] * k_cache[key + d];
+            for (var j = 0u; j < hd4; j = j + 1u) {
+                dot_qk = dot_qk + dot(q_shared[j], k_cache[key + j]);
             }
             score = dot_qk * params.scale;
         }
@@ -107,13 +109,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let l = reduce_sum(lid, local_sum); // its barriers also publish `weights`
 
+    // Invocation lid owns output elements 4·lid .. 4·lid + 3 (WG · 4 = MAX_HEAD_DIM).
     let record = (head * params.max_chunks + chunk) * (hd + 2u);
-    for (var d = lid; d < hd; d = d + WG) {
-        var acc = 0.0;
+    if (lid < hd4) {
+        var acc = vec4<f32>(0.0);
         for (var p = start; p < end; p = p + 1u) {
-            acc = acc + weights[p - start] * v_cache[cache_base + p * hd + d];
+            acc = acc + weights[p - start] * v_cache[cache_base + p * hd4 + lid];
         }
-        partials[record + 2u + d] = acc;
+        let o = record + 2u + 4u * lid;
+        partials[o] = acc.x;
+        partials[o + 1u] = acc.y;
+        partials[o + 2u] = acc.z;
+        partials[o + 3u] = acc.w;
     }
     if (lid == 0u) {
         partials[record] = m;

@@ -1,7 +1,7 @@
 // Prefill attention: T queries at positions pos .. pos + T, query t attending causally to cache
 // positions 0 ..= pos + t (pos > 0 is chunked prefill over an existing cache). One workgroup per
 // (head, token) runs an online softmax over tiles of CHUNK positions: running max m, per-invocation
-// partial sums of exp(s − m) and per-invocation output lanes d = lid + i·WG, rescaled whenever m grows.
+// partial sums of exp(s − m) and per-invocation output vec4s, rescaled whenever m grows.
 // GQA: kv head = head / (heads / kv_heads). Scores = q·k · scale. Output [T, heads·head_dim].
 
 struct StepParams {
@@ -25,15 +25,14 @@ struct Params {
 @group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
 const CHUNK: u32 = 256u;
 const MAX_HEAD_DIM: u32 = 256u;
-const LANES: u32 = MAX_HEAD_DIM / WG; // output elements per invocation
-var<workgroup> q_shared: array<f32, MAX_HEAD_DIM>;
+var<workgroup> q_shared: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> weights: array<f32, CHUNK>;
 var<workgroup> reduction: array<f32, WG>;
 
@@ -72,16 +71,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let hd = params.head_dim;
     let kv_head = head / (params.heads / params.kv_heads);
     let end = step.pos + t + 1u;
-    let cache_base = kv_head * params.max_seq * hd;
+    let hd4 = hd / 4u; // head_dim is a multiple of 4: K and V are read as vec4
+    let cache_base = kv_head * params.max_seq * hd4;
 
-    for (var d = lid; d < hd; d = d + WG) {
-        q_shared[d] = q[t * params.q_stride + head * hd + d];
+    if (lid < hd4) {
+        let q_base = t * params.q_stride + head * hd + 4u * lid;
+        q_shared[lid] = vec4<f32>(q[q_base], q[q_base + 1u], q[q_base + 2u], q[q_base + 3u]);
     }
     workgroupBarrier();
 
     var m = -3.0e38;
     var partial_sum = 0.0;
-    var acc: array<f32, LANES>;
+    var acc = vec4<f32>(0.0); // output elements 4·lid .. 4·lid + 3 (WG · 4 = MAX_HEAD_DIM)
     for (var start = 0u; start < end; start = start + CHUNK) {
         let tile_end = min(start + CHUNK, end);
         var local_max = -3.0e38;
@@ -89,10 +90,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let p = start + i;
             var score = -3.0e38;
             if (p < tile_end) {
-                let key = cache_base + p * hd;
+                let key = cache_base + p * hd4;
                 var dot_qk = 0.0;
-                for (var d = 0u; d < hd; d = d + 1u) {
-                    dot_qk = dot_qk + q_shared[d] * k_cache[key + d];
+                for (var j = 0u; j < hd4; j = j + 1u) {
+                    dot_qk = dot_qk + dot(q_shared[j], k_cache[key + j]);
                 }
                 score = dot_qk * params.scale;
             }
@@ -111,25 +112,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             partial_sum = partial_sum + e;
         }
         workgroupBarrier();
-        for (var lane = 0u; lane < LANES; lane = lane + 1u) {
-            let d = lid + lane * WG;
-            if (d < hd) {
-                var sum = acc[lane] * rescale;
-                for (var p = start; p < tile_end; p = p + 1u) {
-                    sum = sum + weights[p - start] * v_cache[cache_base + p * hd + d];
-                }
-                acc[lane] = sum;
+        if (lid < hd4) {
+            acc = acc * rescale;
+            for (var p = start; p < tile_end; p = p + 1u) {
+                acc = acc + weights[p - start] * v_cache[cache_base + p * hd4 + lid];
             }
         }
         workgroupBarrier(); // the next tile overwrites `weights`
         m = m_new;
     }
     let l = reduce_sum(lid, partial_sum);
-    let out_base = t * params.heads * hd + head * hd;
-    for (var lane = 0u; lane < LANES; lane = lane + 1u) {
-        let d = lid + lane * WG;
-        if (d < hd) {
-            out[out_base + d] = acc[lane] / l;
-        }
+    if (lid < hd4) {
+        let o = t * params.heads * hd + head * hd + 4u * lid;
+        let result = acc / l;
+        out[o] = result.x;
+        out[o + 1u] = result.y;
+        out[o + 2u] = result.z;
+        out[o + 3u] = result.w;
     }
 }

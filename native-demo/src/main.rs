@@ -1,6 +1,9 @@
-//! `tern`: chat with, run, inspect and benchmark ternary LLMs on the GPU.
+//! `tern`: chat with, run and inspect ternary (BitNet b1.58) LLMs on the GPU.
 
+mod generate;
 mod info;
+mod load;
+mod logits;
 
 use clap::{Parser, Subcommand};
 
@@ -17,13 +20,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Chat interactively (streaming, chat template applied; /reset, /exit).
+    Chat(generate::ChatArgs),
+    /// Generate once from a prompt (or token ids) and stream the result to stdout.
+    Run(generate::RunArgs),
+    /// Teacher-forced logits of every position, written to a safetensors file.
+    Logits(logits::LogitsArgs),
+    /// Perplexity of a text file.
+    Perplexity(logits::PerplexityArgs),
     /// List every GPU adapter with its limits and features, and the one Tern would pick.
     Info,
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+    // wgpu's backends log every adapter they fail to open (e.g. EGL without a display) as errors;
+    // Tern reports what matters itself. RUST_LOG overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wgpu_hal=off,wgpu_core=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Chat(args) => generate::chat(&args),
+        Command::Run(args) => generate::run(&args),
+        Command::Logits(args) => logits::logits(&args),
+        Command::Perplexity(args) => logits::perplexity(&args),
         Command::Info => info::run(),
     }
 }

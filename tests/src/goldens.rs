@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -24,18 +27,30 @@ pub struct GoldenPrompt {
 }
 
 pub fn load_goldens(name: &str) -> Vec<GoldenPrompt> {
-    let path = repo_root().join("tests/reference/goldens").join(format!("{name}.safetensors"));
+    let path = repo_root()
+        .join("tests/reference/goldens")
+        .join(format!("{name}.safetensors"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).expect("golden file parses");
     let ids = |key: &str| -> Vec<u32> {
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("{name}: no {key}"));
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("{name}: no {key}"));
         assert_eq!(t.dtype(), Dtype::I64);
-        t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
     };
     let floats = |key: &str| -> Vec<f32> {
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("{name}: no {key}"));
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("{name}: no {key}"));
         assert_eq!(t.dtype(), Dtype::F32);
-        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     (0..)
         .take_while(|p| st.tensor(&format!("p{p}.ids")).is_ok())
@@ -58,27 +73,60 @@ pub struct LogitParity {
 
 pub fn compare_logits(ours: &[f32], reference: &[f32], vocab: usize) -> LogitParity {
     assert_eq!(ours.len(), reference.len(), "logit count");
-    let argmax = |row: &[f32]| row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+    };
     let rows = ours.len() / vocab;
-    let agree = ours.chunks_exact(vocab).zip(reference.chunks_exact(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    let agree = ours
+        .chunks_exact(vocab)
+        .zip(reference.chunks_exact(vocab))
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
     let diffs = ours.iter().zip(reference).map(|(a, b)| (a - b).abs());
     let (max, sum) = diffs.fold((0f32, 0f64), |(m, s), d| (m.max(d), s + f64::from(d)));
-    LogitParity { top1_agreement: agree as f64 / rows as f64, max_abs_diff: max, mean_abs_diff: (sum / ours.len() as f64) as f32 }
+    LogitParity {
+        top1_agreement: agree as f64 / rows as f64,
+        max_abs_diff: max,
+        mean_abs_diff: (sum / ours.len() as f64) as f32,
+    }
 }
 
 /// DESIGN §6 criteria for an f32 engine against the f32 reference.
 pub fn assert_logit_parity(what: &str, p: LogitParity) {
-    eprintln!("{what}: top-1 {:.1} %, max |Δ| {:.3}, mean |Δ| {:.4}", 100.0 * p.top1_agreement, p.max_abs_diff, p.mean_abs_diff);
-    assert!(p.top1_agreement >= 0.98, "{what}: top-1 agreement {:.3} < 0.98", p.top1_agreement);
-    assert!(p.max_abs_diff <= 1.5, "{what}: max |Δlogit| {} > 1.5", p.max_abs_diff);
-    assert!(p.mean_abs_diff <= 0.1, "{what}: mean |Δlogit| {} > 0.1", p.mean_abs_diff);
+    eprintln!(
+        "{what}: top-1 {:.1} %, max |Δ| {:.3}, mean |Δ| {:.4}",
+        100.0 * p.top1_agreement,
+        p.max_abs_diff,
+        p.mean_abs_diff
+    );
+    assert!(
+        p.top1_agreement >= 0.98,
+        "{what}: top-1 agreement {:.3} < 0.98",
+        p.top1_agreement
+    );
+    assert!(
+        p.max_abs_diff <= 1.5,
+        "{what}: max |Δlogit| {} > 1.5",
+        p.max_abs_diff
+    );
+    assert!(
+        p.mean_abs_diff <= 0.1,
+        "{what}: mean |Δlogit| {} > 0.1",
+        p.mean_abs_diff
+    );
 }
 
 /// The greedy continuation must equal the reference's, or part from it only at a near-tie of the
 /// reference (top-2 margin < 0.25), after which the sequences legitimately differ.
 pub fn assert_greedy_parity(what: &str, ours: &[u32], golden: &GoldenPrompt) {
     let n = golden.greedy.len().min(ours.len());
-    assert_eq!(ours.len(), golden.greedy.len(), "{what}: continuation length");
+    assert_eq!(
+        ours.len(),
+        golden.greedy.len(),
+        "{what}: continuation length"
+    );
     if let Some(i) = (0..n).find(|&i| ours[i] != golden.greedy[i]) {
         let margin = golden.greedy_margin[i];
         assert!(

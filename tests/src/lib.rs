@@ -31,7 +31,10 @@ pub fn contexts() -> &'static [Context] {
             .into_iter()
             .map(|a| pollster::block_on(Context::from_adapter(a)).expect("creating a device"))
             .collect();
-        assert!(!contexts.is_empty(), "no GPU adapter found for {options:?}: install mesa-vulkan-drivers");
+        assert!(
+            !contexts.is_empty(),
+            "no GPU adapter found for {options:?}: install mesa-vulkan-drivers"
+        );
         for ctx in &contexts {
             eprintln!("testing on {}", ctx.adapter_name());
         }
@@ -71,7 +74,10 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) 
         }
     }
     if let Some((i, _)) = worst {
-        panic!("{what}: element {i}: gpu {} vs cpu {} (atol {atol}, rtol {rtol})", gpu[i], cpu[i]);
+        panic!(
+            "{what}: element {i}: gpu {} vs cpu {} (atol {atol}, rtol {rtol})",
+            gpu[i], cpu[i]
+        );
     }
 }
 

@@ -99,7 +99,11 @@ fn rows_beyond_one_dispatch_dimension() {
         for layout in layouts(ctx) {
             let t0 = std::time::Instant::now();
             let r = run(ctx, &case, layout, Epilogue::Store);
-            eprintln!("TIMING {} {layout:?} {:?}", ctx.adapter_name(), t0.elapsed());
+            eprintln!(
+                "TIMING {} {layout:?} {:?}",
+                ctx.adapter_name(),
+                t0.elapsed()
+            );
             case.check(
                 &format!("{layout:?}"),
                 Epilogue::Store,

@@ -14,11 +14,19 @@ use tern_tests::goldens::{fixture, repo_root};
 use tern_tests::{assert_close, contexts};
 
 fn check(fixture_name: &str, golden_name: &str) {
-    let bytes = std::fs::read(repo_root().join(format!("tests/reference/goldens/{golden_name}.safetensors"))).unwrap();
+    let bytes = std::fs::read(
+        repo_root().join(format!("tests/reference/goldens/{golden_name}.safetensors")),
+    )
+    .unwrap();
     let goldens = SafeTensors::deserialize(&bytes).unwrap();
     let floats = |key: &str| -> Vec<f32> {
-        let t = goldens.tensor(key).unwrap_or_else(|_| panic!("{golden_name}: no {key}"));
-        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        let t = goldens
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("{golden_name}: no {key}"));
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     for ctx in contexts() {
         let mut checkpoint = Checkpoint::open(&fixture(fixture_name)).unwrap();
@@ -30,18 +38,42 @@ fn check(fixture_name: &str, golden_name: &str) {
             limits: ctx.limits.clone(),
             caps: ctx.caps.clone(),
         });
-        let options = ModelOptions { max_context: 64, max_batch: 64 };
-        let mut model = pollster::block_on(Model::load(ctx.clone(), &checkpoint, options, &mut |_, _| {})).unwrap();
+        let options = ModelOptions {
+            max_context: 64,
+            max_batch: 64,
+        };
+        let mut model = pollster::block_on(Model::load(
+            ctx.clone(),
+            &checkpoint,
+            options,
+            &mut |_, _| {},
+        ))
+        .unwrap();
         for prompt in ["p0"] {
-            let ids: Vec<u32> = goldens.tensor(&format!("{prompt}.ids")).unwrap().data().chunks_exact(8)
+            let ids: Vec<u32> = goldens
+                .tensor(&format!("{prompt}.ids"))
+                .unwrap()
+                .data()
+                .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
                 .collect();
             model.reset();
             pollster::block_on(model.forward(&ids, Output::Argmax)).unwrap();
             let ours = pollster::block_on(model.last_layer_activations(ids.len())).unwrap();
-            let what = |op: &str| format!("{fixture_name} {prompt} layer 0 {op} on {}", ctx.adapter_name());
+            let what = |op: &str| {
+                format!(
+                    "{fixture_name} {prompt} layer 0 {op} on {}",
+                    ctx.adapter_name()
+                )
+            };
             let close = |op: &str, ours: &[f32], key: &str| {
-                assert_close(&what(op), ours, &floats(&format!("{prompt}.layer0.{key}")), 1e-4, 1e-4)
+                assert_close(
+                    &what(op),
+                    ours,
+                    &floats(&format!("{prompt}.layer0.{key}")),
+                    1e-4,
+                    1e-4,
+                )
             };
             close("attention", &ours.attention, "attn");
             close("act(gate)·up", &ours.ffn_activation, "ffn_act");

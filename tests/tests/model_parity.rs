@@ -8,11 +8,14 @@ use tern::format::checkpoint::Checkpoint;
 use tern::generate::{CancelToken, GenerateOptions, Session};
 use tern::gpu::Context;
 use tern::model::ModelOptions;
-use tern_tests::goldens::{assert_greedy_parity, assert_logit_parity, compare_logits, fixture, load_goldens};
 use tern_tests::contexts;
+use tern_tests::goldens::{
+    assert_greedy_parity, assert_logit_parity, compare_logits, fixture, load_goldens,
+};
 
 fn session(ctx: &Context, fixture_name: &str) -> Session {
-    let checkpoint = Checkpoint::open(&fixture(fixture_name)).unwrap_or_else(|e| panic!("{fixture_name}: {e}"));
+    let checkpoint =
+        Checkpoint::open(&fixture(fixture_name)).unwrap_or_else(|e| panic!("{fixture_name}: {e}"));
     // A context sharing the device: Session wants an Arc, the harness keeps the Context itself.
     let ctx = Arc::new(Context {
         device: ctx.device.clone(),
@@ -21,8 +24,12 @@ fn session(ctx: &Context, fixture_name: &str) -> Session {
         limits: ctx.limits.clone(),
         caps: ctx.caps.clone(),
     });
-    let options = ModelOptions { max_context: 256, max_batch: 64 };
-    pollster::block_on(Session::load(ctx, &checkpoint, options, &mut |_, _| {})).unwrap_or_else(|e| panic!("{fixture_name}: {e}"))
+    let options = ModelOptions {
+        max_context: 256,
+        max_batch: 64,
+    };
+    pollster::block_on(Session::load(ctx, &checkpoint, options, &mut |_, _| {}))
+        .unwrap_or_else(|e| panic!("{fixture_name}: {e}"))
 }
 
 fn check_fixture(fixture_name: &str, golden_name: &str) {
@@ -34,16 +41,35 @@ fn check_fixture(fixture_name: &str, golden_name: &str) {
         for mode in ["prefill", "decode"] {
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
             for golden in &goldens {
-                ours.extend(pollster::block_on(session.logits(&golden.ids, mode == "decode")).unwrap());
+                ours.extend(
+                    pollster::block_on(session.logits(&golden.ids, mode == "decode")).unwrap(),
+                );
                 reference.extend_from_slice(&golden.logits);
             }
-            assert_logit_parity(&format!("{fixture_name} {mode} on {adapter}"), compare_logits(&ours, &reference, vocab));
+            assert_logit_parity(
+                &format!("{fixture_name} {mode} on {adapter}"),
+                compare_logits(&ours, &reference, vocab),
+            );
         }
         for (p, golden) in goldens.iter().enumerate() {
             session.reset();
-            let options = GenerateOptions { max_new_tokens: golden.greedy.len(), ignore_eos: true, ..Default::default() };
-            let generation = pollster::block_on(session.generate(&golden.ids, &options, &CancelToken::default(), |_| {})).unwrap();
-            assert_greedy_parity(&format!("{fixture_name} p{p} greedy on {adapter}"), &generation.ids, golden);
+            let options = GenerateOptions {
+                max_new_tokens: golden.greedy.len(),
+                ignore_eos: true,
+                ..Default::default()
+            };
+            let generation = pollster::block_on(session.generate(
+                &golden.ids,
+                &options,
+                &CancelToken::default(),
+                |_| {},
+            ))
+            .unwrap();
+            assert_greedy_parity(
+                &format!("{fixture_name} p{p} greedy on {adapter}"),
+                &generation.ids,
+                golden,
+            );
         }
     }
 }

@@ -1,8 +1,9 @@
-//! `cargo xtask <command>`: project automation (fixtures, and later goldens, wasm, web, bench).
+//! `cargo xtask <command>`: project automation (test, fixtures).
 
 use clap::{Parser, Subcommand};
 
 mod fixtures;
+mod test;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Tern project automation")]
@@ -13,12 +14,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything CI runs: fmt, clippy, the test suite on every adapter, the wasm build.
+    Test(test::Args),
     /// Write the deterministic random-weight test checkpoints (HF safetensors + GGUF).
     Fixtures(fixtures::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Test(args) => test::run(&args),
         Command::Fixtures(args) => fixtures::run(&args),
     }
 }

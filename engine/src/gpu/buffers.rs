@@ -60,7 +60,7 @@ impl GpuBuffer {
 
     /// Queues a write at `offset`; data that is not a multiple of 4 bytes is zero-padded.
     pub fn write(&self, ctx: &Context, offset: u64, data: &[u8]) {
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             ctx.queue.write_buffer(&self.buffer, offset, data);
         } else {
             let mut padded = data.to_vec();

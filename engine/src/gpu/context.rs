@@ -178,7 +178,7 @@ impl Context {
             },
             is_cpu: info.device_type == wgpu::DeviceType::Cpu
                 || info.name.to_lowercase().contains("swiftshader"),
-            max_binding_bytes: u64::from(limits.max_storage_buffer_binding_size),
+            max_binding_bytes: limits.max_storage_buffer_binding_size,
             max_buffer_bytes: limits.max_buffer_size,
             max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
         };

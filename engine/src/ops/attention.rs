@@ -28,14 +28,14 @@ impl AttentionShape {
     pub fn validate(&self) -> Result<()> {
         let ok = self.kv_heads > 0
             && self.heads.is_multiple_of(self.kv_heads)
-            && self.head_dim.is_multiple_of(2)
+            && self.head_dim.is_multiple_of(4)
             && (2..=MAX_HEAD_DIM).contains(&self.head_dim)
             && self.max_seq > 0;
         if ok {
             Ok(())
         } else {
             Err(Error::Invalid(format!(
-                "attention shape {self:?}: need heads a multiple of kv_heads and an even head_dim ≤ {MAX_HEAD_DIM}"
+                "attention shape {self:?}: need heads a multiple of kv_heads and a head_dim that is a multiple of 4 and ≤ {MAX_HEAD_DIM}"
             )))
         }
     }

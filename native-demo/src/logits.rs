@@ -1,0 +1,100 @@
+//! `tern logits` (teacher-forced logits to a safetensors file) and `tern perplexity`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use safetensors::{tensor::TensorView, Dtype};
+
+use crate::load::{session, ModelArgs};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// All tokens as one batch.
+    Prefill,
+    /// One token at a time through the decode path and the KV cache.
+    Decode,
+}
+
+#[derive(clap::Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated token ids.
+    #[arg(long, value_delimiter = ',', required = true)]
+    ids: Vec<u32>,
+    /// Output file: one f32 tensor `logits` of shape [T, vocab].
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Mode::Prefill)]
+    mode: Mode,
+}
+
+pub fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
+    let mut session = session(&args.model)?;
+    let vocab = session.model.config.vocab_size;
+    let logits = pollster::block_on(session.logits(&args.ids, args.mode == Mode::Decode))?;
+    let bytes: &[u8] = bytemuck::cast_slice(&logits);
+    let view = TensorView::new(Dtype::F32, vec![args.ids.len(), vocab], bytes)?;
+    let tensors: HashMap<String, TensorView<'_>> = [("logits".to_string(), view)].into();
+    safetensors::serialize_to_file(tensors, None, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "wrote logits [{}, {vocab}] to {}",
+        args.ids.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A UTF-8 text file.
+    #[arg(long)]
+    file: PathBuf,
+    /// Tokens per evaluation window (non-overlapping; each starts from an empty cache).
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+}
+
+/// Perplexity = exp(mean negative log-likelihood of each token given the ones before it in its window).
+pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<()> {
+    if args.ctx < 2 {
+        bail!("--ctx must be at least 2");
+    }
+    let mut session = session(&args.model)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let ids = session.tokenizer.encode(&text, true)?;
+    if ids.len() < 2 {
+        bail!("{}: fewer than two tokens", args.file.display());
+    }
+    let vocab = session.model.config.vocab_size;
+    let window = args.ctx.min(session.model.options.max_context);
+    let (mut nll, mut count) = (0f64, 0usize);
+    for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
+        let logits = pollster::block_on(session.logits(chunk, false))?;
+        for (row, &next) in logits.chunks_exact(vocab).zip(&chunk[1..]) {
+            nll -= log_softmax_at(row, next as usize);
+            count += 1;
+        }
+        eprint!(
+            "\r{count} tokens, perplexity {:.4}",
+            (nll / count as f64).exp()
+        );
+    }
+    eprintln!();
+    println!(
+        "perplexity {:.4} over {count} tokens (window {window})",
+        (nll / count as f64).exp()
+    );
+    Ok(())
+}
+
+fn log_softmax_at(row: &[f32], index: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    row[index] as f64 - max - sum.ln()
+}

@@ -1,0 +1,335 @@
+//! The `tern` binary end to end on the committed fixtures (default adapter), plus `--model` given as a
+//! Hugging Face repo id served by a local server that answers like the hub.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn fixture(name: &str) -> String {
+    root()
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn tern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .expect("tern runs")
+}
+
+fn success(args: &[&str]) -> String {
+    let out = tern(args);
+    assert!(
+        out.status.success(),
+        "tern {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// p0 of the bitnet-2b4t goldens and its reference greedy continuation (no near-tie on p0).
+fn golden_p0() -> (Vec<u32>, Vec<u32>) {
+    let bytes =
+        std::fs::read(root().join("tests/reference/goldens/bitnet-2b4t.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = |k: &str| {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    (ids("p0.ids"), ids("p0.greedy"))
+}
+
+fn join(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn run_print_ids_matches_reference_greedy() {
+    let (prompt, greedy) = golden_p0();
+    for model in ["bitnet-2b4t", "bitnet-2b4t-tq2_0.gguf"] {
+        let out = success(&[
+            "run",
+            "-m",
+            &fixture(model),
+            "--ids",
+            &join(&prompt),
+            "-n",
+            "32",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--print-ids",
+        ]);
+        assert_eq!(out.trim(), join(&greedy), "{model}");
+    }
+}
+
+#[test]
+fn seeded_sampling_repeats() {
+    let args = [
+        "run",
+        "-m",
+        &fixture("bitnet-2b4t"),
+        "--ids",
+        "1019,300,301",
+        "-n",
+        "16",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "7",
+        "--ignore-eos",
+        "--print-ids",
+    ];
+    let first = success(&args);
+    assert_eq!(first, success(&args));
+    assert_eq!(first.trim().split(',').count(), 16);
+}
+
+#[test]
+fn logits_file_in_both_modes() {
+    let (prompt, _) = golden_p0();
+    let dir = tempdir();
+    let mut outputs = Vec::new();
+    for mode in ["prefill", "decode"] {
+        let out = dir.join(format!("{mode}.safetensors"));
+        success(&[
+            "logits",
+            "-m",
+            &fixture("bitnet-2b4t"),
+            "--ids",
+            &join(&prompt),
+            "--out",
+            out.to_str().unwrap(),
+            "--mode",
+            mode,
+        ]);
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let logits = st.tensor("logits").unwrap();
+        assert_eq!(logits.shape(), [prompt.len(), 1024]);
+        outputs.push(logits.data().to_vec());
+    }
+    let values = |b: &[u8]| {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let (prefill, decode) = (values(&outputs[0]), values(&outputs[1]));
+    let max = prefill
+        .iter()
+        .zip(&decode)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 1e-3, "prefill and decode logits differ by {max}");
+}
+
+#[test]
+fn run_prompt_and_chat_stream_text() {
+    let out = success(&[
+        "run",
+        "-m",
+        &fixture("plain-bitnet"),
+        "--prompt",
+        "Once upon a time",
+        "-n",
+        "12",
+    ]);
+    assert!(!out.trim().is_empty());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "chat",
+            "-m",
+            &fixture("bitnet-2b4t"),
+            "-n",
+            "8",
+            "--system",
+            "Be brief.",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello there\n/reset\nWhat now?\n/exit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[conversation reset]"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("> ").count(),
+        4,
+        "a prompt before each of the four lines"
+    );
+}
+
+#[test]
+fn perplexity_reports_a_number() {
+    let dir = tempdir();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. Once upon a time there was a small model.",
+    )
+    .unwrap();
+    let out = success(&[
+        "perplexity",
+        "-m",
+        &fixture("llama-1bitllm"),
+        "--file",
+        text.to_str().unwrap(),
+        "--ctx",
+        "16",
+    ]);
+    let value: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(value.is_finite() && value > 1.0, "{out}");
+}
+
+#[test]
+fn bad_model_paths_fail_clearly() {
+    let out = tern(&["run", "-m", "/no/such/model", "--prompt", "hi"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model"));
+    let dir = tempdir();
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"bitnet\"").unwrap();
+    let out = tern(&["run", "-m", dir.to_str().unwrap(), "--prompt", "hi"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("config.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn downloads_a_repo_id_from_a_hub_compatible_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let served = root().join("tests/fixtures/bitnet-2b4t");
+    std::thread::spawn(move || serve_hub(listener, &served));
+    let home = tempdir();
+    let (prompt, greedy) = golden_p0();
+    for _ in 0..2 {
+        // The second run finds everything in the cache.
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args([
+                "run",
+                "-m",
+                "tern-tests/bitnet-tiny",
+                "--ids",
+                &join(&prompt),
+                "-n",
+                "32",
+                "--ignore-eos",
+                "--print-ids",
+            ])
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_HOME", &home)
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), join(&greedy));
+    }
+    let snapshot = home.join("hub/models--tern-tests--bitnet-tiny/snapshots");
+    assert!(
+        snapshot.exists(),
+        "downloaded into the standard HF cache layout"
+    );
+}
+
+/// Answers `GET /{repo}/resolve/main/{file}` like huggingface.co: ranged reads, commit and etag
+/// headers, 404 for files the directory lacks.
+fn serve_hub(listener: TcpListener, dir: &Path) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).is_err() {
+            continue;
+        }
+        let mut range = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                let (start, end) = value.trim().split_once('-').unwrap();
+                range = Some((start.parse::<u64>().unwrap(), end.parse::<u64>().ok()));
+            }
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("");
+        let file = path.split("/resolve/main/").nth(1).unwrap_or("");
+        let body = std::fs::read(dir.join(file))
+            .ok()
+            .filter(|_| !file.is_empty() && !file.contains(".."));
+        let response = match body {
+            None => {
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
+            }
+            Some(body) => {
+                let size = body.len() as u64;
+                let (start, end) = range.map_or((0, size - 1), |(s, e)| {
+                    (s, e.unwrap_or(size - 1).min(size - 1))
+                });
+                let slice = &body[start as usize..=end as usize];
+                let mut head = format!(
+                    "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{end}/{size}\r\n\
+                     x-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\netag: \"{}-{size}\"\r\nconnection: close\r\n\r\n",
+                    slice.len(),
+                    file.replace('/', "_")
+                )
+                .into_bytes();
+                head.extend_from_slice(slice);
+                head
+            }
+        };
+        let _ = stream.write_all(&response);
+        let _ = reader.read_to_end(&mut Vec::new());
+    }
+}
+
+fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tern-cli-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
