@@ -26,6 +26,13 @@ pub struct Args {
     full: bool,
 }
 
+impl Args {
+    /// `--full` into the default directory.
+    pub fn full() -> Self {
+        Args { out: None, full: true }
+    }
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

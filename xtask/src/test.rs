@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order — formatting, lints, the whole test suite
 //! (kernel, model-parity and CLI tests run on every GPU adapter the machine has: lavapipe and, when
-//! Chromium's SwiftShader driver is installed, SwiftShader too), and the engine's wasm32 build.
+//! Chromium's SwiftShader driver is installed, SwiftShader too), the engine's wasm32 build, and a
+//! 2B-4T-shaped checkpoint (all real dimensions, written by `fixtures --full`) loaded and run.
 
 use std::process::Command;
 
@@ -27,6 +28,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     cargo(&["test", "--workspace"])?;
     cargo(&["check", "-p", "tern", "--target", "wasm32-unknown-unknown"])?;
+    crate::fixtures::run(&crate::fixtures::Args::full())?;
+    cargo(&["test", "-p", "tern-cli", "--test", "cli", "--", "--ignored"])?;
     Ok(())
 }
 

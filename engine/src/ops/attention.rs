@@ -4,6 +4,7 @@
 //!
 //! KV-cache layout (owned by the model): per layer, K and V are f32 [kv_heads, max_seq, head_dim],
 //! head-major so one head's sequence is contiguous. [`super::rope`] appends to it.
+//! head_dim must be a multiple of 4 (K and V are read as `vec4<f32>`) and at most [`MAX_HEAD_DIM`].
 
 use super::shader;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
