@@ -341,7 +341,20 @@ fn tempdir() -> PathBuf {
 #[ignore = "needs target/fixtures-full (cargo xtask fixtures --full)"]
 fn full_size_2b4t_checkpoint_loads_and_generates() {
     let dir = root().join("target/fixtures-full");
-    let out = success(&["run", "-m", dir.to_str().unwrap(), "--prompt", "Hello, how are you?", "--chat", "-n", "3", "--ignore-eos", "--print-ids", "--context", "512"]);
+    let out = success(&[
+        "run",
+        "-m",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "Hello, how are you?",
+        "--chat",
+        "-n",
+        "3",
+        "--ignore-eos",
+        "--print-ids",
+        "--context",
+        "512",
+    ]);
     let ids: Vec<u32> = out.trim().split(',').map(|s| s.parse().unwrap()).collect();
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|&id| id < 128256));

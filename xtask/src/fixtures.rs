@@ -29,7 +29,10 @@ pub struct Args {
 impl Args {
     /// `--full` into the default directory.
     pub fn full() -> Self {
-        Args { out: None, full: true }
+        Args {
+            out: None,
+            full: true,
+        }
     }
 }
 
