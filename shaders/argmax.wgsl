@@ -25,7 +25,9 @@ fn better(v: f32, i: u32, than_v: f32, than_i: u32) -> bool {
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let base = wid.x * params.vocab;
-    var bv = -bitcast<f32>(0x7f800000u); // −∞: every non-NaN value is at least as good
+    // −∞ (every non-NaN value is at least as good), built from a runtime value: an infinite constant
+    // expression is a shader-creation error in WGSL (Chromium's Tint enforces it; naga does not).
+    var bv = -bitcast<f32>(0x7f800000u | (params.vocab & 0u));
     var bi = NONE;
     for (var v = lid; v < params.vocab; v = v + WG) {
         let value = logits[base + v];

@@ -1,7 +1,7 @@
 // Memory-bandwidth yardstick for benchmarks, over one binding-sized chunk of a large buffer.
-//   read: invocation i sums (wrapping) the vec4s i, i + G, i + 2G, … of `src` (G = params.invocations)
+//   read_all: invocation i sums (wrapping) the vec4s i, i + G, i + 2G, … of `src` (G = params.invocations)
 //         into dst[i]; the sums form a checksum, so no load can be elided;
-//   copy: the same walk, dst[j] = src[j].
+//   copy_all: the same walk, dst[j] = src[j].
 // Adjacent invocations touch adjacent vec4s, so a GPU's loads coalesce.
 
 struct Params {
@@ -18,7 +18,7 @@ const WG: u32 = 256u;
 @group(0) @binding(2) var<storage, read_write> dst: array<vec4<u32>>;
 
 @compute @workgroup_size(WG)
-fn read(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn read_all(@builtin(global_invocation_id) gid: vec3<u32>) {
     var sum = vec4<u32>(0u);
     for (var j = gid.x; j < params.vecs; j = j + params.invocations) {
         sum = sum + src[j];
@@ -27,7 +27,7 @@ fn read(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG)
-fn copy(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn copy_all(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var j = gid.x; j < params.vecs; j = j + params.invocations) {
         dst[j] = src[j];
     }

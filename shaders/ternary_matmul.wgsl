@@ -23,10 +23,10 @@ fn matmul(
     var acc: array<i32, TILE>;
     var up_acc: array<i32, TILE>;
     for (var j = 0u; j < params.words; j = j + 1u) {
-        let c = codes(weights[base + j]);
+        let c = codes(weight(base + j));
         var up_c = vec4<u32>(0u);
         if (gated()) {
-            up_c = codes(weights[up_base + j]);
+            up_c = codes(weight(up_base + j));
         }
         for (var i = 0u; i < TILE; i = i + 1u) {
             let x = xq[min(t0 + i, last) * params.words + j];

@@ -7,7 +7,7 @@
 // gate row n and up row up_row + n of a fused gate|up weight and write out[t, n] for n < rows (= I).
 // Two work layouts here (the subgroup one is in subgroup/ternary_matvec.wgsl, which is prepended to this
 // file), all sharing row_dot and finish:
-//   row_per_invocation: one invocation per row, no reduction — fastest on CPU adapters;
+//   row_per_invocation: one invocation per row, vec4 weight loads, no reduction — fastest on CPU adapters;
 //   workgroup_reduce: TPR invocations per row, tree reduction in workgroup memory — GPUs without subgroups.
 // ternary_matmul.wgsl (appended for prefill) reuses the bindings and the epilogue.
 
@@ -36,13 +36,18 @@ override TPR: u32 = 32u; // workgroup_reduce: invocations per row (a power of tw
 
 @group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
-@group(0) @binding(2) var<storage, read> weights: array<u32>;
+@group(0) @binding(2) var<storage, read> weights: array<vec4<u32>>; // 4 code words
 @group(0) @binding(3) var<storage, read> xq: array<vec4<u32>>; // 16 int8 lanes: one code word's worth
 @group(0) @binding(4) var<storage, read> stats: array<ActStats>;
 @group(0) @binding(5) var<storage, read> row_scale: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 const CODES: u32 = 0x03030303u;
+
+// Word i of the weight. The binding is padded to whole vec4s (see weight_bytes in the wrapper).
+fn weight(i: u32) -> u32 {
+    return weights[i >> 2u][i & 3u];
+}
 
 fn gated() -> bool {
     return EPILOGUE >= 2u;
@@ -64,9 +69,31 @@ fn row_dot(row: u32, t: u32, lane: u32, stride: u32) -> i32 {
     let xbase = t * params.words;
     var acc = 0;
     for (var j = lane; j < params.words; j = j + stride) {
-        acc = acc + codes_dot(codes(weights[base + j]), xq[xbase + j]);
+        acc = acc + codes_dot(codes(weight(base + j)), xq[xbase + j]);
     }
     return acc;
+}
+
+// row_dot over the whole row with one vec4 load per 4 words (rows must start on a vec4: words % 4 == 0).
+fn row_dot_vec4(row: u32, t: u32) -> i32 {
+    let base = row * (params.words / 4u);
+    let xbase = t * params.words;
+    var acc = 0;
+    for (var j = 0u; j < params.words / 4u; j = j + 1u) {
+        let w = weights[base + j];
+        let x = xbase + 4u * j;
+        acc = acc + codes_dot(codes(w.x), xq[x]) + codes_dot(codes(w.y), xq[x + 1u])
+            + codes_dot(codes(w.z), xq[x + 2u]) + codes_dot(codes(w.w), xq[x + 3u]);
+    }
+    return acc;
+}
+
+// The whole row, by vec4s where the layout allows.
+fn row_dot_serial(row: u32, t: u32) -> i32 {
+    if (params.words % 4u == 0u) {
+        return row_dot_vec4(row, t);
+    }
+    return row_dot(row, t, 0u, 1u);
 }
 
 fn project(acc: i32, t: u32, row: u32) -> f32 {
@@ -104,9 +131,9 @@ fn row_per_invocation(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     for (var t = 0u; t < step.tokens; t = t + 1u) {
         var up_acc = 0;
         if (gated()) {
-            up_acc = row_dot(params.up_row + n, t, 0u, 1u);
+            up_acc = row_dot_serial(params.up_row + n, t);
         }
-        finish(t, n, row_dot(n, t, 0u, 1u), up_acc);
+        finish(t, n, row_dot_serial(n, t), up_acc);
     }
 }
 

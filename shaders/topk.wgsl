@@ -35,7 +35,8 @@ fn better(v: f32, i: u32, than_v: f32, than_i: u32) -> bool {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = params.k;
     let base = wid.x * params.vocab;
-    let neg_inf = -bitcast<f32>(0x7f800000u);
+    // Built from a runtime value: an infinite constant expression is a shader-creation error in WGSL.
+    let neg_inf = -bitcast<f32>(0x7f800000u | (params.vocab & 0u));
     var values: array<f32, MAX_K>;
     var indices: array<u32, MAX_K>;
     for (var j = 0u; j < k; j = j + 1u) {

@@ -69,7 +69,9 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) 
     let mut worst: Option<(usize, f32)> = None;
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
         let excess = (g - c).abs() - (atol + rtol * c.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
+        // NaN never passes: it fails `excess <= 0` and is reported in preference to finite excesses.
+        let fails = excess.is_nan() || excess > 0.0;
+        if fails && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
             worst = Some((i, excess));
         }
     }

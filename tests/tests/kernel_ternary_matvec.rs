@@ -91,26 +91,21 @@ fn down_add_residual() {
 
 #[test]
 fn rows_beyond_one_dispatch_dimension() {
-    // More workgroups than 65535 in every layout (≤ 64 rows each): the grid spills into y.
+    // 65535 · 64 + 37 rows: more than 65535 workgroups of 64 rows, so the grid spills into y. Only the
+    // row-per-invocation layout: the reduction layouts index the grid the same way but need 8–32
+    // invocations per row, minutes for 4 M rows on the CPU adapters.
     let rows = 65535 * 64 + 37;
     let case = Case::random(16, rows, 1, &[], 3);
     let expected = case.expected(Epilogue::Store);
     for_each_adapter(|ctx| {
-        for layout in layouts(ctx) {
-            let t0 = std::time::Instant::now();
-            let r = run(ctx, &case, layout, Epilogue::Store);
-            eprintln!(
-                "TIMING {} {layout:?} {:?}",
-                ctx.adapter_name(),
-                t0.elapsed()
-            );
-            case.check(
-                &format!("{layout:?}"),
-                Epilogue::Store,
-                &run(ctx, &case, layout, Epilogue::Store),
-                &expected,
-            );
-        }
+        let layout = MatvecLayout::RowPerInvocation;
+        let gpu = run(ctx, &case, layout, Epilogue::Store);
+        case.check(
+            "rows beyond 65535 workgroups",
+            Epilogue::Store,
+            &gpu,
+            &expected,
+        );
     });
 }
 

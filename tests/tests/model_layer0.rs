@@ -49,36 +49,34 @@ fn check(fixture_name: &str, golden_name: &str) {
             &mut |_, _| {},
         ))
         .unwrap();
-        for prompt in ["p0"] {
-            let ids: Vec<u32> = goldens
-                .tensor(&format!("{prompt}.ids"))
-                .unwrap()
-                .data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-                .collect();
-            model.reset();
-            pollster::block_on(model.forward(&ids, Output::Argmax)).unwrap();
-            let ours = pollster::block_on(model.last_layer_activations(ids.len())).unwrap();
-            let what = |op: &str| {
-                format!(
-                    "{fixture_name} {prompt} layer 0 {op} on {}",
-                    ctx.adapter_name()
-                )
-            };
-            let close = |op: &str, ours: &[f32], key: &str| {
-                assert_close(
-                    &what(op),
-                    ours,
-                    &floats(&format!("{prompt}.layer0.{key}")),
-                    1e-4,
-                    1e-4,
-                )
-            };
-            close("attention", &ours.attention, "attn");
-            close("act(gate)·up", &ours.ffn_activation, "ffn_act");
-            close("residual out", &ours.residual, "out");
-        }
+        let prompt = "p0";
+        let ids: Vec<u32> = goldens
+            .tensor(&format!("{prompt}.ids"))
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect();
+        pollster::block_on(model.forward(&ids, Output::Argmax)).unwrap();
+        let ours = pollster::block_on(model.last_layer_activations(ids.len())).unwrap();
+        let what = |op: &str| {
+            format!(
+                "{fixture_name} {prompt} layer 0 {op} on {}",
+                ctx.adapter_name()
+            )
+        };
+        let close = |op: &str, ours: &[f32], key: &str| {
+            assert_close(
+                &what(op),
+                ours,
+                &floats(&format!("{prompt}.layer0.{key}")),
+                1e-4,
+                1e-4,
+            )
+        };
+        close("attention", &ours.attention, "attn");
+        close("act(gate)·up", &ours.ffn_activation, "ffn_act");
+        close("residual out", &ours.residual, "out");
     }
 }
 

@@ -46,7 +46,7 @@ pub struct BandwidthBinding {
 }
 
 fn layout(bytes: u64) -> Result<(u32, u32)> {
-    if bytes == 0 || bytes % 16 != 0 {
+    if bytes == 0 || !bytes.is_multiple_of(16) {
         return Err(Error::Invalid(format!(
             "bandwidth chunk of {bytes} bytes: must be a non-empty multiple of 16"
         )));
@@ -63,13 +63,13 @@ impl CopyBandwidth {
             read: ctx.pipeline(
                 "copy_bandwidth.read",
                 shader!("copy_bandwidth"),
-                "read",
+                "read_all",
                 &[],
             ),
             copy: ctx.pipeline(
                 "copy_bandwidth.copy",
                 shader!("copy_bandwidth"),
-                "copy",
+                "copy_all",
                 &[],
             ),
         }

@@ -83,7 +83,8 @@ pub struct TernaryProjection<'a> {
     pub k: usize,
     /// Weight rows: N, or 2·I for a fused gate|up weight with a gated epilogue.
     pub rows: usize,
-    /// u32 [rows, words_per_row(k)] in the engine layout ([`crate::reference::ternary`]).
+    /// u32 [rows, words_per_row(k)] in the engine layout ([`crate::reference::ternary`]), in a buffer
+    /// of at least [`weight_bytes`].
     pub weights: &'a GpuBuffer,
     /// f32 [rows]: the scale each row's value is multiplied by.
     pub row_scale: &'a GpuBuffer,
@@ -95,6 +96,13 @@ pub struct TernaryProjection<'a> {
     pub stats: &'a GpuBuffer,
     /// f32 [T, epilogue.outputs(rows)].
     pub out: &'a GpuBuffer,
+}
+
+/// Bytes a weight buffer of `rows` × `k` must have: the packed rows, padded to whole `vec4<u32>`
+/// because the kernels load 4 code words at a time (no padding when rows · words_per_row(k) % 4 == 0,
+/// as in every model whose K is a multiple of 64).
+pub fn weight_bytes(rows: usize, k: usize) -> u64 {
+    ((rows * words_per_row(k) * 4) as u64).next_multiple_of(16)
 }
 
 /// WGSL twin: `struct Params` in `shaders/ternary_matvec.wgsl`.
@@ -127,17 +135,17 @@ pub(crate) fn bind_projection(
     if site.k == 0 || site.rows == 0 {
         return invalid(format!("empty weight {}×{}", site.rows, site.k));
     }
-    if epilogue.is_gated() && site.rows % 2 != 0 {
+    if epilogue.is_gated() && !site.rows.is_multiple_of(2) {
         return invalid(format!(
             "{epilogue:?} needs a fused gate|up weight with an even row count, got {}",
             site.rows
         ));
     }
     let words = words_per_row(site.k);
-    let weight_bytes = (site.rows * words * 4) as u64;
+    let weight_bytes = weight_bytes(site.rows, site.k);
     if site.weights.size < weight_bytes {
         return invalid(format!(
-            "weight buffer holds {} bytes, {}×{} needs {weight_bytes}",
+            "weight buffer holds {} bytes, {}×{} needs {weight_bytes} (see weight_bytes)",
             site.weights.size, site.rows, site.k
         ));
     }

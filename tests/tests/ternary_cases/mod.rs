@@ -8,7 +8,7 @@
 
 use rand::Rng;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
-use tern::ops::ternary_matvec::{Epilogue, TernaryBinding, TernaryProjection};
+use tern::ops::ternary_matvec::{weight_bytes, Epilogue, TernaryBinding, TernaryProjection};
 use tern::ops::{ActStats, StepParams};
 use tern::reference::norm::pack_activations;
 use tern::reference::ternary::pack_ternary;
@@ -133,7 +133,14 @@ impl Case {
             _pad: [0; 2],
         };
         let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
-        let weights = storage("weights", bytemuck::cast_slice(&self.weights));
+        let weights = GpuBuffer::new(
+            ctx,
+            "weights",
+            weight_bytes(self.rows, self.k),
+            BufferUsage::Storage,
+        )
+        .unwrap();
+        weights.write(ctx, 0, bytemuck::cast_slice(&self.weights));
         let row_scale = storage("row_scale", bytemuck::cast_slice(&self.row_scale));
         let xq = storage("xq", bytemuck::cast_slice(&self.xq));
         let stats = storage("stats", bytemuck::cast_slice(&self.stats));
