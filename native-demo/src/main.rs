@@ -1,9 +1,11 @@
 //! `tern`: chat with, run and inspect ternary (BitNet b1.58) LLMs on the GPU.
 
+mod bench;
 mod generate;
 mod info;
 mod load;
 mod logits;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,10 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Perplexity of a text file.
     Perplexity(logits::PerplexityArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions, SSE streaming).
+    Serve(serve::ServeArgs),
+    /// Prefill/decode throughput, memory and bandwidth of a model or a synthetic shape.
+    Bench(bench::BenchArgs),
     /// List every GPU adapter with its limits and features, and the one Tern would pick.
     Info,
 }
@@ -46,6 +52,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => generate::run(&args),
         Command::Logits(args) => logits::logits(&args),
         Command::Perplexity(args) => logits::perplexity(&args),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Info => info::run(),
     }
 }

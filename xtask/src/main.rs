@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fixtures;
 mod test;
 
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run everything CI runs: fmt, clippy, the test suite on every adapter, the wasm build.
     Test(test::Args),
+    /// Run `tern bench --json` (release) on a synthetic shape; the report goes to target/bench/.
+    Bench(bench::Args),
     /// Write the deterministic random-weight test checkpoints (HF safetensors + GGUF).
     Fixtures(fixtures::Args),
 }
@@ -23,6 +26,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Fixtures(args) => fixtures::run(&args),
     }
 }

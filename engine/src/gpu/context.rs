@@ -85,6 +85,7 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(descriptor)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn device_rank(info: &wgpu::AdapterInfo) -> u8 {
     use wgpu::DeviceType::*;
     match info.device_type {

@@ -2,6 +2,7 @@
 
 pub mod config;
 mod forward;
+pub mod synthetic;
 pub mod weights;
 
 pub use forward::{LastLayerActivations, Model, ModelOptions, Output, StepResult};

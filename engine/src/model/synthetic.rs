@@ -1,0 +1,409 @@
+//! A synthetic checkpoint of any shape for benchmarks: a microsoft/bitnet-b1.58-2B-4T-style config
+//! and an HF packed safetensors file whose bytes are generated on read (random ternary codes, bf16
+//! embedding and unit norms), so `tern bench --shape 2b4t` needs no download and the host never holds
+//! the whole file — the loader streams it exactly as it streams a file on disk.
+
+use serde_json::{json, Map, Value};
+
+use crate::format::checkpoint::Checkpoint;
+use crate::format::safetensors as st;
+use crate::format::source::TensorSource;
+use crate::model::config::{ModelConfig, ScaleConvention};
+use crate::{Error, Result};
+
+/// The dimensions of a BitNet b1.58 model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+}
+
+impl Shape {
+    /// microsoft/bitnet-b1.58-2B-4T.
+    pub const BITNET_2B4T: Shape = Shape {
+        hidden: 2560,
+        layers: 30,
+        heads: 20,
+        kv_heads: 5,
+        intermediate: 6912,
+        vocab: 128256,
+    };
+    /// The committed test fixtures' shape (tests/fixtures/bitnet-2b4t).
+    pub const TINY: Shape = Shape {
+        hidden: 256,
+        layers: 4,
+        heads: 8,
+        kv_heads: 2,
+        intermediate: 768,
+        vocab: 1024,
+    };
+
+    /// `2b4t`, `tiny`, or `H,L,heads,kv,I,V` (hidden, layers, heads, kv heads, intermediate, vocab).
+    pub fn parse(s: &str) -> Result<Shape> {
+        match s {
+            "2b4t" => return Ok(Shape::BITNET_2B4T),
+            "tiny" => return Ok(Shape::TINY),
+            _ => {}
+        }
+        let bad = || {
+            Error::Invalid(format!(
+                "shape {s:?}: expected 2b4t, tiny or six positive integers \
+                 hidden,layers,heads,kv_heads,intermediate,vocab"
+            ))
+        };
+        let dims = s
+            .split(',')
+            .map(|d| d.trim().parse::<usize>().ok().filter(|&d| d > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?;
+        let [hidden, layers, heads, kv_heads, intermediate, vocab] = dims[..] else {
+            return Err(bad());
+        };
+        Ok(Shape {
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            intermediate,
+            vocab,
+        })
+    }
+
+    /// config.json of the 2B-4T model at this shape (validated by the config parser).
+    fn config_json(&self, max_position_embeddings: usize) -> Value {
+        json!({
+            "architectures": ["BitNetForCausalLM"],
+            "model_type": "bitnet",
+            "hidden_act": "relu2",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_attention_heads": self.heads,
+            "num_hidden_layers": self.layers,
+            "num_key_value_heads": self.kv_heads,
+            "max_position_embeddings": max_position_embeddings,
+            "quantization_config": {
+                "linear_class": "autobitlinear",
+                "quant_method": "bitnet",
+                "quantization_mode": "offline"
+            },
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0,
+            "tie_word_embeddings": true,
+            "vocab_size": self.vocab,
+        })
+    }
+}
+
+/// A checkpoint of `shape` with random ternary weights (deterministic in `seed`).
+pub fn checkpoint(shape: Shape, max_position_embeddings: usize, seed: u64) -> Result<Checkpoint> {
+    let name = format!(
+        "synthetic {}x{} (hidden {}, heads {}/{}, intermediate {}, vocab {})",
+        shape.layers,
+        shape.hidden,
+        shape.hidden,
+        shape.heads,
+        shape.kv_heads,
+        shape.intermediate,
+        shape.vocab
+    );
+    let config = ModelConfig::from_hf_json(
+        &name,
+        &shape.config_json(max_position_embeddings).to_string(),
+    )?;
+    let source = SyntheticSource::new(&name, &config, seed)?;
+    let header = st::read_header(&source)?;
+    Checkpoint::from_safetensors(&name, config, vec![Box::new(source)], vec![header])
+}
+
+/// What a tensor's bytes are.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// HF packed ternary codes (every 2-bit code in {0, 1, 2}).
+    Packed,
+    /// bf16 uniform in [-amplitude, amplitude).
+    Random(f32),
+    /// bf16, every element the same.
+    Constant(f32),
+}
+
+struct Tensor {
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+    fill: Fill,
+    seed: u64,
+}
+
+/// A safetensors file generated on read: the header, then each tensor's bytes from its [`Fill`].
+struct SyntheticSource {
+    name: String,
+    header: Vec<u8>,
+    /// Sorted by `start`, contiguous after the header.
+    tensors: Vec<Tensor>,
+}
+
+impl SyntheticSource {
+    fn new(name: &str, c: &ModelConfig, seed: u64) -> Result<Self> {
+        let (h, attn, kv, ff) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        let mut specs: Vec<(String, &str, Vec<usize>, Fill)> = vec![
+            (
+                "model.embed_tokens.weight".into(),
+                "BF16",
+                vec![c.vocab_size, h],
+                Fill::Random(1.0),
+            ),
+            (
+                "model.norm.weight".into(),
+                "BF16",
+                vec![h],
+                Fill::Constant(1.0),
+            ),
+        ];
+        for layer in 0..c.num_layers {
+            let p = |s: &str| format!("model.layers.{layer}.{s}");
+            for (norm, width) in [
+                ("input_layernorm", h),
+                ("post_attention_layernorm", h),
+                ("self_attn.attn_sub_norm", attn),
+                ("mlp.ffn_sub_norm", ff),
+            ] {
+                specs.push((
+                    p(&format!("{norm}.weight")),
+                    "BF16",
+                    vec![width],
+                    Fill::Constant(1.0),
+                ));
+            }
+            for (projection, rows, cols) in [
+                ("self_attn.q_proj", attn, h),
+                ("self_attn.k_proj", kv, h),
+                ("self_attn.v_proj", kv, h),
+                ("self_attn.o_proj", h, attn),
+                ("mlp.gate_proj", ff, h),
+                ("mlp.up_proj", ff, h),
+                ("mlp.down_proj", h, ff),
+            ] {
+                if rows % 4 != 0 {
+                    return Err(Error::Invalid(format!(
+                        "{name}: {projection} has {rows} rows, not a multiple of 4 (HF packing)"
+                    )));
+                }
+                specs.push((
+                    p(&format!("{projection}.weight")),
+                    "U8",
+                    vec![rows / 4, cols],
+                    Fill::Packed,
+                ));
+                // Unit-variance outputs from unit-variance inputs: a multiplier of 1/√cols.
+                let multiplier = 1.0 / (cols as f32).sqrt();
+                let stored = match c.scale_convention {
+                    ScaleConvention::Divide => 1.0 / multiplier,
+                    ScaleConvention::Multiply => multiplier,
+                };
+                specs.push((
+                    p(&format!("{projection}.weight_scale")),
+                    "BF16",
+                    vec![1],
+                    Fill::Constant(stored),
+                ));
+            }
+        }
+
+        let mut entries = Map::new();
+        let mut ranges = Vec::with_capacity(specs.len());
+        let mut offset = 0u64;
+        for (i, (name, dtype, shape, fill)) in specs.into_iter().enumerate() {
+            let element_bytes = if dtype == "U8" { 1 } else { 2 };
+            let len = shape.iter().product::<usize>() as u64 * element_bytes;
+            entries.insert(
+                name,
+                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len]}),
+            );
+            ranges.push((
+                offset,
+                offset + len,
+                fill,
+                seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ));
+            offset += len;
+        }
+        let mut json = Value::Object(entries).to_string().into_bytes();
+        json.resize(json.len().next_multiple_of(8), b' ');
+        let mut header = (json.len() as u64).to_le_bytes().to_vec();
+        header.extend_from_slice(&json);
+        let data_start = header.len() as u64;
+        let tensors = ranges
+            .into_iter()
+            .map(|(start, end, fill, seed)| Tensor {
+                start: data_start + start,
+                end: data_start + end,
+                fill,
+                seed,
+            })
+            .collect();
+        Ok(SyntheticSource {
+            name: name.into(),
+            header,
+            tensors,
+        })
+    }
+}
+
+impl TensorSource for SyntheticSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn len(&self) -> u64 {
+        self.tensors
+            .last()
+            .map_or(self.header.len() as u64, |t| t.end)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= self.len())
+            .ok_or_else(|| {
+                Error::format(
+                    &self.name,
+                    format!("bytes {offset}+{}", buf.len()),
+                    "read past the end",
+                )
+            })?;
+        let mut position = offset;
+        while position < end {
+            let out = &mut buf[(position - offset) as usize..];
+            let header_len = self.header.len() as u64;
+            if position < header_len {
+                let n = (header_len - position).min(out.len() as u64) as usize;
+                out[..n].copy_from_slice(&self.header[position as usize..position as usize + n]);
+                position += n as u64;
+                continue;
+            }
+            let t = &self.tensors[self.tensors.partition_point(|t| t.end <= position)];
+            let n = (t.end.min(end) - position) as usize;
+            fill(t, position - t.start, &mut out[..n]);
+            position += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Fills `out` with the bytes of `t` from `relative` on, generated 8 bytes per hash.
+fn fill(t: &Tensor, relative: u64, out: &mut [u8]) {
+    let mut word_index = relative / 8;
+    let mut skip = (relative % 8) as usize;
+    let mut written = 0;
+    while written < out.len() {
+        let word = word(t, word_index);
+        let n = (8 - skip).min(out.len() - written);
+        out[written..written + n].copy_from_slice(&word[skip..skip + n]);
+        written += n;
+        skip = 0;
+        word_index += 1;
+    }
+}
+
+/// Bytes `8·index .. 8·index + 8` of tensor `t`.
+fn word(t: &Tensor, index: u64) -> [u8; 8] {
+    let bits = splitmix64(t.seed.wrapping_add(index));
+    match t.fill {
+        Fill::Packed => bits.to_le_bytes().map(|b| PACKED_CODES[b as usize % 81]),
+        Fill::Random(amplitude) => bf16_word(|i| {
+            let unit = ((bits >> (16 * i)) & 0xffff) as f32 / 32768.0 - 1.0;
+            unit * amplitude
+        }),
+        Fill::Constant(value) => bf16_word(|_| value),
+    }
+}
+
+fn bf16_word(value: impl Fn(u32) -> f32) -> [u8; 8] {
+    let mut word = [0u8; 8];
+    for (i, pair) in word.chunks_exact_mut(2).enumerate() {
+        pair.copy_from_slice(&half::bf16::from_f32(value(i as u32)).to_le_bytes());
+    }
+    word
+}
+
+/// The 81 bytes whose four 2-bit codes are all valid ternary codes (0, 1 or 2).
+const PACKED_CODES: [u8; 81] = {
+    let mut codes = [0u8; 81];
+    let mut i = 0;
+    while i < 81 {
+        let (a, b, c, d) = (i % 3, i / 3 % 3, i / 9 % 3, i / 27);
+        codes[i] = (a | b << 2 | c << 4 | d << 6) as u8;
+        i += 1;
+    }
+    codes
+};
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::source::read_range;
+    use crate::reference::repack::decode_hf_packed;
+
+    #[test]
+    fn parses_shapes() {
+        assert_eq!(Shape::parse("2b4t").unwrap(), Shape::BITNET_2B4T);
+        assert_eq!(Shape::parse("tiny").unwrap(), Shape::TINY);
+        assert_eq!(
+            Shape::parse("64,2,4,2,128,256").unwrap(),
+            Shape {
+                hidden: 64,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+                intermediate: 128,
+                vocab: 256
+            }
+        );
+        for bad in [
+            "",
+            "huge",
+            "64,2,4,2,128",
+            "64,2,4,2,128,0",
+            "64,2,x,2,128,256",
+        ] {
+            assert!(Shape::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn resolves_with_valid_codes_and_reads_consistently() {
+        let c = checkpoint(Shape::parse("64,2,4,2,128,256").unwrap(), 128, 7).unwrap();
+        let q = c
+            .projection(1, crate::format::checkpoint::Projection::Gate)
+            .unwrap();
+        let source = c.sources[q.source].as_ref();
+        let whole = read_range(source, q.offset, q.len).unwrap();
+        decode_hf_packed(&whole, q.rows, q.cols).unwrap();
+        // An unaligned read in the middle returns the same bytes as the whole read.
+        let part = read_range(source, q.offset + 13, 29).unwrap();
+        assert_eq!(part, whole[13..42]);
+        let norm = c
+            .read_f32_vector(
+                &c.norm(0, crate::format::checkpoint::NormWeight::FfnSub)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(norm, vec![1.0; 128]);
+    }
+}

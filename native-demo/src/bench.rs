@@ -1,0 +1,185 @@
+//! `tern bench`: load, prefill and greedy-decode throughput of a model (or a synthetic checkpoint of
+//! any shape), with the adapter's memory bandwidth as the yardstick. Method: BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use tern::format::checkpoint::Checkpoint;
+use tern::gpu::{Context, ContextOptions};
+use tern::model::config::ModelConfig;
+use tern::model::synthetic::{self, Shape};
+use tern::model::{Model, ModelOptions, Output, StepResult};
+use tern::ops::bandwidth;
+use tern::reference::ternary::words_per_row;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// A model directory, .gguf file or Hugging Face repo id.
+    #[arg(
+        long,
+        short = 'm',
+        conflicts_with = "shape",
+        required_unless_present = "shape"
+    )]
+    pub model: Option<String>,
+    /// A synthetic checkpoint with random ternary weights instead of a model: `2b4t`, `tiny`, or
+    /// `hidden,layers,heads,kv_heads,intermediate,vocab`.
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// Prompt length of the prefill.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens decoded greedily after the prefill.
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Tokens per prefill batch.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// MiB of the bandwidth yardstick's buffer (far larger than the last-level cache).
+    #[arg(long, default_value_t = 256)]
+    pub copy_mib: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        bail!("--prompt-tokens and --gen-tokens must be at least 1");
+    }
+    let ctx = Arc::new(pollster::block_on(Context::new(
+        &ContextOptions::from_env(),
+    ))?);
+    let report = pollster::block_on(measure(ctx, args))?;
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
+    let context = args.prompt_tokens + args.gen_tokens;
+    let start = Instant::now();
+    let (checkpoint, source) = match (&args.model, &args.shape) {
+        (Some(model), _) => {
+            let path = tern::hub::resolve(model, true)?;
+            let checkpoint =
+                Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            (checkpoint, model.clone())
+        }
+        (None, Some(shape)) => {
+            let checkpoint = synthetic::checkpoint(Shape::parse(shape)?, context, 0x7e27)?;
+            (checkpoint, format!("synthetic {shape}"))
+        }
+        (None, None) => bail!("give --model or --shape"),
+    };
+    let options = ModelOptions {
+        max_context: context,
+        max_batch: args.batch,
+    };
+    let mut model = Model::load(ctx.clone(), &checkpoint, options, &mut |_, _| {}).await?;
+    let load_s = start.elapsed().as_secs_f64();
+    // Read now: the high-water mark of loading, before the yardstick allocates its buffers.
+    let host_peak_rss_bytes = peak_rss_bytes();
+    let config = checkpoint.config.clone();
+    drop(checkpoint);
+    if model.options.max_context < context {
+        bail!(
+            "{} prompt + {} generated tokens exceed the model's context of {}",
+            args.prompt_tokens,
+            args.gen_tokens,
+            model.options.max_context
+        );
+    }
+
+    // Ids spread over the vocabulary; the values do not change the work a step does.
+    let prompt: Vec<u32> = (0..args.prompt_tokens)
+        .map(|i| ((i * 7919 + 1) % config.vocab_size) as u32)
+        .collect();
+    let start = Instant::now();
+    let mut token = next_token(model.forward(&prompt, Output::Argmax).await?)?;
+    let ttft_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..args.gen_tokens {
+        token = next_token(model.forward(&[token], Output::Argmax).await?)?;
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    let decode_tok_s = args.gen_tokens as f64 / decode_s;
+
+    let ternary_bytes = ternary_weight_bytes(&config);
+    let copy = bandwidth::measure(&ctx, args.copy_mib << 20, 3).await?;
+    let matvec_gbps = ternary_bytes as f64 * decode_tok_s / 1e9;
+    Ok(json!({
+        "model": source,
+        "adapter": ctx.adapter_name(),
+        "prompt_tokens": args.prompt_tokens,
+        "gen_tokens": args.gen_tokens,
+        "load_s": load_s,
+        "ttft_ms": ttft_s * 1e3,
+        "prefill_tok_s": args.prompt_tokens as f64 / ttft_s,
+        "decode_tok_s": decode_tok_s,
+        "gpu_bytes": model.gpu_bytes(),
+        "host_peak_rss_bytes": host_peak_rss_bytes,
+        "ternary_weight_bytes": ternary_bytes,
+        "copy_gbps": copy.copy_gbps,
+        "read_gbps": copy.read_gbps,
+        "matvec_gbps": matvec_gbps,
+        "matvec_over_copy": matvec_gbps / copy.copy_gbps,
+    }))
+}
+
+fn next_token(result: StepResult) -> anyhow::Result<u32> {
+    match result {
+        StepResult::Token(t) => Ok(t),
+        other => bail!("an argmax step returned {other:?}"),
+    }
+}
+
+/// Bytes every decode step reads from the layers' ternary projections: 2-bit codes in the engine
+/// layout (16 per u32 word, rows padded to whole words) and one f32 scale per row.
+fn ternary_weight_bytes(c: &ModelConfig) -> u64 {
+    let (h, attn, kv, ff) = (
+        c.hidden_size,
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+        c.intermediate_size,
+    );
+    let projection = |rows: usize, cols: usize| (rows * (words_per_row(cols) * 4 + 4)) as u64;
+    let layer = projection(attn + 2 * kv, h)
+        + projection(h, attn)
+        + projection(2 * ff, h)
+        + projection(h, ff);
+    layer * c.num_layers as u64
+}
+
+/// The process's peak resident set (VmHWM) in bytes, where the OS reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn print_table(report: &Value) {
+    let Some(fields) = report.as_object() else {
+        return;
+    };
+    for (name, value) in fields {
+        let shown = match value {
+            Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(f64::NAN)),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        println!("{name:<22} {shown}");
+    }
+}
