@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use rand::Rng as _;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
 use tern::ops::dense_matvec::{DenseMatvec, MatvecLayout};
-use tern::ops::embedding::{DenseTable, TableDtype};
+use tern::ops::embedding::{DenseTable, FloatDType};
 use tern::ops::StepParams;
 use tern::reference::dense::matvec;
 use tern::reference::embedding::table_element;
@@ -15,16 +15,16 @@ const LAYOUTS: [MatvecLayout; 2] = [
     MatvecLayout::RowPerInvocation,
     MatvecLayout::RowPerWorkgroup,
 ];
-const DTYPES: [TableDtype; 3] = [TableDtype::F32, TableDtype::F16, TableDtype::Bf16];
+const DTYPES: [FloatDType; 3] = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
 
-fn table_bytes(dtype: TableDtype, values: &[f32]) -> Vec<u8> {
+fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
     match dtype {
-        TableDtype::F32 => bytemuck::cast_slice(values).to_vec(),
-        TableDtype::F16 => values
+        FloatDType::F32 => bytemuck::cast_slice(values).to_vec(),
+        FloatDType::F16 => values
             .iter()
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
             .collect(),
-        TableDtype::Bf16 => values
+        FloatDType::BF16 => values
             .iter()
             .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
             .collect(),
@@ -62,7 +62,7 @@ fn assert_matches(
     gpu: &[f32],
     cpu: &[f32],
     bytes: &[u8],
-    dtype: TableDtype,
+    dtype: FloatDType,
     rows: usize,
     x: &[f32],
 ) {
@@ -81,7 +81,7 @@ fn assert_matches(
 
 fn check(
     ctx: &Context,
-    dtype: TableDtype,
+    dtype: FloatDType,
     rows: usize,
     cols: usize,
     chunk_rows: usize,
@@ -130,13 +130,13 @@ fn lm_head_bf16_128256_x_2560() {
         .flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes())
         .collect();
     let x = random_f32(&mut rng, cols, 2.0);
-    let cpu = matvec(&bytes, TableDtype::Bf16, rows, cols, &x);
+    let cpu = matvec(&bytes, FloatDType::BF16, rows, cols, &x);
     for_each_adapter(|ctx| {
         let table =
-            DenseTable::upload(ctx, "lm_head", TableDtype::Bf16, rows, cols, &bytes).unwrap();
+            DenseTable::upload(ctx, "lm_head", FloatDType::BF16, rows, cols, &bytes).unwrap();
         let kernel = MatvecLayout::for_adapter(ctx);
         let gpu = run_gpu(ctx, kernel, &table, &x);
-        assert_matches("lm head", &gpu, &cpu, &bytes, TableDtype::Bf16, rows, &x);
+        assert_matches("lm head", &gpu, &cpu, &bytes, FloatDType::BF16, rows, &x);
     });
 }
 

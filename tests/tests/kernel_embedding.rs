@@ -3,20 +3,20 @@
 use proptest::prelude::*;
 use rand::Rng as _;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
-use tern::ops::embedding::{DenseTable, Embedding, TableDtype};
+use tern::ops::embedding::{DenseTable, Embedding, FloatDType};
 use tern::ops::StepParams;
 use tern::reference::embedding::embed;
 use tern_tests::{for_each_adapter, random_f32, seeded};
 
 /// Random values in the table's dtype as little-endian bytes (f16 includes subnormals: scale 1e-4).
-fn table_bytes(dtype: TableDtype, values: &[f32]) -> Vec<u8> {
+fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
     match dtype {
-        TableDtype::F32 => bytemuck::cast_slice(values).to_vec(),
-        TableDtype::F16 => values
+        FloatDType::F32 => bytemuck::cast_slice(values).to_vec(),
+        FloatDType::F16 => values
             .iter()
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
             .collect(),
-        TableDtype::Bf16 => values
+        FloatDType::BF16 => values
             .iter()
             .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
             .collect(),
@@ -51,7 +51,7 @@ fn run_gpu(ctx: &Context, table: &DenseTable, ids: &[u32]) -> Vec<f32> {
 
 fn check(
     ctx: &Context,
-    dtype: TableDtype,
+    dtype: FloatDType,
     rows: usize,
     cols: usize,
     chunk_rows: usize,
@@ -83,7 +83,7 @@ fn check(
     );
 }
 
-const DTYPES: [TableDtype; 3] = [TableDtype::F32, TableDtype::F16, TableDtype::Bf16];
+const DTYPES: [FloatDType; 3] = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
 
 #[test]
 fn default_chunking() {
@@ -106,9 +106,9 @@ fn full_size_bf16_table_spans_chunks() {
         .collect();
     let ids = [0u32, 128_255, 26_207, 26_208, 52_415, 52_416, 70_000, 5];
     for_each_adapter(|ctx| {
-        let table = DenseTable::upload(ctx, "embed", TableDtype::Bf16, rows, cols, &bytes).unwrap();
+        let table = DenseTable::upload(ctx, "embed", FloatDType::BF16, rows, cols, &bytes).unwrap();
         let gpu = run_gpu(ctx, &table, &ids);
-        assert_eq!(gpu, embed(&bytes, TableDtype::Bf16, cols, &ids));
+        assert_eq!(gpu, embed(&bytes, FloatDType::BF16, cols, &ids));
     });
 }
 

@@ -9,23 +9,23 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use rand::Rng;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
-use tern::ops::quantize::{FloatDtype, Quantizer};
+use tern::ops::quantize::{FloatDType, Quantizer};
 use tern::reference::quantize::{absmean_quantize, decode_floats};
 use tern::reference::ternary::{unpack_ternary, words_per_row};
 use tern_tests::{for_each_adapter, seeded};
 
-const DTYPES: [FloatDtype; 3] = [FloatDtype::F32, FloatDtype::F16, FloatDtype::Bf16];
+const DTYPES: [FloatDType; 3] = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
 
 /// Roughly normal latent weights (sum of uniforms), times `scale`, in the file's bytes.
-fn random_tensor(rng: &mut impl Rng, n: usize, dtype: FloatDtype, scale: f32) -> Vec<u8> {
+fn random_tensor(rng: &mut impl Rng, n: usize, dtype: FloatDType, scale: f32) -> Vec<u8> {
     let values =
         (0..n).map(|_| (0..3).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * scale);
     match dtype {
-        FloatDtype::F32 => values.flat_map(f32::to_le_bytes).collect(),
-        FloatDtype::F16 => values
+        FloatDType::F32 => values.flat_map(f32::to_le_bytes).collect(),
+        FloatDType::F16 => values
             .flat_map(|v| f16::from_f32(v).to_le_bytes())
             .collect(),
-        FloatDtype::Bf16 => values
+        FloatDType::BF16 => values
             .flat_map(|v| bf16::from_f32(v).to_le_bytes())
             .collect(),
     }
@@ -34,7 +34,7 @@ fn random_tensor(rng: &mut impl Rng, n: usize, dtype: FloatDtype, scale: f32) ->
 fn gpu_quantize(
     ctx: &Context,
     quantizer: &Quantizer,
-    dtype: FloatDtype,
+    dtype: FloatDType,
     bytes: &[u8],
     rows: usize,
     cols: usize,
@@ -79,7 +79,7 @@ fn compare(what: &str, values: &[f32], gpu: (Vec<i8>, f32), cpu: &(Vec<i8>, f32)
 fn check(
     ctx: &Context,
     quantizer: &Quantizer,
-    dtype: FloatDtype,
+    dtype: FloatDType,
     rows: usize,
     cols: usize,
     seed: u64,
@@ -97,9 +97,9 @@ fn check(
 fn model_shapes() {
     // 2B-4T-bf16 gate (6912×2560: three summing levels) and down (2560×6912); 1bitLLM-large q (fp16).
     let cases = [
-        (FloatDtype::Bf16, 6912, 2560),
-        (FloatDtype::Bf16, 2560, 6912),
-        (FloatDtype::F16, 1536, 1536),
+        (FloatDType::BF16, 6912, 2560),
+        (FloatDType::BF16, 2560, 6912),
+        (FloatDType::F16, 1536, 1536),
     ];
     for (dtype, rows, cols) in cases {
         let mut rng = seeded(rows as u64 + cols as u64);
@@ -132,14 +132,14 @@ fn special_values() {
         let quantizer = Quantizer::new(ctx);
         // All zeros: the scale clamps to 1e-5 and every value quantizes to 0.
         let zeros = vec![0u8; 5 * 33 * 2];
-        let (t, scale) = gpu_quantize(ctx, &quantizer, FloatDtype::Bf16, &zeros, 5, 33);
+        let (t, scale) = gpu_quantize(ctx, &quantizer, FloatDType::BF16, &zeros, 5, 33);
         assert_eq!((t, scale), (vec![0; 5 * 33], 1e-5));
         // f16 subnormals (|x| < 6.1e-5) must decode exactly on the GPU.
         let mut rng = seeded(3);
-        let bytes = random_tensor(&mut rng, 40 * 50, FloatDtype::F16, 3e-5);
-        let values = decode_floats(&bytes, FloatDtype::F16);
+        let bytes = random_tensor(&mut rng, 40 * 50, FloatDType::F16, 3e-5);
+        let values = decode_floats(&bytes, FloatDType::F16);
         assert!(values.iter().filter(|v| v.abs() < 6.1e-5).count() > 1000);
-        let gpu = gpu_quantize(ctx, &quantizer, FloatDtype::F16, &bytes, 40, 50);
+        let gpu = gpu_quantize(ctx, &quantizer, FloatDType::F16, &bytes, 40, 50);
         compare("f16 subnormals", &values, gpu, &absmean_quantize(&values));
     });
 }

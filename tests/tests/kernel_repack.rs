@@ -6,7 +6,7 @@ use half::f16;
 use proptest::prelude::*;
 use rand::Rng;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
-use tern::ops::repack::{RepackLayout, Repacker};
+use tern::ops::repack::{Repacker, TernaryLayout};
 use tern::reference::repack::{
     decode_hf_packed, decode_i2s, decode_tq1_0, decode_tq2_0, encode_hf_packed, encode_i2s,
     encode_tq1_0, encode_tq2_0, i2s_scale, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK,
@@ -14,16 +14,16 @@ use tern::reference::repack::{
 use tern::reference::ternary::pack_ternary;
 use tern_tests::{for_each_adapter, seeded};
 
-const LAYOUTS: [RepackLayout; 4] = [
-    RepackLayout::HfPacked,
-    RepackLayout::I2S,
-    RepackLayout::Tq2_0,
-    RepackLayout::Tq1_0,
+const LAYOUTS: [TernaryLayout; 4] = [
+    TernaryLayout::HfPacked,
+    TernaryLayout::I2S,
+    TernaryLayout::Tq2_0,
+    TernaryLayout::Tq1_0,
 ];
 
 fn gpu_repack(
     ctx: &Context,
-    layout: RepackLayout,
+    layout: TernaryLayout,
     bytes: &[u8],
     rows: usize,
     cols: usize,
@@ -47,7 +47,7 @@ fn random_ternary(rng: &mut impl Rng, n: usize) -> Vec<i8> {
 /// The file bytes of `t` in `layout`, checked to decode back to `t` on the CPU, and the scale the
 /// repack must report.
 fn encode(
-    layout: RepackLayout,
+    layout: TernaryLayout,
     t: &[i8],
     rows: usize,
     cols: usize,
@@ -55,19 +55,19 @@ fn encode(
 ) -> (Vec<u8>, Option<f32>) {
     let n = rows * cols;
     match layout {
-        RepackLayout::HfPacked => {
+        TernaryLayout::HfPacked => {
             let bytes = encode_hf_packed(t, rows, cols);
             assert_eq!(decode_hf_packed(&bytes, rows, cols).unwrap(), t);
             (bytes, None)
         }
-        RepackLayout::I2S => {
+        TernaryLayout::I2S => {
             let blob = encode_i2s(t, scale.to_f32());
             assert_eq!(decode_i2s(&blob, n).unwrap(), t);
             assert_eq!(i2s_scale(&blob, n).unwrap(), scale.to_f32());
             (blob, None)
         }
-        RepackLayout::Tq2_0 | RepackLayout::Tq1_0 => {
-            let (bytes, decoded) = if layout == RepackLayout::Tq2_0 {
+        TernaryLayout::Tq2_0 | TernaryLayout::Tq1_0 => {
+            let (bytes, decoded) = if layout == TernaryLayout::Tq2_0 {
                 let bytes = encode_tq2_0(t, scale);
                 let decoded = decode_tq2_0(&bytes, n).unwrap();
                 (bytes, decoded)
@@ -87,7 +87,7 @@ fn encode(
     }
 }
 
-fn check(ctx: &Context, layout: RepackLayout, rows: usize, cols: usize, seed: u64) {
+fn check(ctx: &Context, layout: TernaryLayout, rows: usize, cols: usize, seed: u64) {
     let mut rng = seeded(seed);
     let t = random_ternary(&mut rng, rows * cols);
     let scale = f16::from_f32(rng.random_range(0.5..3.0));
@@ -190,10 +190,10 @@ fn hand_made_blocks() {
     assert_eq!(encode_tq1_0(&tq1_t, f16::from_f32(0.25)), tq1);
 
     let cases = [
-        (RepackLayout::HfPacked, &hf, 8, 3, &hf_t, None),
-        (RepackLayout::I2S, &i2s, 1, 128, &i2s_t, None),
-        (RepackLayout::Tq2_0, &tq2, 1, 256, &tq2_t, Some(0.5)),
-        (RepackLayout::Tq1_0, &tq1, 1, 256, &tq1_t, Some(0.25)),
+        (TernaryLayout::HfPacked, &hf, 8, 3, &hf_t, None),
+        (TernaryLayout::I2S, &i2s, 1, 128, &i2s_t, None),
+        (TernaryLayout::Tq2_0, &tq2, 1, 256, &tq2_t, Some(0.5)),
+        (TernaryLayout::Tq1_0, &tq1, 1, 256, &tq1_t, Some(0.25)),
     ];
     for_each_adapter(|ctx| {
         for (layout, bytes, rows, cols, t, scale) in cases {
@@ -227,10 +227,22 @@ fn rejects_mixed_block_scales_and_invalid_codes() {
 
     for_each_adapter(|ctx| {
         for (layout, bytes, rows, cols, expect) in [
-            (RepackLayout::Tq2_0, &tq2, rows, cols, "block scales differ"),
-            (RepackLayout::Tq1_0, &tq1, rows, cols, "block scales differ"),
-            (RepackLayout::HfPacked, &hf, 8, 5, "invalid 2-bit codes"),
-            (RepackLayout::I2S, &i2s, 1, 256, "invalid 2-bit codes"),
+            (
+                TernaryLayout::Tq2_0,
+                &tq2,
+                rows,
+                cols,
+                "block scales differ",
+            ),
+            (
+                TernaryLayout::Tq1_0,
+                &tq1,
+                rows,
+                cols,
+                "block scales differ",
+            ),
+            (TernaryLayout::HfPacked, &hf, 8, 5, "invalid 2-bit codes"),
+            (TernaryLayout::I2S, &i2s, 1, 256, "invalid 2-bit codes"),
         ] {
             let err = gpu_repack(ctx, layout, bytes, rows, cols)
                 .unwrap_err()
@@ -244,7 +256,7 @@ fn rejects_mixed_block_scales_and_invalid_codes() {
         let zeros = vec![0i8; 2 * 256];
         let (packed, scale) = gpu_repack(
             ctx,
-            RepackLayout::Tq2_0,
+            TernaryLayout::Tq2_0,
             &encode_tq2_0(&zeros, f16::ONE),
             2,
             256,
@@ -257,10 +269,10 @@ fn rejects_mixed_block_scales_and_invalid_codes() {
 #[test]
 fn rejects_shapes_the_layout_cannot_hold() {
     for (layout, rows, cols) in [
-        (RepackLayout::HfPacked, 6, 16),
-        (RepackLayout::I2S, 3, 100),
-        (RepackLayout::Tq2_0, 4, 384),
-        (RepackLayout::Tq1_0, 1, 128),
+        (TernaryLayout::HfPacked, 6, 16),
+        (TernaryLayout::I2S, 3, 100),
+        (TernaryLayout::Tq2_0, 4, 384),
+        (TernaryLayout::Tq1_0, 1, 128),
     ] {
         let err = layout
             .check_shape("test.weight", rows, cols)
@@ -269,8 +281,8 @@ fn rejects_shapes_the_layout_cannot_hold() {
         assert!(err.contains("test.weight"), "{err}");
     }
     // I2_S blocks run across rows: only the total must be a multiple of 128 (bitnet_b1_58-3B's 8640).
-    assert!(RepackLayout::I2S.check_shape("w", 3200, 8640).is_ok());
-    assert!(RepackLayout::I2S.check_shape("w", 32, 100).is_ok());
+    assert!(TernaryLayout::I2S.check_shape("w", 3200, 8640).is_ok());
+    assert!(TernaryLayout::I2S.check_shape("w", 32, 100).is_ok());
 }
 
 fn i2s_shape(rows_factor: usize, cols: usize) -> (usize, usize) {
@@ -283,22 +295,22 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
     #[test]
     fn random_hf_packed(rows4 in 1usize..48, cols in 1usize..700, seed in any::<u64>()) {
-        for_each_adapter(|ctx| check(ctx, RepackLayout::HfPacked, 4 * rows4, cols, seed));
+        for_each_adapter(|ctx| check(ctx, TernaryLayout::HfPacked, 4 * rows4, cols, seed));
     }
 
     #[test]
     fn random_i2s(rows_factor in 1usize..4, cols in 1usize..700, seed in any::<u64>()) {
         let (rows, cols) = i2s_shape(rows_factor, cols);
-        for_each_adapter(|ctx| check(ctx, RepackLayout::I2S, rows, cols, seed));
+        for_each_adapter(|ctx| check(ctx, TernaryLayout::I2S, rows, cols, seed));
     }
 
     #[test]
     fn random_tq2_0(rows in 1usize..40, blocks in 1usize..5, seed in any::<u64>()) {
-        for_each_adapter(|ctx| check(ctx, RepackLayout::Tq2_0, rows, blocks * TQ_BLOCK, seed));
+        for_each_adapter(|ctx| check(ctx, TernaryLayout::Tq2_0, rows, blocks * TQ_BLOCK, seed));
     }
 
     #[test]
     fn random_tq1_0(rows in 1usize..40, blocks in 1usize..5, seed in any::<u64>()) {
-        for_each_adapter(|ctx| check(ctx, RepackLayout::Tq1_0, rows, blocks * TQ_BLOCK, seed));
+        for_each_adapter(|ctx| check(ctx, TernaryLayout::Tq1_0, rows, blocks * TQ_BLOCK, seed));
     }
 }

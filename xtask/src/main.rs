@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod fixtures;
 mod test;
+mod wasm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Tern project automation")]
@@ -21,6 +22,8 @@ enum Command {
     Bench(bench::Args),
     /// Write the deterministic random-weight test checkpoints (HF safetensors + GGUF).
     Fixtures(fixtures::Args),
+    /// Build the browser package web/pkg (tern.js, .wasm, .d.ts, package.json).
+    Wasm(wasm::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +31,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fixtures(args) => fixtures::run(&args),
+        Command::Wasm(args) => wasm::run(&args),
     }
 }

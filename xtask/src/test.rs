@@ -1,7 +1,9 @@
 //! `cargo xtask test`: everything CI checks, in order — formatting, lints, the whole test suite
 //! (kernel, model-parity and CLI tests run on every GPU adapter the machine has: lavapipe and, when
-//! Chromium's SwiftShader driver is installed, SwiftShader too), the engine's wasm32 build, and a
-//! 2B-4T-shaped checkpoint (all real dimensions, written by `fixtures --full`) loaded and run.
+//! Chromium's SwiftShader driver is installed, SwiftShader too), a 2B-4T-shaped checkpoint (all real
+//! dimensions, written by `fixtures --full`) loaded and run, and the browser: the wasm package built,
+//! the kernel and model-parity tests run in headless Chromium on its WebGPU adapter, and the optimized
+//! npm package smoke-tested in a page (needs /usr/bin/chromium, chromedriver, node and npm).
 
 use std::process::Command;
 
@@ -27,20 +29,61 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ])?;
     }
     cargo(&["test", "--workspace"])?;
-    cargo(&["check", "-p", "tern", "--target", "wasm32-unknown-unknown"])?;
     crate::fixtures::run(&crate::fixtures::Args::full())?;
     cargo(&["test", "-p", "tern-cli", "--test", "cli", "--", "--ignored"])?;
+    browser(args)
+}
+
+fn browser(args: &Args) -> anyhow::Result<()> {
+    const WASM: &str = "wasm32-unknown-unknown";
+    cargo(&["check", "-p", "tern", "--target", WASM])?;
+    if !args.no_lint {
+        cargo(&[
+            "clippy",
+            "-p",
+            "tern-web",
+            "--all-targets",
+            "--target",
+            WASM,
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
+    crate::wasm::run(&crate::wasm::Args::default())?;
+    std::env::set_var("CHROMEDRIVER", "/usr/bin/chromedriver");
+    cargo(&["test", "-p", "tern-web", "--target", WASM])?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    run_command(Command::new("npm").current_dir(root).args([
+        "install",
+        "--no-save",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        "target/npm/playwright",
+        "playwright-core",
+    ]))?;
+    run_command(
+        Command::new("node")
+            .current_dir(root)
+            .arg("web/tests/pkg_smoke.mjs")
+            .env("NODE_PATH", "target/npm/playwright/node_modules"),
+    )
+}
+
+fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
     Ok(())
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    eprintln!("+ cargo {}", args.join(" "));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
+    run_command(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
 }

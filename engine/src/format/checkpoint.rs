@@ -29,7 +29,8 @@ pub enum FloatDType {
 }
 
 impl FloatDType {
-    pub fn size(self) -> u64 {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
@@ -820,7 +821,7 @@ impl Checkpoint {
             .sources
             .get(r.source)
             .ok_or_else(|| Error::Invalid(format!("no source {}", r.source)))?;
-        if r.rows as u64 * r.cols as u64 * r.dtype.size() != r.len {
+        if r.rows as u64 * r.cols as u64 * r.dtype.bytes() as u64 != r.len {
             return Err(Error::format(
                 &r.file,
                 &r.name,

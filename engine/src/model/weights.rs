@@ -3,14 +3,14 @@
 //! The host holds at most one tensor's bytes at a time.
 
 use crate::format::checkpoint::{
-    Checkpoint, FloatDType, FloatRef, NormWeight, Projection, TernaryLayout, WeightData, WeightRef,
+    Checkpoint, FloatRef, NormWeight, Projection, TernaryLayout, WeightData, WeightRef,
 };
 use crate::format::source::read_range;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::model::config::ScaleConvention;
-use crate::ops::embedding::{DenseTable, TableDtype};
-use crate::ops::quantize::{FloatDtype, Quantizer};
-use crate::ops::repack::{RepackLayout, Repacker};
+use crate::ops::embedding::DenseTable;
+use crate::ops::quantize::Quantizer;
+use crate::ops::repack::Repacker;
 use crate::reference::ternary::words_per_row;
 use crate::{Error, Result};
 
@@ -178,7 +178,7 @@ impl Loader<'_> {
 
     /// A [rows, cols] float table (embedding, untied head), streamed in row blocks into its chunks.
     async fn table(&self, r: &FloatRef) -> Result<DenseTable> {
-        let dtype = table_dtype(r.dtype);
+        let dtype = r.dtype;
         let table = DenseTable::allocate(self.ctx, &r.name, dtype, r.rows, r.cols)?;
         let row_bytes = r.cols * dtype.bytes();
         let rows_per_read = (TABLE_READ_BYTES / row_bytes.max(1)).max(1);
@@ -270,14 +270,7 @@ impl Loader<'_> {
             WeightData::Ternary { layout, scale } => {
                 let (codes, block_scale) = self
                     .repacker
-                    .repack(
-                        self.ctx,
-                        &r.name,
-                        repack_layout(layout),
-                        &raw,
-                        r.rows,
-                        r.cols,
-                    )
+                    .repack(self.ctx, &r.name, layout, &raw, r.rows, r.cols)
                     .await?;
                 let stored = scale
                     .or(block_scale)
@@ -290,41 +283,9 @@ impl Loader<'_> {
             }
             WeightData::Float { dtype } => {
                 self.quantizer
-                    .quantize(
-                        self.ctx,
-                        &r.name,
-                        quantize_dtype(dtype),
-                        &raw,
-                        r.rows,
-                        r.cols,
-                    )
+                    .quantize(self.ctx, &r.name, dtype, &raw, r.rows, r.cols)
                     .await
             }
         }
-    }
-}
-
-fn table_dtype(dtype: FloatDType) -> TableDtype {
-    match dtype {
-        FloatDType::F32 => TableDtype::F32,
-        FloatDType::F16 => TableDtype::F16,
-        FloatDType::BF16 => TableDtype::Bf16,
-    }
-}
-
-fn quantize_dtype(dtype: FloatDType) -> FloatDtype {
-    match dtype {
-        FloatDType::F32 => FloatDtype::F32,
-        FloatDType::F16 => FloatDtype::F16,
-        FloatDType::BF16 => FloatDtype::Bf16,
-    }
-}
-
-fn repack_layout(layout: TernaryLayout) -> RepackLayout {
-    match layout {
-        TernaryLayout::HfPacked => RepackLayout::HfPacked,
-        TernaryLayout::I2S => RepackLayout::I2S,
-        TernaryLayout::Tq2_0 => RepackLayout::Tq2_0,
-        TernaryLayout::Tq1_0 => RepackLayout::Tq1_0,
     }
 }

@@ -1,7 +1,7 @@
 //! Dense matrix-vector product over a row-chunked f32/f16/bf16 table (the LM head):
 //! `shaders/dense_matvec.wgsl`. CPU twin: [`crate::reference::dense::matvec`].
 
-use super::embedding::{DenseTable, TableDtype};
+use super::embedding::{DenseTable, FloatDType};
 use super::shader;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
@@ -40,7 +40,7 @@ const WORKGROUP_PER_ROW: u32 = 128;
 pub struct DenseMatvec {
     pipeline: wgpu::ComputePipeline,
     layout: MatvecLayout,
-    dtype: TableDtype,
+    dtype: FloatDType,
     cols: usize,
 }
 
@@ -51,13 +51,13 @@ pub struct DenseMatvecBinding {
 
 impl DenseMatvec {
     /// A kernel for tables of `dtype` with `cols` columns, laid out for this adapter.
-    pub fn new(ctx: &Context, dtype: TableDtype, cols: usize) -> Self {
+    pub fn new(ctx: &Context, dtype: FloatDType, cols: usize) -> Self {
         Self::with_layout(ctx, dtype, cols, MatvecLayout::for_adapter(ctx))
     }
 
     pub fn with_layout(
         ctx: &Context,
-        dtype: TableDtype,
+        dtype: FloatDType,
         cols: usize,
         layout: MatvecLayout,
     ) -> Self {

@@ -4,34 +4,9 @@
 //! LM head ([`super::dense_matvec`]): a tied head reads the embedding's own buffers.
 
 use super::shader;
+pub use crate::format::checkpoint::FloatDType;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
-
-/// Element type of a dense table as stored on the GPU (the file's own bytes, never converted).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableDtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl TableDtype {
-    pub fn bytes(self) -> usize {
-        match self {
-            TableDtype::F32 => 4,
-            TableDtype::F16 | TableDtype::Bf16 => 2,
-        }
-    }
-
-    /// The `DTYPE` override constant of the table kernels.
-    pub(crate) fn shader_code(self) -> f64 {
-        match self {
-            TableDtype::F32 => 0.0,
-            TableDtype::F16 => 1.0,
-            TableDtype::Bf16 => 2.0,
-        }
-    }
-}
 
 /// Rows `first_row .. first_row + rows` of a table, in a buffer of their own.
 pub struct RowChunk {
@@ -44,7 +19,7 @@ pub struct RowChunk {
 /// padded to 16 bytes so kernels may read them as `vec4<u32>`; a chunk's row count is a multiple of 8
 /// (except the last) so every chunk starts on a 16-byte boundary of the full matrix's bytes.
 pub struct DenseTable {
-    pub dtype: TableDtype,
+    pub dtype: FloatDType,
     pub rows: usize,
     pub cols: usize,
     pub chunks: Vec<RowChunk>,
@@ -52,7 +27,7 @@ pub struct DenseTable {
 
 impl DenseTable {
     /// Rows per chunk for this adapter: as many as fit its binding limit, a multiple of 8.
-    pub fn rows_per_chunk(ctx: &Context, dtype: TableDtype, cols: usize) -> Result<usize> {
+    pub fn rows_per_chunk(ctx: &Context, dtype: FloatDType, cols: usize) -> Result<usize> {
         let row_bytes = (cols * dtype.bytes()) as u64;
         let rows =
             (ctx.caps.max_binding_bytes.min(ctx.caps.max_buffer_bytes) - 16) / row_bytes.max(1) / 8
@@ -69,7 +44,7 @@ impl DenseTable {
     pub fn allocate(
         ctx: &Context,
         label: &str,
-        dtype: TableDtype,
+        dtype: FloatDType,
         rows: usize,
         cols: usize,
     ) -> Result<Self> {
@@ -87,7 +62,7 @@ impl DenseTable {
     pub fn allocate_with_chunk_rows(
         ctx: &Context,
         label: &str,
-        dtype: TableDtype,
+        dtype: FloatDType,
         rows: usize,
         cols: usize,
         chunk_rows: usize,
@@ -152,7 +127,7 @@ impl DenseTable {
     pub fn upload(
         ctx: &Context,
         label: &str,
-        dtype: TableDtype,
+        dtype: FloatDType,
         rows: usize,
         cols: usize,
         bytes: &[u8],
@@ -174,7 +149,7 @@ struct Params {
 
 pub struct Embedding {
     pipeline: wgpu::ComputePipeline,
-    dtype: TableDtype,
+    dtype: FloatDType,
 }
 
 /// One bind group per table chunk, made at load.
@@ -186,7 +161,7 @@ pub struct EmbeddingBinding {
 const WORKGROUP: u32 = 64;
 
 impl Embedding {
-    pub fn new(ctx: &Context, dtype: TableDtype) -> Self {
+    pub fn new(ctx: &Context, dtype: FloatDType) -> Self {
         let pipeline = ctx.pipeline(
             "embedding",
             shader!("embedding"),

@@ -28,6 +28,17 @@ macro_rules! shader {
 }
 pub(crate) use shader;
 
+impl crate::format::checkpoint::FloatDType {
+    /// The `DTYPE` override constant of the kernels that read raw float tensors (tables, quantizer).
+    pub(crate) fn shader_code(self) -> f64 {
+        match self {
+            Self::F32 => 0.0,
+            Self::F16 => 1.0,
+            Self::BF16 => 2.0,
+        }
+    }
+}
+
 /// Per-token statistics written by the activation quantizer, read by the ternary kernels.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]

@@ -8,6 +8,7 @@
 //! raw buffer bound at aligned offsets: whole 4096-value blocks for the sum, whole rows for the pack.
 
 use super::{dispatch_grid, shader};
+pub use crate::format::checkpoint::FloatDType;
 use crate::gpu::{read_buffer, BufferUsage, Context, GpuBuffer};
 use crate::reference::ternary::words_per_row;
 use crate::{Error, Result};
@@ -18,31 +19,6 @@ pub const SUM_LANES: usize = 256;
 pub const SUM_BLOCK: usize = SUM_LANES * 16;
 
 /// Element type of a latent float tensor, stored little-endian.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FloatDtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl FloatDtype {
-    pub fn bytes(self) -> usize {
-        match self {
-            FloatDtype::F32 => 4,
-            FloatDtype::F16 | FloatDtype::Bf16 => 2,
-        }
-    }
-
-    /// Index into the per-dtype pipelines and value of the shaders' `DTYPE` override.
-    fn index(self) -> usize {
-        match self {
-            FloatDtype::F32 => 0,
-            FloatDtype::F16 => 1,
-            FloatDtype::Bf16 => 2,
-        }
-    }
-}
-
 /// `s = max(Σ|W| / n, 1e-5)`; the division is done in f64 (n may exceed 2²⁴).
 pub fn absmean_scale(abs_sum: f32, n: usize) -> f32 {
     ((f64::from(abs_sum) / n as f64) as f32).max(1e-5)
@@ -99,10 +75,10 @@ pub struct Quantizer {
 
 impl Quantizer {
     pub fn new(ctx: &Context) -> Self {
-        let build = |label: &str, source: &str, dtype: FloatDtype| {
-            ctx.pipeline(label, source, "main", &[("DTYPE", dtype.index() as f64)])
+        let build = |label: &str, source: &str, dtype: FloatDType| {
+            ctx.pipeline(label, source, "main", &[("DTYPE", dtype.shader_code())])
         };
-        let dtypes = [FloatDtype::F32, FloatDtype::F16, FloatDtype::Bf16];
+        let dtypes = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
         Quantizer {
             sum: dtypes.map(|d| build("absmean_sum", shader!("absmean_sum"), d)),
             quantize: dtypes.map(|d| build("absmean_quantize", shader!("absmean_quantize"), d)),
@@ -124,7 +100,7 @@ impl Quantizer {
         &self,
         ctx: &Context,
         name: &str,
-        dtype: FloatDtype,
+        dtype: FloatDType,
         raw: &GpuBuffer,
         rows: usize,
         cols: usize,
@@ -154,7 +130,7 @@ impl Quantizer {
         &self,
         ctx: &Context,
         name: &str,
-        dtype: FloatDtype,
+        dtype: FloatDType,
         raw: &GpuBuffer,
         n: usize,
     ) -> Result<f32> {
@@ -195,7 +171,7 @@ impl Quantizer {
             );
             let bind_group = ctx.bind_group(
                 "absmean_sum",
-                &self.sum[dtype.index()],
+                &self.sum[dtype.shader_code() as usize],
                 &[
                     params.last().unwrap().binding(),
                     window,
@@ -203,7 +179,7 @@ impl Quantizer {
                 ],
             );
             steps.push(Step {
-                pipeline: &self.sum[dtype.index()],
+                pipeline: &self.sum[dtype.shader_code() as usize],
                 bind_group,
                 workgroups: count.div_ceil(SUM_BLOCK),
             });
@@ -232,7 +208,7 @@ impl Quantizer {
             let [.., input, output] = levels.as_slice() else {
                 unreachable!("two levels at least")
             };
-            let f32_sum = &self.sum[FloatDtype::F32.index()];
+            let f32_sum = &self.sum[FloatDType::F32.shader_code() as usize];
             let bind_group = ctx.bind_group(
                 "absmean_sum",
                 f32_sum,
@@ -260,7 +236,7 @@ impl Quantizer {
         &self,
         ctx: &Context,
         name: &str,
-        dtype: FloatDtype,
+        dtype: FloatDType,
         raw: &GpuBuffer,
         rows: usize,
         cols: usize,
@@ -307,7 +283,7 @@ impl Quantizer {
                 &[p],
                 BufferUsage::Uniform,
             )?);
-            let quantize = &self.quantize[dtype.index()];
+            let quantize = &self.quantize[dtype.shader_code() as usize];
             let bind_group = ctx.bind_group(
                 "absmean_quantize",
                 quantize,

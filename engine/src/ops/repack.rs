@@ -6,40 +6,29 @@
 use half::f16;
 
 use super::{dispatch_grid, shader};
+pub use crate::format::checkpoint::TernaryLayout;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::reference::repack::{I2S_BLOCK, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK};
 use crate::reference::ternary::words_per_row;
 use crate::{Error, Result};
 
 /// A file layout of ternary weights W[rows = out_features, cols = in_features].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RepackLayout {
-    /// Hugging Face U8 [rows/4, cols], 4 output-axis blocks (DESIGN §4.1); rows % 4 == 0.
-    HfPacked,
-    /// bitnet.cpp I2_S, 128-value blocks of the flattened tensor (DESIGN §7); rows·cols % 128 == 0.
-    I2S,
-    /// llama.cpp TQ2_0, 256-value blocks of 66 bytes with an f16 scale each; cols % 256 == 0.
-    Tq2_0,
-    /// llama.cpp TQ1_0, 256-value blocks of 54 bytes with an f16 scale each; cols % 256 == 0.
-    Tq1_0,
-}
-
-impl RepackLayout {
+impl TernaryLayout {
     pub fn name(self) -> &'static str {
         match self {
-            RepackLayout::HfPacked => "HF packed U8",
-            RepackLayout::I2S => "I2_S",
-            RepackLayout::Tq2_0 => "TQ2_0",
-            RepackLayout::Tq1_0 => "TQ1_0",
+            TernaryLayout::HfPacked => "HF packed U8",
+            TernaryLayout::I2S => "I2_S",
+            TernaryLayout::Tq2_0 => "TQ2_0",
+            TernaryLayout::Tq1_0 => "TQ1_0",
         }
     }
 
     /// Bytes of the tensor's codes (for I2_S the scale and padding follow them).
     pub fn code_bytes(self, rows: usize, cols: usize) -> usize {
         match self {
-            RepackLayout::HfPacked | RepackLayout::I2S => rows * cols / 4,
-            RepackLayout::Tq2_0 => rows * cols / TQ_BLOCK * TQ2_0_BLOCK_BYTES,
-            RepackLayout::Tq1_0 => rows * cols / TQ_BLOCK * TQ1_0_BLOCK_BYTES,
+            TernaryLayout::HfPacked | TernaryLayout::I2S => rows * cols / 4,
+            TernaryLayout::Tq2_0 => rows * cols / TQ_BLOCK * TQ2_0_BLOCK_BYTES,
+            TernaryLayout::Tq1_0 => rows * cols / TQ_BLOCK * TQ1_0_BLOCK_BYTES,
         }
     }
 
@@ -54,13 +43,13 @@ impl RepackLayout {
             ))
         } else {
             match self {
-                RepackLayout::HfPacked if !rows.is_multiple_of(4) => Some(format!(
+                TernaryLayout::HfPacked if !rows.is_multiple_of(4) => Some(format!(
                     "{rows} output rows: the packing needs a multiple of 4"
                 )),
-                RepackLayout::I2S if !n.is_multiple_of(I2S_BLOCK) => Some(format!(
+                TernaryLayout::I2S if !n.is_multiple_of(I2S_BLOCK) => Some(format!(
                     "{rows}×{cols} = {n} values: I2_S stores whole blocks of {I2S_BLOCK}"
                 )),
-                RepackLayout::Tq2_0 | RepackLayout::Tq1_0 if !cols.is_multiple_of(TQ_BLOCK) => {
+                TernaryLayout::Tq2_0 | TernaryLayout::Tq1_0 if !cols.is_multiple_of(TQ_BLOCK) => {
                     Some(format!(
                         "row length {cols}: rows must hold whole blocks of {TQ_BLOCK} values"
                     ))
@@ -123,7 +112,7 @@ impl Repacker {
         &self,
         ctx: &Context,
         name: &str,
-        layout: RepackLayout,
+        layout: TernaryLayout,
         raw: &GpuBuffer,
         rows: usize,
         cols: usize,
@@ -146,16 +135,16 @@ impl Repacker {
             )));
         }
         let (pipeline, fields, invocations) = match layout {
-            RepackLayout::HfPacked | RepackLayout::I2S => {
-                let pipeline = if layout == RepackLayout::HfPacked {
+            TernaryLayout::HfPacked | TernaryLayout::I2S => {
+                let pipeline = if layout == TernaryLayout::HfPacked {
                     &self.hf_packed
                 } else {
                     &self.i2s
                 };
                 (pipeline, [rows, cols, words_per_row(cols), words], words)
             }
-            RepackLayout::Tq2_0 | RepackLayout::Tq1_0 => {
-                let pipeline = if layout == RepackLayout::Tq2_0 {
+            TernaryLayout::Tq2_0 | TernaryLayout::Tq1_0 => {
+                let pipeline = if layout == TernaryLayout::Tq2_0 {
                     &self.tq2_0
                 } else {
                     &self.tq1_0
@@ -203,7 +192,7 @@ impl Repacker {
             )));
         }
         let scale = match layout {
-            RepackLayout::HfPacked | RepackLayout::I2S => None,
+            TernaryLayout::HfPacked | TernaryLayout::I2S => None,
             // No block with a non-zero value: every scale gives the same (zero) weights.
             _ if status.scale_min > status.scale_max => Some(0.0),
             _ if status.scale_min == status.scale_max => {

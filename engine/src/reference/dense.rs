@@ -1,11 +1,11 @@
 //! Dense matrix-vector products against stored (f32/f16/bf16) tables: the LM head.
 
 use super::embedding::table_element;
-use crate::ops::embedding::TableDtype;
+use crate::ops::embedding::FloatDType;
 
 /// `out[t, v] = Σ_k W[v, k] · x[t, k]` for W [rows, cols] stored as `bytes` in `dtype`, accumulated in
 /// f32 in k order: the twin of `shaders/dense_matvec.wgsl`. Output [T, rows].
-pub fn matvec(bytes: &[u8], dtype: TableDtype, rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+pub fn matvec(bytes: &[u8], dtype: FloatDType, rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
     let tokens = x.len() / cols;
     let mut out = vec![0.0f32; tokens * rows];
     let mut row = vec![0.0f32; cols];

@@ -1,20 +1,20 @@
 //! Online absmean quantization of float latent weights (DESIGN §4.2): the twin of
 //! `shaders/absmean_sum.wgsl` + `shaders/absmean_quantize.wgsl`.
 
-use crate::ops::quantize::{absmean_scale, FloatDtype, SUM_BLOCK, SUM_LANES};
+use crate::ops::quantize::{absmean_scale, FloatDType, SUM_BLOCK, SUM_LANES};
 
 /// The little-endian values of a raw bf16/f16/f32 tensor as f32 (exact for every dtype).
-pub fn decode_floats(bytes: &[u8], dtype: FloatDtype) -> Vec<f32> {
+pub fn decode_floats(bytes: &[u8], dtype: FloatDType) -> Vec<f32> {
     match dtype {
-        FloatDtype::F32 => bytes
+        FloatDType::F32 => bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect(),
-        FloatDtype::F16 => bytes
+        FloatDType::F16 => bytes
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        FloatDtype::Bf16 => bytes
+        FloatDType::BF16 => bytes
             .chunks_exact(2)
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
