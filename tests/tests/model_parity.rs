@@ -113,3 +113,10 @@ fn llama_1bitllm_online() {
 fn plain_bitnet_divide_convention() {
     check_fixture("plain-bitnet", "plain-bitnet");
 }
+
+/// GGUF `llama` architecture (Llama3-8B-1.58 / Falcon3 conversions): q/k rows permuted for
+/// interleaved RoPE, undone at load; must match the HF checkpoint it was converted from.
+#[test]
+fn gguf_llama_rope_permuted() {
+    check_fixture("plain-bitnet-i2s.gguf", "plain-bitnet");
+}

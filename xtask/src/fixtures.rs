@@ -113,7 +113,7 @@ pub fn run(args: &Args) -> Result<()> {
         ("bitnet-2b4t-tq2_0.gguf", GgmlType::Tq2_0),
         ("bitnet-2b4t-tq1_0.gguf", GgmlType::Tq1_0),
     ] {
-        write_gguf(&out.join(file), &a, ty)?;
+        write_gguf(&out.join(file), &a, &GgufFlavor::bitnet_b158(), ty)?;
     }
 
     let l = Arch {
@@ -145,6 +145,12 @@ pub fn run(args: &Args) -> Result<()> {
         &Style::plain_bitnet(),
         &plain_bitnet_config(&p),
         1,
+    )?;
+    write_gguf(
+        &out.join("plain-bitnet-i2s.gguf"),
+        &p,
+        &GgufFlavor::llama(),
+        GgmlType::I2S,
     )?;
     println!("fixtures written to {}", out.display());
     Ok(())
@@ -539,11 +545,77 @@ fn plain_bitnet_config(a: &Arch) -> serde_json::Value {
     })
 }
 
-/// The 2B-4T-family model as a bitnet.cpp-style GGUF (arch `bitnet-b1.58`): ternary
-/// projections in `ty`, F16 embedding, F32 norms, no output tensor (tied). q/k rows are NOT
-/// permuted (HF rotate_half layout, as for the `bitnet`/`bitnet-b1.58` architectures).
-fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
-    let arch = "bitnet-b1.58";
+/// What a GGUF converter writes for one model family (DESIGN §7).
+struct GgufFlavor {
+    arch: &'static str,
+    name: &'static str,
+    rope_theta: f32,
+    rms_eps: f32,
+    /// attn_sub_norm / ffn_sub_norm tensors (the 2B-4T family).
+    sub_norms: bool,
+    /// An untied `output.weight`.
+    output: bool,
+    /// The scale the HF checkpoint stores is 1/β (plain bitnet): the file holds the multiplier.
+    reciprocal_scale: bool,
+    /// q/k rows permuted to the interleaved RoPE layout (llama.cpp's `llama` converter).
+    permute_qk: bool,
+    embedding: GgmlType,
+}
+
+impl GgufFlavor {
+    /// bitnet.cpp's 2B-4T (`bitnet-b1.58`): F16 embedding tied to the head, q/k rows NOT permuted
+    /// (HF rotate_half layout, as for the `bitnet`/`bitnet-b1.58` architectures).
+    fn bitnet_b158() -> Self {
+        GgufFlavor {
+            arch: "bitnet-b1.58",
+            name: "tern-fixture-bitnet-2b4t",
+            rope_theta: 500000.0,
+            rms_eps: 1e-5,
+            sub_norms: true,
+            output: false,
+            reciprocal_scale: false,
+            permute_qk: false,
+            embedding: GgmlType::F16,
+        }
+    }
+
+    /// The `llama` architecture of Llama3-8B-1.58 / Falcon3 GGUFs converted from plain-bitnet HF
+    /// checkpoints; F32 embedding and head so the file holds the HF fixture's bf16 values exactly.
+    fn llama() -> Self {
+        GgufFlavor {
+            arch: "llama",
+            name: "tern-fixture-plain-bitnet",
+            rope_theta: 1000042.0,
+            rms_eps: 1e-6,
+            sub_norms: false,
+            output: true,
+            reciprocal_scale: true,
+            permute_qk: true,
+            embedding: GgmlType::F32,
+        }
+    }
+}
+
+/// llama.cpp's q/k permutation for interleaved RoPE: within each head, file row 2j + i holds row
+/// i·head_dim/2 + j.
+fn permute_rope_rows(t: &Ternary, head_dim: usize) -> Vec<i8> {
+    let half = head_dim / 2;
+    let mut out = t.t.clone();
+    for head in (0..t.out).step_by(head_dim) {
+        for i in 0..2 {
+            for j in 0..half {
+                let from = (head + i * half + j) * t.inp;
+                let to = (head + 2 * j + i) * t.inp;
+                out[to..to + t.inp].copy_from_slice(&t.t[from..from + t.inp]);
+            }
+        }
+    }
+    out
+}
+
+/// A model as a GGUF file of `flavor`: ternary projections in `ty`, F32 norms.
+fn write_gguf(path: &Path, a: &Arch, flavor: &GgufFlavor, ty: GgmlType) -> Result<()> {
+    let arch = flavor.arch;
     let mut g = GgufWriter::default();
     let file_type = match ty {
         GgmlType::I2S => 40,
@@ -554,7 +626,7 @@ fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
     g.kv("general.architecture", Value::Str(arch.into()));
     g.kv(
         "general.name",
-        Value::Str("tern-fixture-bitnet-2b4t".into()),
+        Value::Str(flavor.name.into()),
     );
     g.kv(
         "general.alignment",
@@ -577,7 +649,10 @@ fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
         format!("{arch}.rope.dimension_count"),
         Value::U32(a.head_dim as u32),
     );
-    g.kv(format!("{arch}.rope.freq_base"), Value::F32(500000.0));
+    g.kv(
+        format!("{arch}.rope.freq_base"),
+        Value::F32(flavor.rope_theta),
+    );
     g.kv(
         format!("{arch}.attention.head_count"),
         Value::U32(a.heads as u32),
@@ -588,22 +663,31 @@ fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
     );
     g.kv(
         format!("{arch}.attention.layer_norm_rms_epsilon"),
-        Value::F32(1e-5),
+        Value::F32(flavor.rms_eps),
     );
     add_gguf_tokenizer(&mut g)?;
 
     let f32s = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let mut embed = Vec::with_capacity(a.vocab * a.hidden * 2);
-    a.gaussian_rows("embed", a.vocab, a.emb_std, |r| {
-        r.iter().for_each(|&x| Float::F16.put(&mut embed, x));
-        Ok(())
-    })?;
-    g.tensor(
-        "token_embd.weight",
-        &[a.hidden, a.vocab],
-        GgmlType::F16,
-        embed,
-    );
+    // HF fixtures store bf16 values: F32 holds them exactly, F16 (bitnet.cpp's choice) nearly.
+    let table = |key: &str, std: f32| -> Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(a.vocab * a.hidden * 4);
+        a.gaussian_rows(key, a.vocab, std, |r| {
+            for &x in r {
+                match flavor.embedding {
+                    GgmlType::F16 => Float::F16.put(&mut bytes, x),
+                    GgmlType::F32 => {
+                        bytes.extend_from_slice(&half::bf16::from_f32(x).to_f32().to_le_bytes())
+                    }
+                    other => bail!("{other:?} tables are not written"),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(bytes)
+    };
+    let dims = [a.hidden, a.vocab];
+    let embed = table("embed", a.emb_std)?;
+    g.tensor("token_embd.weight", &dims, flavor.embedding, embed);
     for i in 0..a.layers {
         let norm = |n| f32s(&a.norm(i, n));
         g.tensor(
@@ -614,12 +698,22 @@ fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
         );
         for p in Proj::ALL {
             let t = a.projection(i, p, None);
-            // The file's scale is the bf16 weight_scale of the HF packed checkpoint, exactly.
-            let scale = half::bf16::from_f32(t.scale).to_f32();
+            // The file's scale is the multiplier the HF packed checkpoint's bf16 weight_scale
+            // gives, exactly (for I2_S's f32 scale).
+            let scale = if flavor.reciprocal_scale {
+                1.0 / half::bf16::from_f32(1.0 / t.scale).to_f32()
+            } else {
+                half::bf16::from_f32(t.scale).to_f32()
+            };
+            let codes = if flavor.permute_qk && matches!(p, Proj::Q | Proj::K) {
+                permute_rope_rows(&t, a.head_dim)
+            } else {
+                t.t.clone()
+            };
             let data = match ty {
-                GgmlType::I2S => quant::encode_i2s(&t.t, scale),
-                GgmlType::Tq2_0 => quant::encode_tq2_0(&t.t, half::f16::from_f32(scale)),
-                _ => quant::encode_tq1_0(&t.t, half::f16::from_f32(scale)),
+                GgmlType::I2S => quant::encode_i2s(&codes, scale),
+                GgmlType::Tq2_0 => quant::encode_tq2_0(&codes, half::f16::from_f32(scale)),
+                _ => quant::encode_tq1_0(&codes, half::f16::from_f32(scale)),
             };
             g.tensor(
                 format!("blk.{i}.{}.weight", p.gguf_name()),
@@ -628,7 +722,7 @@ fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
                 data,
             );
             match p {
-                Proj::V => g.tensor(
+                Proj::V if flavor.sub_norms => g.tensor(
                     format!("blk.{i}.attn_sub_norm.weight"),
                     &[a.q_dim()],
                     GgmlType::F32,
@@ -640,7 +734,7 @@ fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
                     GgmlType::F32,
                     norm(Norm::PostAttn),
                 ),
-                Proj::Up => g.tensor(
+                Proj::Up if flavor.sub_norms => g.tensor(
                     format!("blk.{i}.ffn_sub_norm.weight"),
                     &[a.inter],
                     GgmlType::F32,
@@ -656,6 +750,11 @@ fn write_gguf(path: &Path, a: &Arch, ty: GgmlType) -> Result<()> {
         GgmlType::F32,
         f32s(&a.final_norm()),
     );
+    if flavor.output {
+        // The HF fixtures' lm_head std (Producer::produce).
+        let head = table("lm_head", 5.0 / (a.hidden as f32).sqrt())?;
+        g.tensor("output.weight", &dims, flavor.embedding, head);
+    }
     let mut w = BufWriter::new(fs::File::create(path)?);
     g.write(&mut w)?;
     w.flush()?;

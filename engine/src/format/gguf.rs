@@ -498,6 +498,47 @@ pub fn read(src: &dyn TensorSource) -> Result<GgufFile> {
     }
 }
 
+/// Undoes llama.cpp's q/k row permutation (GGUF `llama` architecture: Llama3-8B-1.58, Falcon3).
+/// Its converter reorders each head's rows for interleaved RoPE: file row `2j + i` of a head holds
+/// the rotate_half row `i·head_dim/2 + j` that the HF layout (and this engine) uses. The first
+/// `rows · row_bytes` bytes are whole rows in the file layout; anything after them (I2_S's scale and
+/// padding) is kept in place.
+pub fn unpermute_rope_rows(
+    file: &str,
+    tensor: &str,
+    data: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    head_dim: usize,
+) -> Result<Vec<u8>> {
+    let fits = rows
+        .checked_mul(row_bytes)
+        .is_some_and(|n| n <= data.len());
+    if !fits || head_dim == 0 || head_dim % 2 != 0 || rows % head_dim != 0 {
+        return Err(Error::format(
+            file,
+            tensor,
+            format!(
+                "cannot undo the RoPE row permutation: {rows} rows of {row_bytes} bytes in {} \
+                 bytes, head_dim {head_dim}",
+                data.len()
+            ),
+        ));
+    }
+    let half = head_dim / 2;
+    let mut out = data.to_vec();
+    for head in (0..rows).step_by(head_dim) {
+        for i in 0..2 {
+            for j in 0..half {
+                let from = (head + 2 * j + i) * row_bytes;
+                let to = (head + i * half + j) * row_bytes;
+                out[to..to + row_bytes].copy_from_slice(&data[from..from + row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -704,5 +745,35 @@ pub(crate) mod tests {
             let _ = parse(&f);
             let _ = parse(&f[..bytes.len().min(f.len())]);
         }
+    }
+
+
+    #[test]
+    fn unpermute_rope_rows_inverts_llama_cpp_permutation() {
+        // llama.cpp: w.reshape(heads, 2, hd/2, ...).swapaxes(1, 2): file row h·hd + 2j + i holds
+        // HF row h·hd + i·hd/2 + j. Rows of 3 bytes, 2 heads of head_dim 4, a 2-byte tail.
+        let (rows, row_bytes, hd) = (8, 3, 4);
+        let hf: Vec<u8> = (0..rows * row_bytes)
+            .map(|b| b as u8)
+            .chain([0xAA, 0xBB])
+            .collect();
+        let mut file = hf.clone();
+        for h in 0..rows / hd {
+            for i in 0..2 {
+                for j in 0..hd / 2 {
+                    let (f, r) = (h * hd + 2 * j + i, h * hd + i * hd / 2 + j);
+                    file[f * row_bytes..][..row_bytes]
+                        .copy_from_slice(&hf[r * row_bytes..][..row_bytes]);
+                }
+            }
+        }
+        assert_ne!(file, hf);
+        let undone = unpermute_rope_rows("f.gguf", "q", &file, rows, row_bytes, hd).unwrap();
+        assert_eq!(undone, hf);
+        let e = unpermute_rope_rows("f.gguf", "blk.0.attn_q.weight", &file, 6, row_bytes, hd)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.gguf") && e.contains("blk.0.attn_q.weight"), "{e}");
+        assert!(unpermute_rope_rows("f.gguf", "q", &file, rows, 4, hd).is_err());
     }
 }

@@ -5,6 +5,7 @@
 use crate::format::checkpoint::{
     Checkpoint, FloatRef, NormWeight, Projection, TernaryLayout, WeightData, WeightRef,
 };
+use crate::format::gguf::unpermute_rope_rows;
 use crate::format::source::read_range;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::model::config::ScaleConvention;
@@ -253,19 +254,16 @@ impl Loader<'_> {
 
     /// One projection in the engine layout and the multiplier of its integer dot products.
     async fn ternary(&self, r: &WeightRef) -> Result<(GpuBuffer, f32)> {
+        let mut bytes = self.read(r.source, r.offset, r.len)?;
         if r.rope_permuted {
-            return Err(Error::format(
-                &r.file,
-                &r.name,
-                "q/k rows permuted for interleaved RoPE (GGUF `llama` architecture) are not supported yet",
-            ));
+            let row_bytes = match r.data {
+                WeightData::Ternary { layout, .. } => layout.code_bytes(r.rows, r.cols) / r.rows,
+                WeightData::Float { dtype } => r.cols * dtype.bytes(),
+            };
+            let head_dim = self.checkpoint.config.head_dim;
+            bytes = unpermute_rope_rows(&r.file, &r.name, &bytes, r.rows, row_bytes, head_dim)?;
         }
-        let raw = GpuBuffer::from_bytes(
-            self.ctx,
-            &r.name,
-            &self.read(r.source, r.offset, r.len)?,
-            BufferUsage::Storage,
-        )?;
+        let raw = GpuBuffer::from_bytes(self.ctx, &r.name, &bytes, BufferUsage::Storage)?;
         match r.data {
             WeightData::Ternary { layout, scale } => {
                 let (codes, block_scale) = self
