@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod bandwidth;
 pub mod dense_matvec;
+pub mod dense_projection;
 pub mod embedding;
 pub mod quantize;
 pub mod repack;
