@@ -2,55 +2,13 @@
 // (DESIGN §3). The flattened row-major tensor is cut into 128-value blocks of 32 bytes: value j of a
 // block sits in byte j mod 32 at bit shift 6 − 2·(j div 32). Codes 0/1/2 = −1/0/+1, the engine's codes.
 // The per-tensor scale after the codes is read on the host. One invocation per output word.
+// Bindings and helpers: common/repack.wgsl.
 
 struct Params {
     rows: u32,
     cols: u32,
     words_per_row: u32,
     words: u32, // rows · words_per_row
-}
-
-struct Status {
-    invalid_codes: atomic<u32>, // count of code 3 (not a ternary value)
-    scale_min: atomic<u32>,     // unused by this layout (shared with the TQ kernels)
-    scale_max: atomic<u32>,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> raw: array<u32>; // the file's bytes, little-endian words
-@group(0) @binding(2) var<storage, read_write> packed: array<u32>;
-@group(0) @binding(3) var<storage, read_write> status: Status;
-
-const WG: u32 = 64u;
-
-fn read_byte(i: u32) -> u32 {
-    return (raw[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
-}
-
-// Bytes b … b+3 as one little-endian word, for any alignment of b.
-fn bytes4(b: u32) -> u32 {
-    let k = b & 3u;
-    let low = raw[b >> 2u];
-    if (k == 0u) {
-        return low;
-    }
-    return (low >> (8u * k)) | (raw[(b >> 2u) + 1u] << (32u - 8u * k));
-}
-
-// The codes at bit `shift` of the 16 bytes from `first`, as one engine word: code s belongs at bit
-// 8·(s % 4) + 2·(s / 4), so byte lane l of the q-th loaded word moves to 8l + 2q.
-fn gather16(first: u32, shift: u32) -> u32 {
-    var word = 0u;
-    for (var q = 0u; q < 4u; q = q + 1u) {
-        word = word | (((bytes4(first + 4u * q) >> shift) & 0x03030303u) << (2u * q));
-    }
-    return word;
-}
-
-// Number of 2-bit fields holding code 3 (not a ternary value).
-fn invalid_codes(word: u32) -> u32 {
-    return countOneBits(word & (word >> 1u) & 0x55555555u);
 }
 
 @compute @workgroup_size(64)
@@ -76,13 +34,8 @@ fn main(
         for (var s = 0u; s < count; s = s + 1u) {
             let j = (start + s) & 127u;
             let code = (read_byte(((start + s) >> 7u) * 32u + (j & 31u)) >> (6u - 2u * (j >> 5u))) & 3u;
-            let shift = 8u * (s & 3u) + 2u * (s >> 2u);
-            word = (word & ~(3u << shift)) | (code << shift);
+            word = (word & ~(3u << code_shift(s))) | (code << code_shift(s));
         }
     }
-    let invalid = invalid_codes(word);
-    packed[index] = word;
-    if (invalid != 0u) {
-        atomicAdd(&status.invalid_codes, invalid);
-    }
+    store_word(index, word);
 }

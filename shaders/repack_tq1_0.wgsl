@@ -6,8 +6,7 @@
 // u32 words with shifts. Rows hold whole blocks (cols % 256 == 0), so block b fills output words
 // 16b … 16b+15. One invocation per block.
 // The engine keeps one scale per tensor: every block with a non-zero value must carry the same d.
-// The kernel reduces min and max of those d bits (workgroup first, then one global atomic each); the
-// host checks min == max.
+// Bindings, helpers and that check: common/repack.wgsl.
 
 struct Params {
     blocks: u32,
@@ -16,37 +15,7 @@ struct Params {
     _pad2: u32,
 }
 
-struct Status {
-    invalid_codes: atomic<u32>, // unused: every byte decodes to digits 0..2
-    scale_min: atomic<u32>,     // min / max of the f16 bits of d over blocks with a non-zero value
-    scale_max: atomic<u32>,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> raw: array<u32>; // the file's bytes, little-endian words
-@group(0) @binding(2) var<storage, read_write> packed: array<u32>;
-@group(0) @binding(3) var<storage, read_write> status: Status;
-
-const WG: u32 = 64u;
 const BLOCK_BYTES: u32 = 54u;
-
-var<workgroup> group_min: atomic<u32>;
-var<workgroup> group_max: atomic<u32>;
-
-fn read_byte(i: u32) -> u32 {
-    return (raw[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
-}
-
-// Bytes b … b+3 as one little-endian word, for any alignment of b.
-fn bytes4(b: u32) -> u32 {
-    let k = b & 3u;
-    let low = raw[b >> 2u];
-    if (k == 0u) {
-        return low;
-    }
-    return (low >> (8u * k)) | (raw[(b >> 2u) + 1u] << (32u - 8u * k));
-}
 
 fn power3(n: u32) -> u32 {
     var power = 1u;
@@ -67,11 +36,7 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    if (lid.x == 0u) {
-        atomicStore(&group_min, 0xffffffffu);
-        atomicStore(&group_max, 0u);
-    }
-    workgroupBarrier();
+    block_scales_begin(lid.x);
 
     let block = (wid.y * groups.x + wid.x) * WG + lid.x;
     if (block < params.blocks) {
@@ -102,17 +67,9 @@ fn main(
         }
         if (live) {
             let d = read_byte(base + 52u) | (read_byte(base + 53u) << 8u);
-            atomicMin(&group_min, d);
-            atomicMax(&group_max, d);
+            block_scale(d);
         }
     }
 
-    workgroupBarrier();
-    if (lid.x == 0u) {
-        let lo = atomicLoad(&group_min);
-        if (lo != 0xffffffffu) {
-            atomicMin(&status.scale_min, lo);
-            atomicMax(&status.scale_max, atomicLoad(&group_max));
-        }
-    }
+    block_scales_end(lid.x);
 }

@@ -16,15 +16,25 @@ pub mod select;
 pub mod ternary_matmul;
 pub mod ternary_matvec;
 
-/// The WGSL source of `shaders/<name>.wgsl`, embedded at compile time.
+/// The WGSL source of `shaders/<name>.wgsl`, embedded at compile time, followed by the shared
+/// declarations it uses from `shaders/common/<lib>.wgsl` (WGSL resolves module-scope names in any
+/// order, so a kernel may use what is appended after it).
 macro_rules! shader {
-    ($name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shaders/",
-            $name,
-            ".wgsl"
-        ))
+    ($name:literal $(, $lib:literal)*) => {
+        concat!(
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shaders/",
+                $name,
+                ".wgsl"
+            ))
+            $(, "\n", include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shaders/common/",
+                $lib,
+                ".wgsl"
+            )))*
+        )
     };
 }
 pub(crate) use shader;

@@ -96,10 +96,25 @@ pub struct Repacker {
 impl Repacker {
     pub fn new(ctx: &Context) -> Self {
         Repacker {
-            hf_packed: ctx.pipeline("repack_hf_packed", shader!("repack_hf_packed"), "main", &[]),
-            i2s: ctx.pipeline("repack_i2s", shader!("repack_i2s"), "main", &[]),
-            tq2_0: ctx.pipeline("repack_tq2_0", shader!("repack_tq2_0"), "main", &[]),
-            tq1_0: ctx.pipeline("repack_tq1_0", shader!("repack_tq1_0"), "main", &[]),
+            hf_packed: ctx.pipeline(
+                "repack_hf_packed",
+                shader!("repack_hf_packed", "repack"),
+                "main",
+                &[],
+            ),
+            i2s: ctx.pipeline("repack_i2s", shader!("repack_i2s", "repack"), "main", &[]),
+            tq2_0: ctx.pipeline(
+                "repack_tq2_0",
+                shader!("repack_tq2_0", "repack"),
+                "main",
+                &[],
+            ),
+            tq1_0: ctx.pipeline(
+                "repack_tq1_0",
+                shader!("repack_tq1_0", "repack"),
+                "main",
+                &[],
+            ),
         }
     }
 
