@@ -3,8 +3,7 @@
 // transformers multiplies by the reciprocal), packed into the engine layout (DESIGN §3). One invocation
 // per output word of a chunk of rows; the chunk's values are a window of the tensor bound at an
 // aligned offset, `window_first` being the flat index of the window's first value.
-
-override DTYPE: u32 = 0u; // 0: f32, 1: f16, 2: bf16 (16-bit values: two per little-endian u32)
+// Values are read in the tensor's dtype (DTYPE) by common/float_load.wgsl.
 
 struct Params {
     rows: u32,          // rows in this chunk
@@ -22,31 +21,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> packed: array<u32>;
 
 const WG: u32 = 64u;
-
-// f16 bits to f32, exact for subnormals too (no shader-f16 needed).
-fn f16_to_f32(h: u32) -> f32 {
-    let sign = (h & 0x8000u) << 16u;
-    let exponent = (h >> 10u) & 0x1fu;
-    let mantissa = h & 0x3ffu;
-    if (exponent == 0u) {
-        return bitcast<f32>(sign | bitcast<u32>(ldexp(f32(mantissa), -24)));
-    }
-    if (exponent == 31u) {
-        return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
-    }
-    return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
-}
-
-fn load(i: u32) -> f32 {
-    if (DTYPE == 0u) {
-        return bitcast<f32>(raw[i]);
-    }
-    let half = (raw[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
-    if (DTYPE == 1u) {
-        return f16_to_f32(half);
-    }
-    return bitcast<f32>(half << 16u);
-}
 
 @compute @workgroup_size(64)
 fn main(

@@ -5,8 +5,7 @@
 // in the same order.
 // The input is a window of the tensor bound at an aligned offset (tensors may exceed the binding limit);
 // windows start on block boundaries, so `first_block` places this window's sums.
-
-override DTYPE: u32 = 0u; // 0: f32, 1: f16, 2: bf16 (16-bit values: two per little-endian u32)
+// Values are read in the tensor's dtype (DTYPE) by common/float_load.wgsl.
 
 struct Params {
     count: u32,       // values in this window
@@ -23,31 +22,6 @@ const LANES: u32 = 256u;
 const PER_LANE: u32 = 16u;
 
 var<workgroup> partial: array<f32, LANES>;
-
-// f16 bits to f32, exact for subnormals too (no shader-f16 needed).
-fn f16_to_f32(h: u32) -> f32 {
-    let sign = (h & 0x8000u) << 16u;
-    let exponent = (h >> 10u) & 0x1fu;
-    let mantissa = h & 0x3ffu;
-    if (exponent == 0u) {
-        return bitcast<f32>(sign | bitcast<u32>(ldexp(f32(mantissa), -24)));
-    }
-    if (exponent == 31u) {
-        return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
-    }
-    return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
-}
-
-fn load(i: u32) -> f32 {
-    if (DTYPE == 0u) {
-        return bitcast<f32>(raw[i]);
-    }
-    let half = (raw[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
-    if (DTYPE == 1u) {
-        return f16_to_f32(half);
-    }
-    return bitcast<f32>(half << 16u);
-}
 
 @compute @workgroup_size(256)
 fn main(

@@ -80,8 +80,14 @@ impl Quantizer {
         };
         let dtypes = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
         Quantizer {
-            sum: dtypes.map(|d| build("absmean_sum", shader!("absmean_sum"), d)),
-            quantize: dtypes.map(|d| build("absmean_quantize", shader!("absmean_quantize"), d)),
+            sum: dtypes.map(|d| build("absmean_sum", shader!("absmean_sum", "float_load"), d)),
+            quantize: dtypes.map(|d| {
+                build(
+                    "absmean_quantize",
+                    shader!("absmean_quantize", "float_load"),
+                    d,
+                )
+            }),
             max_window: ctx.caps.max_binding_bytes,
         }
     }
