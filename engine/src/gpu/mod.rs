@@ -3,6 +3,8 @@
 
 mod buffers;
 mod context;
+mod timer;
 
 pub use buffers::{read_buffer, BufferUsage, GpuBuffer};
 pub use context::{AdapterReport, Capabilities, Context, ContextOptions};
+pub use timer::{KernelProfile, KernelTime, KernelTiming, StepRecorder};

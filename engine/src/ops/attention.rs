@@ -14,6 +14,8 @@ use crate::{Error, Result};
 pub const DECODE_CHUNK: usize = 256;
 /// Largest head_dim the kernels hold in workgroup memory.
 pub const MAX_HEAD_DIM: usize = 256;
+/// Query heads of one GQA group a decode workgroup serves (`LANES` in the decode shader).
+const DECODE_LANES: usize = 4;
 
 /// Attention geometry of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,12 @@ impl AttentionShape {
 
     fn max_chunks(&self) -> usize {
         self.max_seq.div_ceil(DECODE_CHUNK)
+    }
+
+    /// Decode workgroups per chunk: each GQA group cut into slices of at most [`DECODE_LANES`]
+    /// query heads that read their shared K/V rows once.
+    fn decode_slices(&self) -> usize {
+        self.kv_heads * (self.heads / self.kv_heads).div_ceil(DECODE_LANES)
     }
 }
 
@@ -103,6 +111,7 @@ pub struct AttentionDecodeBinding {
     partial: wgpu::BindGroup,
     combine: wgpu::BindGroup,
     heads: u32,
+    slices: u32,
     _params: GpuBuffer,
     _partials: GpuBuffer,
 }
@@ -161,6 +170,7 @@ impl AttentionDecode {
             partial,
             combine,
             heads: shape.heads as u32,
+            slices: shape.decode_slices() as u32,
             _params: params,
             _partials: partials,
         })
@@ -176,7 +186,7 @@ impl AttentionDecode {
         let chunks = pos / DECODE_CHUNK as u32 + 1;
         pass.set_pipeline(&self.partial);
         pass.set_bind_group(0, &binding.partial, &[]);
-        pass.dispatch_workgroups(chunks, binding.heads, 1);
+        pass.dispatch_workgroups(chunks, binding.slices, 1);
         pass.set_pipeline(&self.combine);
         pass.set_bind_group(0, &binding.combine, &[]);
         pass.dispatch_workgroups(binding.heads, 1, 1);
