@@ -4,8 +4,9 @@
 // Two work layouts over the same bindings:
 //   row_per_invocation: one invocation per row, `vec4<u32>` weight loads, no reduction (CPU adapters);
 //   row_per_workgroup: a workgroup per row, coalesced loads, tree reduction in workgroup memory (GPUs).
-// ALIGNED (rows start on 16 bytes: cols · dtype bytes % 16 == 0) enables the vec4 loads; otherwise
-// elements are decoded one at a time.
+// ALIGNED (rows start on 16 bytes: cols · dtype bytes % 16 == 0) enables the vec4 loads of weights and
+// of x (bound a second time as `x4`: a vec4 binding hides a trailing partial vec4, which only unaligned
+// x rows have); otherwise elements are decoded one at a time.
 
 struct StepParams {
     pos: u32,
@@ -30,6 +31,7 @@ override WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> table: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>; // x again; rows of x start on a vec4 when ALIGNED
 
 fn word(w: u32) -> u32 {
     return table[w >> 2u][w & 3u];
@@ -61,7 +63,7 @@ fn per_vec() -> u32 {
 // Σ over the vec4 `v` (elements k0 .. k0 + per_vec()) of W · x[xbase + k].
 fn dot_vec(v: vec4<u32>, xbase: u32) -> f32 {
     if (DTYPE == 0u) {
-        return dot(bitcast<vec4<f32>>(v), vec4<f32>(x[xbase], x[xbase + 1u], x[xbase + 2u], x[xbase + 3u]));
+        return dot(bitcast<vec4<f32>>(v), x4[xbase >> 2u]);
     }
     var lo: vec4<f32>;
     var hi: vec4<f32>;
@@ -72,9 +74,7 @@ fn dot_vec(v: vec4<u32>, xbase: u32) -> f32 {
         lo = bitcast<vec4<f32>>(vec4<u32>(v.x << 16u, v.x & 0xffff0000u, v.y << 16u, v.y & 0xffff0000u));
         hi = bitcast<vec4<f32>>(vec4<u32>(v.z << 16u, v.z & 0xffff0000u, v.w << 16u, v.w & 0xffff0000u));
     }
-    let xl = vec4<f32>(x[xbase], x[xbase + 1u], x[xbase + 2u], x[xbase + 3u]);
-    let xh = vec4<f32>(x[xbase + 4u], x[xbase + 5u], x[xbase + 6u], x[xbase + 7u]);
-    return dot(lo, xl) + dot(hi, xh);
+    return dot(lo, x4[xbase >> 2u]) + dot(hi, x4[(xbase >> 2u) + 1u]);
 }
 
 // The part of row `r` · x[t] over the lanes `lane, lane + stride, …` (vec4s when ALIGNED, else elements).

@@ -81,6 +81,7 @@ impl DenseMatvec {
     }
 
     /// `step`: [`super::StepParams`] (T = `tokens`); `x`: f32 [T, cols]; `out`: f32 [T, table.rows].
+    /// `x` is bound twice, as f32s and as vec4s (the shader's aligned path loads four at once).
     pub fn bind(
         &self,
         ctx: &Context,
@@ -114,6 +115,7 @@ impl DenseMatvec {
                     chunk.buffer.binding(),
                     x.binding(),
                     out.binding(),
+                    x.binding(),
                 ],
             );
             let workgroups = match self.layout {
