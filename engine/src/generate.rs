@@ -107,7 +107,13 @@ impl Session {
     ) -> Result<Session> {
         let tokenizer = tokenizer_of(checkpoint)?;
         let template = match &checkpoint.chat_template {
-            Some(source) => ChatTemplate::new(source)?,
+            Some(source) => ChatTemplate::new(source).map_err(|e| {
+                let field = match checkpoint.gguf_metadata {
+                    Some(_) => "tokenizer.chat_template",
+                    None => "chat_template",
+                };
+                Error::format(text_file(checkpoint, "tokenizer_config.json"), field, e)
+            })?,
             None => ChatTemplate::fallback_for(&tokenizer),
         };
         let mut end_ids = tokenizer.end_of_generation_ids();
@@ -116,11 +122,15 @@ impl Session {
         end_ids.dedup();
         let model = Model::load(ctx, checkpoint, options, progress).await?;
         if tokenizer.vocab_size() > model.config.vocab_size {
-            return Err(Error::Invalid(format!(
-                "the tokenizer has {} tokens but the model's embedding only {} rows",
-                tokenizer.vocab_size(),
-                model.config.vocab_size
-            )));
+            return Err(Error::format(
+                text_file(checkpoint, "tokenizer.json"),
+                "vocab",
+                format!(
+                    "the tokenizer has {} tokens but the model's embedding only {} rows",
+                    tokenizer.vocab_size(),
+                    model.config.vocab_size
+                ),
+            ));
         }
         Ok(Session {
             model,
@@ -299,11 +309,24 @@ fn now() -> f64 {
     }
 }
 
+/// The file that `hf_file` (tokenizer.json, tokenizer_config.json) of `checkpoint` came from, for
+/// error messages: the GGUF file itself, or `hf_file` beside the safetensors weights.
+fn text_file(checkpoint: &Checkpoint, hf_file: &str) -> String {
+    let weights = checkpoint.sources.first().map_or("", |s| s.name());
+    match checkpoint.gguf_metadata {
+        Some(_) => weights.to_string(),
+        None => std::path::Path::new(weights)
+            .with_file_name(hf_file)
+            .display()
+            .to_string(),
+    }
+}
+
 /// The checkpoint's tokenizer: tokenizer.json, or the vocabulary in GGUF metadata.
 pub fn tokenizer_of(checkpoint: &Checkpoint) -> Result<Tokenizer> {
     let config = &checkpoint.config;
     if let Some(json) = &checkpoint.tokenizer_json {
-        let tokenizer = Tokenizer::from_json("tokenizer.json", json)?;
+        let tokenizer = Tokenizer::from_json(&text_file(checkpoint, "tokenizer.json"), json)?;
         return Ok(
             tokenizer.with_special_ids(config.bos_token_id, config.eos_token_ids.first().copied())
         );
