@@ -21,9 +21,13 @@ pub use sampling::{Sampler, SamplingParams};
 /// Largest top-k served from the GPU's candidate list instead of full logits.
 const GPU_TOP_K: usize = crate::ops::select::MAX_TOP_K;
 
+/// How one [`Session::generate`] call runs. The default: greedy decoding of up to 256 tokens,
+/// stopping at EOS / end-of-turn tokens.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
+    /// Tokens to generate at most (an ending EOS token included).
     pub max_new_tokens: usize,
+    /// Temperature, top-k, top-p, min-p, repetition penalty and seed.
     pub sampling: SamplingParams,
     /// Generation ends before any of these strings; they are not part of the text.
     pub stop: Vec<String>,
@@ -47,13 +51,17 @@ impl Default for GenerateOptions {
 pub enum StopReason {
     /// An end-of-sequence or end-of-turn token.
     EndOfSequence,
+    /// One of [`GenerateOptions::stop`] (not part of the text).
     StopString(String),
+    /// [`GenerateOptions::max_new_tokens`] were generated.
     MaxTokens,
     /// The KV cache is full.
     ContextFull,
+    /// The [`CancelToken`] was cancelled.
     Cancelled,
 }
 
+/// The outcome of [`Session::generate`]: tokens, text, why it stopped and how long it took.
 #[derive(Clone, Debug)]
 pub struct Generation {
     /// Generated token ids (including a final EOS token, if one ended it).
@@ -61,21 +69,27 @@ pub struct Generation {
     /// Generated text, without special tokens and stop strings.
     pub text: String,
     pub stop_reason: StopReason,
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
     /// Prompt tokens actually computed (the rest came from the KV cache).
     pub prefilled_tokens: usize,
+    /// Wall time of the prompt's forward pass (0 in the browser, which has no clock here).
     pub prefill_seconds: f64,
+    /// Wall time from the first sampled token to the end.
     pub decode_seconds: f64,
 }
 
-/// Cancels a running generation from another thread (or a UI callback).
+/// Cancels a running generation from another thread (or a UI callback). Clones share one flag;
+/// once cancelled a token stays cancelled, so use a new one per generation.
 #[derive(Clone, Debug, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {
+    /// Ends the generation using this token after its current token ([`StopReason::Cancelled`]).
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
+    /// Whether [`CancelToken::cancel`] was called on this token or a clone.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
@@ -83,13 +97,20 @@ impl CancelToken {
 
 /// One streamed token: its id and the text it completes (often empty mid-character).
 pub struct TokenEvent<'a> {
+    /// The token id.
     pub id: u32,
+    /// The text it completes, without special tokens and held-back stop-string prefixes.
     pub text: &'a str,
 }
 
+/// A model loaded on the GPU with its tokenizer and chat template, and one conversation's KV cache.
+/// Load one with [`Session::load`]; see the crate docs for a complete example.
 pub struct Session {
+    /// The weights on the GPU and the forward pass.
     pub model: Model,
+    /// Encodes prompts and decodes generated ids.
     pub tokenizer: Tokenizer,
+    /// The checkpoint's chat template (or a plain fallback), used by [`Session::chat_prompt`].
     pub template: ChatTemplate,
     /// Ids that end generation.
     end_ids: Vec<u32>,

@@ -1,48 +1,153 @@
-//! HTTP downloads with the global `fetch` (a page or a Web Worker), reading each body chunk by chunk
-//! so the page sees download progress.
+//! HTTP with a `fetch` function (the global one of a page or a Web Worker by default): small files
+//! whole, model files as [`RangeSource`]s of fixed-size byte blocks (HTTP Range requests), both kept
+//! in the download cache so a reload downloads nothing. Progress is reported as
+//! `onProgress(loadedBytes, totalBytes)`; [`LoadStats`] counts what went over the network.
 
-use js_sys::{Function, Reflect, Uint8Array};
+use std::cell::Cell;
+use std::rc::Rc;
+
+use js_sys::{Array, Function, Reflect, Uint8Array};
+use tern::format::source::TensorSource;
 use tern::{Error, Result};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{ReadableStreamDefaultReader, Response};
+use web_sys::{Blob, Headers, ReadableStreamDefaultReader, RequestInit, Response};
 
+use crate::cache::DownloadCache;
 use crate::loader::Fetcher;
+use crate::range::RangeSource;
 
-#[wasm_bindgen]
-extern "C" {
-    /// `fetch` of whatever global scope runs the module: `window` or a worker's `self`.
-    #[wasm_bindgen(js_name = fetch)]
-    fn global_fetch(url: &str) -> js_sys::Promise;
+/// Bytes per Range request and per cache entry: bounds what one download holds in memory.
+pub const DEFAULT_BLOCK_BYTES: u64 = 16 << 20;
+
+/// What a load sent over the network and read from the cache (the tests assert on these).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadStats {
+    /// HTTP requests sent.
+    pub requests: u32,
+    /// Body bytes received over the network.
+    pub network_bytes: u64,
+    /// Largest body asked for in one request (a block, or a small file fetched whole).
+    pub largest_request: u64,
+    /// Blocks and small files served from the cache.
+    pub cache_hits: u32,
+    /// Cache writes the browser refused (quota): those bytes will be downloaded again next time.
+    pub cache_write_failures: u32,
+    /// Largest single read the engine made into wasm memory.
+    pub largest_read: u64,
 }
 
-/// Downloads with progress reported as `on_progress(loadedBytes, totalBytes)`: bytes of every file
-/// so far, and the sizes (Content-Length) of the files started so far.
-pub struct HttpFetcher {
+/// The `fetch` function, progress and counters shared by every file of one load.
+pub(crate) struct Http {
+    fetch: Function,
     on_progress: Option<Function>,
-    loaded: f64,
-    total: f64,
+    loaded: Cell<f64>,
+    total: Cell<f64>,
+    pub(crate) stats: Cell<LoadStats>,
 }
 
-impl HttpFetcher {
-    pub fn new(on_progress: Option<Function>) -> Self {
-        Self {
-            on_progress,
-            loaded: 0.0,
-            total: 0.0,
-        }
+impl Http {
+    pub(crate) fn count(&self, edit: impl FnOnce(&mut LoadStats)) {
+        let mut stats = self.stats.get();
+        edit(&mut stats);
+        self.stats.set(stats);
+    }
+
+    /// Adds to the bytes expected in all (a file's size, once).
+    pub(crate) fn expect(&self, bytes: u64) {
+        self.total.set(self.total.get() + bytes as f64);
+        self.report();
+    }
+
+    /// Adds to the bytes obtained (downloaded or read from the cache, each byte once).
+    pub(crate) fn obtained(&self, bytes: u64) {
+        self.loaded.set(self.loaded.get() + bytes as f64);
+        self.report();
     }
 
     fn report(&self) {
         if let Some(f) = &self.on_progress {
+            let loaded = self.loaded.get();
             // A throwing progress callback must not abort the download.
             let _ = f.call2(
                 &JsValue::NULL,
-                &JsValue::from_f64(self.loaded),
-                &JsValue::from_f64(self.total.max(self.loaded)),
+                &JsValue::from_f64(loaded),
+                &JsValue::from_f64(self.total.get().max(loaded)),
             );
         }
+    }
+
+    /// Sends a GET for `url`, for the inclusive byte range `range` when given.
+    pub(crate) async fn get(&self, url: &str, range: Option<(u64, u64)>) -> Result<Response> {
+        let failed = |what: String| Error::Download(format!("{url}: {what}"));
+        let init = RequestInit::new();
+        if let Some((first, last)) = range {
+            let headers = Headers::new().map_err(|e| failed(js_message(&e)))?;
+            headers
+                .set("range", &format!("bytes={first}-{last}"))
+                .map_err(|e| failed(js_message(&e)))?;
+            init.set_headers(&headers);
+        }
+        self.count(|s| s.requests += 1);
+        let promise = self
+            .fetch
+            .call2(&js_sys::global(), &JsValue::from_str(url), &init)
+            .map_err(|e| failed(js_message(&e)))?;
+        JsFuture::from(js_sys::Promise::resolve(&promise))
+            .await
+            .map_err(|e| failed(js_message(&e)))?
+            .dyn_into()
+            .map_err(|_| failed("fetch did not return a Response".into()))
+    }
+
+    /// The body of `response` as a Blob (its chunks stay in JS memory, not in wasm memory), read
+    /// chunk by chunk with progress when `count_progress`. Errors when it runs past `limit` bytes or
+    /// differs from `expected` bytes.
+    pub(crate) async fn body(
+        &self,
+        url: &str,
+        response: &Response,
+        expected: Option<u64>,
+        limit: u64,
+        count_progress: bool,
+    ) -> Result<Blob> {
+        let failed = |what: String| Error::Download(format!("{url}: {what}"));
+        let chunks = Array::new();
+        let mut received = 0u64;
+        if let Some(body) = response.body() {
+            let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+            loop {
+                let chunk = JsFuture::from(reader.read())
+                    .await
+                    .map_err(|e| failed(format!("download interrupted: {}", js_message(&e))))?;
+                if Reflect::get(&chunk, &"done".into()).is_ok_and(|d| d.is_truthy()) {
+                    break;
+                }
+                let value: Uint8Array = Reflect::get(&chunk, &"value".into())
+                    .map_err(|e| failed(js_message(&e)))?
+                    .unchecked_into();
+                let n = u64::from(value.length());
+                received += n;
+                if received > limit {
+                    let _ = reader.cancel();
+                    return Err(failed(format!(
+                        "the response is larger than the {limit} bytes asked for"
+                    )));
+                }
+                chunks.push(&value);
+                self.count(|s| s.network_bytes += n);
+                if count_progress {
+                    self.obtained(n);
+                }
+            }
+        }
+        if let Some(n) = expected.filter(|&n| n != received) {
+            return Err(failed(format!(
+                "truncated download: {received} of {n} bytes"
+            )));
+        }
+        Blob::new_with_u8_array_sequence(&chunks).map_err(|e| failed(js_message(&e)))
     }
 }
 
@@ -54,71 +159,162 @@ pub fn js_message(e: &JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// `fetch` of whatever global scope runs the module: `window` or a worker's `self`.
+    #[wasm_bindgen(js_name = fetch, thread_local_v2)]
+    static GLOBAL_FETCH: Function;
+}
+
+/// Small files whole and model files by range, through the download cache when there is one.
+pub struct HttpFetcher {
+    http: Rc<Http>,
+    cache: Option<Rc<DownloadCache>>,
+    block_bytes: u64,
+}
+
+impl HttpFetcher {
+    /// Fetches with the global `fetch`, reporting `on_progress(loadedBytes, totalBytes)`.
+    pub fn new(on_progress: Option<Function>) -> Self {
+        Self::with_fetch(GLOBAL_FETCH.with(Function::clone), on_progress)
+    }
+
+    /// Fetches with `fetch(url, init) → Promise<Response>` (the global one, or a test server).
+    pub fn with_fetch(fetch: Function, on_progress: Option<Function>) -> Self {
+        Self {
+            http: Rc::new(Http {
+                fetch,
+                on_progress,
+                loaded: Cell::new(0.0),
+                total: Cell::new(0.0),
+                stats: Cell::new(LoadStats::default()),
+            }),
+            cache: None,
+            block_bytes: DEFAULT_BLOCK_BYTES,
+        }
+    }
+
+    /// Keeps downloads in (and serves them from) `cache`.
+    pub fn cached(mut self, cache: DownloadCache) -> Self {
+        self.cache = Some(Rc::new(cache));
+        self
+    }
+
+    /// Requests model files in blocks of `bytes` (a file that small may come whole from a server
+    /// without Range support).
+    pub fn block_bytes(mut self, bytes: u64) -> Self {
+        self.block_bytes = bytes.max(1);
+        self
+    }
+
+    pub fn stats(&self) -> LoadStats {
+        self.http.stats.get()
+    }
+}
+
+/// Files fetched whole are small ones (config, tokenizer): anything larger must be a model file
+/// read by range.
+const WHOLE_FILE_LIMIT: u64 = 64 << 20;
+
 impl Fetcher for HttpFetcher {
     async fn fetch(&mut self, url: &str) -> Result<Option<Vec<u8>>> {
-        let failed = |what: String| Error::Download(format!("{url}: {what}"));
-        let response: Response = JsFuture::from(global_fetch(url))
-            .await
-            .map_err(|e| failed(js_message(&e)))?
-            .dyn_into()
-            .map_err(|_| failed("fetch did not return a Response".into()))?;
+        let blob = match &self.cache {
+            Some(cache) => match cache.whole_file(url).await {
+                Some(found) => {
+                    self.http.count(|s| s.cache_hits += 1);
+                    if let Some(blob) = &found {
+                        self.http.expect(blob.size() as u64);
+                        self.http.obtained(blob.size() as u64);
+                    }
+                    found
+                }
+                None => {
+                    let fetched = self.fetch_blob(url).await?;
+                    if !cache.put_whole_file(url, fetched.as_ref()).await {
+                        self.http.count(|s| s.cache_write_failures += 1);
+                    }
+                    fetched
+                }
+            },
+            None => self.fetch_blob(url).await?,
+        };
+        let Some(blob) = blob else { return Ok(None) };
+        let mut bytes = vec![0; blob.size() as usize];
+        read_blob_into(url, &blob, 0, &mut bytes).await?;
+        self.http
+            .count(|s| s.largest_read = s.largest_read.max(bytes.len() as u64));
+        Ok(Some(bytes))
+    }
+
+    async fn open(&mut self, url: &str) -> Result<Option<Box<dyn TensorSource>>> {
+        let source =
+            RangeSource::open(self.http.clone(), self.cache.clone(), url, self.block_bytes).await?;
+        Ok(source.map(|s| Box::new(s) as Box<dyn TensorSource>))
+    }
+}
+
+impl HttpFetcher {
+    /// A whole small file from the network, `None` on HTTP 404.
+    async fn fetch_blob(&self, url: &str) -> Result<Option<Blob>> {
+        let response = self.http.get(url, None).await?;
         if response.status() == 404 {
             return Ok(None);
         }
-        if !response.ok() {
-            return Err(failed(format!(
-                "HTTP {} {}",
-                response.status(),
-                response.status_text()
-            )));
-        }
-        let length = response
-            .headers()
-            .get("content-length")
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok());
-        self.total += length.unwrap_or(0) as f64;
-        self.report();
-        let Some(body) = response.body() else {
-            return Ok(Some(Vec::new()));
-        };
-        let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-        let mut bytes =
-            Vec::with_capacity(length.and_then(|n| usize::try_from(n).ok()).unwrap_or(0));
-        loop {
-            let chunk = JsFuture::from(reader.read())
-                .await
-                .map_err(|e| failed(format!("download interrupted: {}", js_message(&e))))?;
-            let done = Reflect::get(&chunk, &"done".into()).is_ok_and(|d| d.is_truthy());
-            if done {
-                break;
-            }
-            let value: Uint8Array = Reflect::get(&chunk, &"value".into())
-                .map_err(|e| failed(js_message(&e)))?
-                .unchecked_into();
-            let start = bytes.len();
-            bytes.resize(start + value.length() as usize, 0);
-            value.copy_to(&mut bytes[start..]);
-            self.loaded += f64::from(value.length());
-            self.report();
-        }
-        if let Some(n) = length {
-            // Content-Length counts encoded bytes: a compressed body may legitimately differ.
-            if bytes.len() as u64 != n
-                && response
-                    .headers()
-                    .get("content-encoding")
-                    .ok()
-                    .flatten()
-                    .is_none()
-            {
-                return Err(failed(format!(
-                    "truncated download: {} of {n} bytes",
-                    bytes.len()
-                )));
-            }
-        }
-        Ok(Some(bytes))
+        check_ok(url, &response)?;
+        let length = header_u64(&response, "content-length");
+        // Content-Length counts encoded bytes: a compressed body may legitimately differ.
+        let encoded = response.headers().get("content-encoding").ok().flatten();
+        let expected = length.filter(|_| encoded.is_none());
+        self.http.expect(expected.unwrap_or(0));
+        self.http
+            .count(|s| s.largest_request = s.largest_request.max(length.unwrap_or(0)));
+        let blob = self
+            .http
+            .body(url, &response, expected, WHOLE_FILE_LIMIT, true)
+            .await?;
+        Ok(Some(blob))
     }
+}
+
+/// An error naming `url` unless `response` is a success.
+pub(crate) fn check_ok(url: &str, response: &Response) -> Result<()> {
+    if response.ok() {
+        return Ok(());
+    }
+    Err(Error::Download(match response.status() {
+        404 => format!("{url}: not found (HTTP 404)"),
+        status => format!("{url}: HTTP {status} {}", response.status_text()),
+    }))
+}
+
+pub(crate) fn header_u64(response: &Response, name: &str) -> Option<u64> {
+    response
+        .headers()
+        .get(name)
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Fills `buf` from byte `start` of `blob` (only that slice is read, even from a cached file).
+pub(crate) async fn read_blob_into(
+    url: &str,
+    blob: &Blob,
+    start: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let failed = |what: String| Error::Download(format!("{url}: reading the download: {what}"));
+    let end = start + buf.len() as u64;
+    let part = blob
+        .slice_with_f64_and_f64(start as f64, end as f64)
+        .map_err(|e| failed(js_message(&e)))?;
+    let buffer = JsFuture::from(part.array_buffer())
+        .await
+        .map_err(|e| failed(js_message(&e)))?;
+    let bytes = Uint8Array::new(&buffer);
+    if bytes.length() as usize != buf.len() {
+        return Err(failed(format!("{} of {} bytes", bytes.length(), buf.len())));
+    }
+    bytes.copy_to(buf);
+    Ok(())
 }

@@ -9,9 +9,11 @@
 //! const reply = await engine.chat([{ role: "user", content: "Hi" }], { signal }, (text, id) => {});
 //! ```
 
+pub mod cache;
 pub mod fetch;
 pub mod loader;
 pub mod location;
+pub mod range;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -27,6 +29,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::cache::{DownloadCache, CACHE_NAME};
 use crate::fetch::HttpFetcher;
 use crate::location::{ModelLocation, HUB_ENDPOINT};
 
@@ -41,6 +44,8 @@ struct LoadOptions {
     max_context: Option<usize>,
     /// Where hub repo ids are fetched from (default https://huggingface.co).
     hub_endpoint: Option<String>,
+    /// Keep downloads in (and serve them from) Cache Storage "tern-models-v1" (default true).
+    cache: Option<bool>,
 }
 
 /// Options of `generateIds` and `chat`.
@@ -176,8 +181,9 @@ async fn with_session<T>(
 #[wasm_bindgen]
 impl Engine {
     /// Downloads the model at `model_url` (a model directory URL, a .gguf URL or a Hugging Face repo
-    /// id) and uploads it to the GPU. Options: `onProgress(loadedBytes, totalBytes)`, `maxContext`,
-    /// `hubEndpoint`.
+    /// id) and uploads it to the GPU, streaming weight files by HTTP Range requests through the
+    /// download cache. Options: `onProgress(loadedBytes, totalBytes)`, `maxContext`, `hubEndpoint`,
+    /// `cache` (false: neither read nor write the download cache).
     // The engine shares its device as Arc<Context>; on wasm32 the wgpu handles are !Send, and there
     // is only one thread.
     #[allow(clippy::arc_with_non_send_sync)]
@@ -201,6 +207,11 @@ impl Engine {
         let hub = options.hub_endpoint.as_deref().unwrap_or(HUB_ENDPOINT);
         let location = ModelLocation::resolve(&model_url, hub).map_err(js_error)?;
         let mut fetcher = HttpFetcher::new(on_progress);
+        if options.cache != Some(false) {
+            if let Some(cache) = DownloadCache::open(CACHE_NAME).await {
+                fetcher = fetcher.cached(cache);
+            }
+        }
         let checkpoint = loader::load_checkpoint(&mut fetcher, &location)
             .await
             .map_err(js_error)?;
@@ -208,6 +219,19 @@ impl Engine {
             .await
             .map_err(js_error)?;
         Engine::from_checkpoint(Arc::new(ctx), &checkpoint, options.max_context).await
+    }
+
+    /// Deletes every cached download (Cache Storage "tern-models-v1"); resolves to whether there
+    /// was a cache.
+    #[wasm_bindgen(js_name = clearCache)]
+    pub async fn clear_cache() -> Result<bool, JsError> {
+        DownloadCache::delete(CACHE_NAME).await.map_err(js_error)
+    }
+
+    /// Bytes of cached downloads.
+    #[wasm_bindgen(js_name = cacheBytes)]
+    pub async fn cache_bytes() -> Result<f64, JsError> {
+        DownloadCache::size(CACHE_NAME).await.map_err(js_error)
     }
 
     /// Ids generated after `prompt` (the prompt itself is not repeated). Options: `maxNewTokens`,
@@ -382,6 +406,7 @@ export interface LoadOptions {
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   maxContext?: number;
   hubEndpoint?: string;
+  cache?: boolean;
 }
 export interface GenerateOptions {
   maxNewTokens?: number;

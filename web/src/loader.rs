@@ -1,29 +1,29 @@
 //! A [`Checkpoint`] from files fetched over HTTP (or from memory in tests): the same resolution and
-//! checks as the native `Checkpoint::open`, over [`BytesSource`]s.
-//!
-//! Every weight file is fetched whole, so wasm memory holds the whole model once (plus its copy on
-//! the GPU): fine for the test fixtures and small models, not for the 1.2 GB 2B-4T file, which needs
-//! a loader that streams tensors with HTTP Range requests.
+//! checks as the native `Checkpoint::open`. Small files (config, tokenizer) are fetched whole; weight
+//! files are opened as [`TensorSource`]s read by range (`crate::range`), so only their headers are
+//! read here and the tensors stream to the GPU later, a read at a time.
 
 use std::future::Future;
 
 use tern::format::checkpoint::{chat_template_from_tokenizer_config, Checkpoint};
-use tern::format::source::{BytesSource, TensorSource};
+use tern::format::source::TensorSource;
 use tern::format::{gguf, safetensors as st};
 use tern::model::config::ModelConfig;
 use tern::{Error, Result};
 
 use crate::location::ModelLocation;
 
-/// Fetches whole files by URL.
+/// Fetches files by URL.
 pub trait Fetcher {
-    /// The bytes at `url`, or `None` when the server says there is no such file (HTTP 404).
+    /// The bytes of a small file at `url`, or `None` when there is no such file (HTTP 404).
     fn fetch(&mut self, url: &str) -> impl Future<Output = Result<Option<Vec<u8>>>>;
+    /// A weight file at `url` opened for reads by range, or `None` when there is no such file.
+    fn open(&mut self, url: &str) -> impl Future<Output = Result<Option<Box<dyn TensorSource>>>>;
 }
 
-async fn fetch_required(fetcher: &mut impl Fetcher, url: &str) -> Result<Vec<u8>> {
+async fn open_required(fetcher: &mut impl Fetcher, url: &str) -> Result<Box<dyn TensorSource>> {
     fetcher
-        .fetch(url)
+        .open(url)
         .await?
         .ok_or_else(|| Error::Download(format!("{url}: not found (HTTP 404)")))
 }
@@ -44,9 +44,9 @@ pub async fn load_checkpoint(
 ) -> Result<Checkpoint> {
     match location {
         ModelLocation::Gguf { url } => {
-            let source = BytesSource::new(url.clone(), fetch_required(fetcher, url).await?);
-            let header = gguf::read(&source)?;
-            Checkpoint::from_gguf(Box::new(source), header)
+            let source = open_required(fetcher, url).await?;
+            let header = gguf::read(source.as_ref()).await?;
+            Checkpoint::from_gguf(source, header).await
         }
         ModelLocation::Directory { base } => load_directory(fetcher, base).await,
     }
@@ -64,10 +64,9 @@ async fn load_directory(fetcher: &mut impl Fetcher, base: &str) -> Result<Checkp
     let config = ModelConfig::from_hf_json(&config_url, &config_json)?;
 
     let single_url = url("model.safetensors");
-    let mut checkpoint = if let Some(bytes) = fetcher.fetch(&single_url).await? {
-        let source = BytesSource::new(single_url.clone(), bytes);
-        let header = st::read_header(&source)?;
-        Checkpoint::from_safetensors(&single_url, config, vec![Box::new(source)], vec![header])?
+    let mut checkpoint = if let Some(source) = fetcher.open(&single_url).await? {
+        let header = st::read_header(source.as_ref()).await?;
+        Checkpoint::from_safetensors(&single_url, config, vec![source], vec![header]).await?
     } else {
         let index_url = url("model.safetensors.index.json");
         let index = fetch_text(fetcher, &index_url).await?.ok_or_else(|| {
@@ -83,11 +82,8 @@ async fn load_directory(fetcher: &mut impl Fetcher, base: &str) -> Result<Checkp
         let mut headers = Vec::with_capacity(shards.len());
         for shard in shards {
             let shard_url = url(shard);
-            let source = BytesSource::new(
-                shard_url.clone(),
-                fetch_required(fetcher, &shard_url).await?,
-            );
-            let header = st::read_header(&source)?;
+            let source = open_required(fetcher, &shard_url).await?;
+            let header = st::read_header(source.as_ref()).await?;
             if let Some((tensor, _)) = map
                 .iter()
                 .find(|(t, s)| *s == shard && !header.tensors.iter().any(|h| &h.name == *t))
@@ -98,10 +94,10 @@ async fn load_directory(fetcher: &mut impl Fetcher, base: &str) -> Result<Checkp
                     "listed in the index but missing from the shard",
                 ));
             }
-            sources.push(Box::new(source));
+            sources.push(source);
             headers.push(header);
         }
-        Checkpoint::from_safetensors(&index_url, config, sources, headers)?
+        Checkpoint::from_safetensors(&index_url, config, sources, headers).await?
     };
 
     checkpoint.tokenizer_json = fetch_text(fetcher, &url("tokenizer.json")).await?;

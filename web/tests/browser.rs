@@ -2,7 +2,9 @@
 //! `CHROMEDRIVER=/usr/bin/chromedriver cargo test -p tern-web --target wasm32-unknown-unknown`.
 //! A kernel against its CPU twin, the bitnet-2b4t fixture against the reference goldens through the
 //! JS API (same criteria as natively, `tern_tests::goldens`), streaming chat, abort, download
-//! progress and the error for a missing model.
+//! progress and the error for a missing model; the streaming loader against an in-page HTTP server
+//! (Range reads in bounded blocks, the download cache, servers without Range, truncated and missing
+//! files).
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -11,12 +13,14 @@ use std::sync::Arc;
 
 use js_sys::{Float32Array, Promise, Reflect, Uint32Array, Uint8Array};
 use safetensors::{Dtype, SafeTensors};
+use tern::format::source::{BytesSource, TensorSource};
 use tern::gpu::{BufferUsage, Context, ContextOptions, GpuBuffer};
 use tern::ops::select::{Argmax, Candidate, TopK};
 use tern::ops::{padded_activation_words, rmsnorm_quant::RmsNormQuant, ActStats};
 use tern::reference::norm::{quantize_activations, rmsnorm_quant};
 use tern::reference::select::{argmax as cpu_argmax, top_k as cpu_top_k};
-use tern_web::fetch::HttpFetcher;
+use tern_web::cache::DownloadCache;
+use tern_web::fetch::{HttpFetcher, LoadStats};
 use tern_web::loader::{load_checkpoint, Fetcher};
 use tern_web::location::ModelLocation;
 use tern_web::Engine;
@@ -57,6 +61,11 @@ impl Fetcher for MemoryFetcher {
             .iter()
             .find(|(name, _)| Some(*name) == file)
             .map(|(_, bytes)| bytes.to_vec()))
+    }
+
+    async fn open(&mut self, url: &str) -> tern::Result<Option<Box<dyn TensorSource>>> {
+        let bytes = self.fetch(url).await?;
+        Ok(bytes.map(|b| Box::new(BytesSource::new(url, b)) as Box<dyn TensorSource>))
     }
 }
 
@@ -407,4 +416,269 @@ async fn load_reports_missing_model() {
         .unwrap();
     let message = tern_web::fetch::js_message(&JsValue::from(err));
     assert!(message.contains("Hugging Face repo id"), "{message}");
+}
+
+/// How the in-page test server answers.
+#[derive(Clone, Copy, Default)]
+struct ServerBehaviour {
+    /// Answer Range requests with the whole file (HTTP 200), as a server without Range support.
+    ignores_range: bool,
+    /// Send only this many bytes of every model-file body (a connection dropped midway).
+    cut_bodies_to: Option<usize>,
+    /// Serve model.safetensors cut to this many bytes (a truncated upload).
+    truncated_file: Option<usize>,
+}
+
+/// An HTTP server inside the page, as a `fetch(url, init)` function over the fixture files at
+/// `SERVER_BASE`, answering `Range: bytes=a-b` with 206 + Content-Range; counts its requests.
+struct TestServer {
+    fetch: Closure<dyn FnMut(String, JsValue) -> Promise>,
+    requests: Rc<RefCell<Vec<String>>>,
+}
+
+const SERVER_BASE: &str = "http://fixture.test/bitnet-2b4t";
+
+impl TestServer {
+    fn new(behaviour: ServerBehaviour) -> Self {
+        let requests = Rc::new(RefCell::new(Vec::new()));
+        let log = requests.clone();
+        let fetch = Closure::new(move |url: String, init: JsValue| {
+            let range = Reflect::get(&init, &"headers".into())
+                .ok()
+                .and_then(|h| h.dyn_into::<web_sys::Headers>().ok())
+                .and_then(|h| h.get("range").ok().flatten());
+            log.borrow_mut().push(format!("{url} {range:?}"));
+            let file = url
+                .strip_prefix(SERVER_BASE)
+                .and_then(|f| f.strip_prefix('/'));
+            let found = FIXTURE.iter().find(|(name, _)| Some(*name) == file);
+            let Some((name, bytes)) = found else {
+                return Promise::resolve(&JsValue::from(respond(404, &[], None)));
+            };
+            let mut bytes = bytes.to_vec();
+            let weights = *name == "model.safetensors";
+            if let Some(n) = behaviour.truncated_file.filter(|_| weights) {
+                bytes.truncate(n);
+            }
+            let total = bytes.len();
+            let requested = range.filter(|_| !behaviour.ignores_range).map(|r| {
+                let (a, b) = r.strip_prefix("bytes=").unwrap().split_once('-').unwrap();
+                let first: usize = a.parse().unwrap();
+                let last = b.parse::<usize>().unwrap().min(total - 1);
+                (first, last)
+            });
+            let (status, mut body, content_range) = match requested {
+                Some((first, last)) => (
+                    206,
+                    bytes[first..=last].to_vec(),
+                    Some(format!("bytes {first}-{last}/{total}")),
+                ),
+                None => (200, bytes, None),
+            };
+            let length = body.len();
+            if let Some(n) = behaviour.cut_bodies_to.filter(|_| weights) {
+                body.truncate(n);
+            }
+            let mut headers = vec![("content-length", length.to_string())];
+            headers.extend(content_range.map(|r| ("content-range", r)));
+            Promise::resolve(&JsValue::from(respond(status, &body, Some(&headers))))
+        });
+        Self { fetch, requests }
+    }
+
+    fn fetcher(&self, block_bytes: u64, on_progress: Option<js_sys::Function>) -> HttpFetcher {
+        HttpFetcher::with_fetch(self.fetch.as_ref().clone().unchecked_into(), on_progress)
+            .block_bytes(block_bytes)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.borrow().len()
+    }
+}
+
+fn respond(status: u16, body: &[u8], headers: Option<&[(&str, String)]>) -> web_sys::Response {
+    let init = web_sys::ResponseInit::new();
+    init.set_status(status);
+    let h = web_sys::Headers::new().unwrap();
+    for (name, value) in headers.unwrap_or_default() {
+        h.set(name, value).unwrap();
+    }
+    init.set_headers(&h);
+    let mut body = body.to_vec();
+    web_sys::Response::new_with_opt_u8_array_and_init(Some(&mut body), &init).unwrap()
+}
+
+/// A fresh download cache for one test.
+async fn empty_cache(name: &str) -> DownloadCache {
+    DownloadCache::delete(name).await.unwrap();
+    DownloadCache::open(name)
+        .await
+        .expect("Cache Storage on the test page")
+}
+
+/// The engine loaded from the test server (or the error), and what the load fetched.
+async fn load_from(mut fetcher: HttpFetcher) -> (tern::Result<Engine>, LoadStats) {
+    let location = ModelLocation::Directory {
+        base: SERVER_BASE.into(),
+    };
+    let engine = match load_checkpoint(&mut fetcher, &location).await {
+        Ok(c) => Ok(Engine::from_checkpoint(context().await, &c, Some(256))
+            .await
+            .unwrap_or_else(|e| panic!("{:?}", JsValue::from(e)))),
+        Err(e) => Err(e),
+    };
+    (engine, fetcher.stats())
+}
+
+async fn logits_of(engine: &Engine) -> Vec<f32> {
+    let logits: Float32Array = resolve(engine.logits(vec![1019, 39, 895, 821]))
+        .await
+        .unchecked_into();
+    logits.to_vec()
+}
+
+fn wasm_memory_bytes() -> f64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    memory
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
+}
+
+/// The model streamed by Range requests in 64 KiB blocks gives exactly the logits of the model
+/// loaded from memory (so the parity above carries over); no request or engine read exceeds its
+/// bound, every byte is downloaded once and progress ends at the total. A second load is served
+/// from the cache without a single request, with the same logits.
+#[wasm_bindgen_test]
+async fn range_loader_streams_blocks_and_reloads_from_cache() {
+    const BLOCK: u64 = 64 << 10;
+    let expected = logits_of(&fixture_engine().await).await;
+    let server = TestServer::new(ServerBehaviour::default());
+    let reports = Rc::new(RefCell::new(Vec::<(f64, f64)>::new()));
+    let seen = reports.clone();
+    let on_progress = Closure::<dyn FnMut(f64, f64)>::new(move |loaded, total| {
+        seen.borrow_mut().push((loaded, total))
+    });
+    let memory_before = wasm_memory_bytes();
+    let fetcher = server
+        .fetcher(BLOCK, Some(on_progress.as_ref().clone().unchecked_into()))
+        .cached(empty_cache("tern-test-range").await);
+    let (engine, stats) = load_from(fetcher).await;
+    let engine = engine.unwrap();
+    let memory_after = wasm_memory_bytes();
+    let model_bytes = FIXTURE[1].1.len() as u64;
+    let all_bytes: u64 = FIXTURE.iter().map(|(_, b)| b.len() as u64).sum();
+    web_sys::console::log_1(
+        &format!(
+            "range load: {stats:?}; wasm memory {memory_before} → {memory_after} bytes; \
+             model file {model_bytes} bytes"
+        )
+        .into(),
+    );
+    assert_eq!(logits_of(&engine).await, expected, "logits differ");
+    assert!(stats.largest_request <= BLOCK, "{stats:?}");
+    // The engine reads one tensor at a time: the largest is the 1024 × 256 bf16 embedding.
+    assert!(stats.largest_read <= 1024 * 256 * 2, "{stats:?}");
+    assert_eq!(stats.network_bytes, all_bytes, "every byte downloaded once");
+    let blocks = model_bytes.div_ceil(BLOCK) as usize;
+    // The blocks, config.json, tokenizer.json, tokenizer_config.json.
+    assert_eq!(
+        server.requests(),
+        blocks + 3,
+        "{:?}",
+        server.requests.borrow()
+    );
+    let last = *reports.borrow().last().unwrap();
+    assert_eq!(last, (all_bytes as f64, all_bytes as f64));
+
+    reports.borrow_mut().clear();
+    let fetcher = server
+        .fetcher(BLOCK, Some(on_progress.as_ref().clone().unchecked_into()))
+        .cached(DownloadCache::open("tern-test-range").await.unwrap());
+    let (engine, stats) = load_from(fetcher).await;
+    assert_eq!(
+        server.requests(),
+        blocks + 3,
+        "the reload sent requests: {:?}",
+        server.requests.borrow()
+    );
+    assert_eq!(stats.network_bytes, 0);
+    assert!(stats.cache_hits as usize >= blocks + 3, "{stats:?}");
+    assert_eq!(
+        logits_of(&engine.unwrap()).await,
+        expected,
+        "cached logits differ"
+    );
+    assert_eq!(*reports.borrow().last().unwrap(), last);
+    assert!(DownloadCache::size("tern-test-range").await.unwrap() >= all_bytes as f64);
+    assert!(DownloadCache::delete("tern-test-range").await.unwrap());
+}
+
+/// A server without Range support: a file within one block is fetched whole and loads; a larger
+/// one is refused with an error naming the URL.
+#[wasm_bindgen_test]
+async fn server_without_range_only_serves_small_files() {
+    let server = TestServer::new(ServerBehaviour {
+        ignores_range: true,
+        ..Default::default()
+    });
+    let (engine, stats) = load_from(server.fetcher(4 << 20, None)).await;
+    assert!(engine.is_ok());
+    assert_eq!(stats.largest_request, FIXTURE[1].1.len() as u64);
+
+    let (engine, _) = load_from(server.fetcher(64 << 10, None)).await;
+    let message = engine.err().unwrap().to_string();
+    assert!(
+        message.contains(&format!("{SERVER_BASE}/model.safetensors"))
+            && message.contains("ignores HTTP Range"),
+        "{message}"
+    );
+}
+
+/// A body cut short, a truncated file and a missing weight file give errors naming the URL.
+#[wasm_bindgen_test]
+async fn range_loader_reports_truncated_and_missing_files() {
+    let url = format!("{SERVER_BASE}/model.safetensors");
+    let cut = TestServer::new(ServerBehaviour {
+        cut_bodies_to: Some(1000),
+        ..Default::default()
+    });
+    let message = load_from(cut.fetcher(64 << 10, None))
+        .await
+        .0
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(&url) && message.contains("truncated download"),
+        "{message}"
+    );
+
+    let truncated = TestServer::new(ServerBehaviour {
+        truncated_file: Some(FIXTURE[1].1.len() / 2),
+        ..Default::default()
+    });
+    let message = load_from(truncated.fetcher(64 << 10, None))
+        .await
+        .0
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains(&url), "{message}");
+
+    let server = TestServer::new(ServerBehaviour::default());
+    let mut fetcher = server.fetcher(64 << 10, None);
+    let missing = format!("{SERVER_BASE}/missing.gguf");
+    let location = ModelLocation::Gguf {
+        url: missing.clone(),
+    };
+    let message = load_checkpoint(&mut fetcher, &location)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(&missing) && message.contains("404"),
+        "{message}"
+    );
 }

@@ -5,6 +5,8 @@
 
 use super::gguf::{GgmlType, GgufFile, MetaValue};
 use super::safetensors::{self as st, Dtype};
+#[cfg(not(target_arch = "wasm32"))]
+use super::source::complete_now;
 use super::source::{read_range, TensorSource};
 use crate::model::config::{ModelConfig, QuantMode};
 use crate::{Error, Result};
@@ -283,7 +285,7 @@ impl Resolver<'_> {
         })
     }
 
-    fn hf_projection(&self, layer: usize, p: Projection) -> Result<WeightRef> {
+    async fn hf_projection(&self, layer: usize, p: Projection) -> Result<WeightRef> {
         let (rows, cols) = p.shape(self.config);
         let name = format!("model.layers.{layer}.{}.weight", p.hf_name());
         let e = self.get(&name)?;
@@ -312,7 +314,7 @@ impl Resolver<'_> {
                 let scale_name = format!("model.layers.{layer}.{}.weight_scale", p.hf_name());
                 WeightData::Ternary {
                     layout: TernaryLayout::HfPacked,
-                    scale: Some(self.hf_scale(&scale_name)?),
+                    scale: Some(self.hf_scale(&scale_name).await?),
                 }
             }
             QuantMode::Online => match &e.kind {
@@ -346,18 +348,23 @@ impl Resolver<'_> {
     }
 
     /// A per-tensor `weight_scale` of one element.
-    fn hf_scale(&self, name: &str) -> Result<f32> {
+    async fn hf_scale(&self, name: &str) -> Result<f32> {
         let e = self.get(name)?;
         let dtype = match &e.kind {
             Kind::St { dtype, shape } if shape.iter().all(|&d| d == 1) => st_float(*dtype),
             _ => None,
         };
         let dtype = dtype.ok_or_else(|| self.mismatch(e, name, "a one-element float scale"))?;
-        let bytes = read_range(self.sources[e.source].as_ref(), e.offset, e.len)?;
+        let bytes = read_range(self.sources[e.source].as_ref(), e.offset, e.len).await?;
         check_scale(&self.file(e), name, to_f32(dtype, &bytes)[0])
     }
 
-    fn gguf_projection(&self, layer: usize, p: Projection, permuted: bool) -> Result<WeightRef> {
+    async fn gguf_projection(
+        &self,
+        layer: usize,
+        p: Projection,
+        permuted: bool,
+    ) -> Result<WeightRef> {
         let (rows, cols) = p.shape(self.config);
         let name = format!("blk.{layer}.{}.weight", p.gguf_name());
         let scale_name = format!("blk.{layer}.{}.scale", p.gguf_name());
@@ -383,7 +390,7 @@ impl Resolver<'_> {
                     ));
                 }
                 let codes = rows as u64 * cols as u64 / 4;
-                let b = read_range(self.sources[e.source].as_ref(), e.offset + codes, 4)?;
+                let b = read_range(self.sources[e.source].as_ref(), e.offset + codes, 4).await?;
                 let scale = f32::from_le_bytes(b.try_into().expect("4 bytes"));
                 WeightData::Ternary {
                     layout: TernaryLayout::I2S,
@@ -521,8 +528,8 @@ pub fn chat_template_from_tokenizer_config(file: &str, json: &str) -> Result<Opt
 
 impl Checkpoint {
     /// Resolves a safetensors checkpoint: `headers[i]` is the parsed header of `sources[i]`; `name`
-    /// (the file or the shard index) is named when a tensor is missing.
-    pub fn from_safetensors(
+    /// (the file or the shard index) is named when a tensor is missing. Reads the per-tensor scales.
+    pub async fn from_safetensors(
         name: &str,
         mut config: ModelConfig,
         sources: Vec<Box<dyn TensorSource>>,
@@ -574,10 +581,10 @@ impl Checkpoint {
         };
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let projections = Projection::ALL
-                .iter()
-                .map(|&p| r.hf_projection(i, p))
-                .collect::<Result<_>>()?;
+            let mut projections = Vec::with_capacity(Projection::ALL.len());
+            for &p in &Projection::ALL {
+                projections.push(r.hf_projection(i, p).await?);
+            }
             let norms = NormWeight::ALL
                 .iter()
                 .map(|&n| {
@@ -612,8 +619,8 @@ impl Checkpoint {
         })
     }
 
-    /// Resolves a GGUF checkpoint whose header `g` was parsed from `source`.
-    pub fn from_gguf(source: Box<dyn TensorSource>, g: GgufFile) -> Result<Self> {
+    /// Resolves a GGUF checkpoint whose header `g` was parsed from `source`. Reads the I2_S scales.
+    pub async fn from_gguf(source: Box<dyn TensorSource>, g: GgufFile) -> Result<Self> {
         let file = source.name().to_string();
         let config = ModelConfig::from_gguf(&file, &g)?;
         let permuted = g.architecture() == Some("llama");
@@ -652,10 +659,10 @@ impl Checkpoint {
         };
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let projections = Projection::ALL
-                .iter()
-                .map(|&p| r.gguf_projection(i, p, permuted))
-                .collect::<Result<_>>()?;
+            let mut projections = Vec::with_capacity(Projection::ALL.len());
+            for &p in &Projection::ALL {
+                projections.push(r.gguf_projection(i, p, permuted).await?);
+            }
             let norms = NormWeight::ALL
                 .iter()
                 .map(|&n| {
@@ -695,11 +702,17 @@ impl Checkpoint {
     /// `model.safetensors.index.json` and its shards) and optional tokenizer files.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: &std::path::Path) -> Result<Self> {
+        // File reads complete at once: no executor needed.
+        complete_now(&path.display().to_string(), Self::open_files(path))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn open_files(path: &std::path::Path) -> Result<Self> {
         use super::source::FileSource;
         if path.is_file() {
             let src = FileSource::open(path)?;
-            let g = super::gguf::read(&src)?;
-            return Self::from_gguf(Box::new(src), g);
+            let g = super::gguf::read(&src).await?;
+            return Self::from_gguf(Box::new(src), g).await;
         }
         let read_opt = |name: &str| -> Result<Option<String>> {
             let p = path.join(name);
@@ -723,13 +736,14 @@ impl Checkpoint {
         let index_path = path.join("model.safetensors.index.json");
         let mut ckpt = if single.is_file() {
             let src = FileSource::open(&single)?;
-            let header = st::read_header(&src)?;
+            let header = st::read_header(&src).await?;
             Self::from_safetensors(
                 src.name().to_string().as_str(),
                 config,
                 vec![Box::new(src)],
                 vec![header],
-            )?
+            )
+            .await?
         } else if let Some(index) = read_opt("model.safetensors.index.json")? {
             let index_name = index_path.display().to_string();
             let map = st::parse_index(&index_name, &index)?;
@@ -740,7 +754,7 @@ impl Checkpoint {
             let mut headers = Vec::with_capacity(shards.len());
             for shard in shards {
                 let src = FileSource::open(&path.join(shard))?;
-                let header = st::read_header(&src)?;
+                let header = st::read_header(&src).await?;
                 for (t, s) in &map {
                     if s == shard && !header.tensors.iter().any(|h| &h.name == t) {
                         return Err(Error::format(
@@ -753,7 +767,7 @@ impl Checkpoint {
                 sources.push(Box::new(src));
                 headers.push(header);
             }
-            Self::from_safetensors(&index_name, config, sources, headers)?
+            Self::from_safetensors(&index_name, config, sources, headers).await?
         } else {
             return Err(Error::format(
                 path.display(),
@@ -816,7 +830,7 @@ impl Checkpoint {
     }
 
     /// Reads a (small) float tensor as f32.
-    pub fn read_f32_vector(&self, r: &FloatRef) -> Result<Vec<f32>> {
+    pub async fn read_f32_vector(&self, r: &FloatRef) -> Result<Vec<f32>> {
         let src = self
             .sources
             .get(r.source)
@@ -828,7 +842,10 @@ impl Checkpoint {
                 "byte length does not match the shape",
             ));
         }
-        Ok(to_f32(r.dtype, &read_range(src.as_ref(), r.offset, r.len)?))
+        Ok(to_f32(
+            r.dtype,
+            &read_range(src.as_ref(), r.offset, r.len).await?,
+        ))
     }
 }
 
@@ -837,8 +854,12 @@ mod tests {
     use super::*;
     use crate::format::gguf::{self, tests::Writer};
     use crate::format::safetensors::tests::write as write_st;
-    use crate::format::source::BytesSource;
+    use crate::format::source::{complete_now, BytesSource};
     use crate::model::config::tests::{gguf_meta, B158_2B4T};
+
+    fn read_vector(c: &Checkpoint, r: &FloatRef) -> Vec<f32> {
+        complete_now(&r.name, c.read_f32_vector(r)).unwrap()
+    }
 
     /// A tiny 2B-4T-style config: hidden 8, 2 heads (1 kv) of 4, intermediate 16, vocab 10, 1 layer.
     fn tiny_config(edit: impl FnOnce(&mut serde_json::Value)) -> ModelConfig {
@@ -937,13 +958,16 @@ mod tests {
             .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
             .collect();
         let src = BytesSource::new("model.safetensors", write_st(&refs));
-        let header = st::read_header(&src)?;
-        Checkpoint::from_safetensors(
-            "model.safetensors",
-            config,
-            vec![Box::new(src)],
-            vec![header],
-        )
+        complete_now("model.safetensors", async {
+            let header = st::read_header(&src).await?;
+            Checkpoint::from_safetensors(
+                "model.safetensors",
+                config,
+                vec![Box::new(src)],
+                vec![header],
+            )
+            .await
+        })
     }
 
     fn st_err(config: ModelConfig, tensors: &[StTensor], want: &[&str]) {
@@ -972,14 +996,10 @@ mod tests {
         let down = c.projection(0, Projection::Down).unwrap();
         assert_eq!((down.rows, down.cols), (8, 16));
         assert_eq!(
-            c.read_f32_vector(&c.norm(0, NormWeight::FfnSub).unwrap())
-                .unwrap(),
+            read_vector(&c, &c.norm(0, NormWeight::FfnSub).unwrap()),
             vec![1.5; 16]
         );
-        assert_eq!(
-            c.read_f32_vector(&c.final_norm().unwrap()).unwrap(),
-            vec![2.0; 8]
-        );
+        assert_eq!(read_vector(&c, &c.final_norm().unwrap()), vec![2.0; 8]);
         assert_eq!(c.lm_head().unwrap(), c.embedding().unwrap());
         assert!(c.projection(1, Projection::Q).is_err());
     }
@@ -1114,8 +1134,10 @@ mod tests {
 
     fn gguf_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint> {
         let src = BytesSource::new("m.gguf", bytes);
-        let g = gguf::read(&src)?;
-        Checkpoint::from_gguf(Box::new(src), g)
+        complete_now("m.gguf", async {
+            let g = gguf::read(&src).await?;
+            Checkpoint::from_gguf(Box::new(src), g).await
+        })
     }
 
     #[test]
@@ -1155,9 +1177,7 @@ mod tests {
             .unwrap()
             .contains_key("tokenizer.ggml.tokens"));
         assert_eq!(
-            c.read_f32_vector(&c.norm(1, NormWeight::FfnSub).unwrap())
-                .unwrap()
-                .len(),
+            read_vector(&c, &c.norm(1, NormWeight::FfnSub).unwrap()).len(),
             256
         );
 
@@ -1247,10 +1267,7 @@ mod tests {
         assert_eq!(c.chat_template.as_deref(), Some("D"));
         assert!(c.tokenizer_json.is_none());
         assert_eq!(c.sources.len(), 2);
-        assert_eq!(
-            c.read_f32_vector(&c.final_norm().unwrap()).unwrap(),
-            vec![2.0; 8]
-        );
+        assert_eq!(read_vector(&c, &c.final_norm().unwrap()), vec![2.0; 8]);
         // An index naming a tensor its shard lacks.
         map.insert("extra.weight".into(), "s1.safetensors".into());
         std::fs::write(
@@ -1301,7 +1318,7 @@ mod tests {
                 c.tokenizer_json.is_some() || c.gguf_metadata.is_some(),
                 "{name}"
             );
-            let norm = c.read_f32_vector(&c.final_norm().unwrap()).unwrap();
+            let norm = read_vector(&c, &c.final_norm().unwrap());
             assert!(norm.iter().all(|x| x.is_finite()), "{name}");
         }
     }

@@ -479,11 +479,11 @@ fn parse_inner(file: &str, prefix: &[u8], file_len: u64) -> PResult<GgufFile> {
 }
 
 /// Reads the header from a source, fetching a longer prefix while the header runs past it.
-pub fn read(src: &dyn TensorSource) -> Result<GgufFile> {
+pub async fn read(src: &dyn TensorSource) -> Result<GgufFile> {
     let file_len = src.len();
     let mut want = (4u64 << 20).min(file_len);
     loop {
-        let prefix = read_range(src, 0, want)?;
+        let prefix = read_range(src, 0, want).await?;
         if let Some(g) = parse_prefix(src.name(), &prefix, file_len)? {
             return Ok(g);
         }
@@ -511,9 +511,7 @@ pub fn unpermute_rope_rows(
     row_bytes: usize,
     head_dim: usize,
 ) -> Result<Vec<u8>> {
-    let fits = rows
-        .checked_mul(row_bytes)
-        .is_some_and(|n| n <= data.len());
+    let fits = rows.checked_mul(row_bytes).is_some_and(|n| n <= data.len());
     if !fits || head_dim == 0 || head_dim % 2 != 0 || rows % head_dim != 0 {
         return Err(Error::format(
             file,
@@ -542,8 +540,10 @@ pub fn unpermute_rope_rows(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::format::source::BytesSource;
+    use crate::format::source::tests::WaitingSource;
+    use crate::format::source::{complete_now, BytesSource};
     use proptest::prelude::*;
+    use std::sync::atomic::Ordering;
 
     /// A minimal GGUF writer for tests.
     #[derive(Default)]
@@ -621,7 +621,30 @@ pub(crate) mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<GgufFile> {
-        read(&BytesSource::new("t.gguf", bytes.to_vec()))
+        complete_now("t.gguf", read(&BytesSource::new("t.gguf", bytes.to_vec())))
+    }
+
+    /// Over a source whose reads wait (as HTTP Range reads do), a header longer than the first
+    /// 4 MiB prefix is read by growing the prefix.
+    #[test]
+    fn reads_a_long_header_from_a_waiting_source() {
+        let mut w = sample();
+        let long = "x".repeat(5 << 20);
+        w.kv_str("general.description", &long);
+        let bytes = w.finish();
+        let src = WaitingSource::new("net.gguf", bytes);
+        let g = pollster::block_on(read(&src)).unwrap();
+        assert_eq!(
+            g.metadata
+                .get("general.description")
+                .and_then(MetaValue::as_str),
+            Some(long.as_str())
+        );
+        assert_eq!(src.reads.load(Ordering::Relaxed), 2, "4 MiB, then 8 MiB");
+        let e = complete_now("net.gguf", read(&src))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("async"), "{e}");
     }
 
     fn err(bytes: &[u8]) -> String {
@@ -747,7 +770,6 @@ pub(crate) mod tests {
         }
     }
 
-
     #[test]
     fn unpermute_rope_rows_inverts_llama_cpp_permutation() {
         // llama.cpp: w.reshape(heads, 2, hd/2, ...).swapaxes(1, 2): file row h·hd + 2j + i holds
@@ -773,7 +795,10 @@ pub(crate) mod tests {
         let e = unpermute_rope_rows("f.gguf", "blk.0.attn_q.weight", &file, 6, row_bytes, hd)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("f.gguf") && e.contains("blk.0.attn_q.weight"), "{e}");
+        assert!(
+            e.contains("f.gguf") && e.contains("blk.0.attn_q.weight"),
+            "{e}"
+        );
         assert!(unpermute_rope_rows("f.gguf", "q", &file, rows, 4, hd).is_err());
     }
 }

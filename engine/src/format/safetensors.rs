@@ -200,11 +200,11 @@ fn parse_tensor(
 }
 
 /// Reads and validates the header of a safetensors source.
-pub fn read_header(src: &dyn TensorSource) -> Result<Header> {
+pub async fn read_header(src: &dyn TensorSource) -> Result<Header> {
     let file_len = src.len();
-    let first = read_range(src, 0, 8.min(file_len))?;
+    let first = read_range(src, 0, 8.min(file_len)).await?;
     let n = header_len(src.name(), &first, file_len)?;
-    let json = read_range(src, 8, n)?;
+    let json = read_range(src, 8, n).await?;
     parse_header(src.name(), &json, file_len)
 }
 
@@ -263,10 +263,24 @@ pub(crate) mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<Header> {
-        read_header(&super::super::source::BytesSource::new(
-            "t.safetensors",
-            bytes.to_vec(),
-        ))
+        let src = super::super::source::BytesSource::new("t.safetensors", bytes.to_vec());
+        super::super::source::complete_now("t.safetensors", read_header(&src))
+    }
+
+    /// Over a source whose reads wait (HTTP Range reads), the header takes two reads — its length,
+    /// then its JSON — and no tensor data.
+    #[test]
+    fn reads_the_header_alone_from_a_waiting_source() {
+        use std::sync::atomic::Ordering;
+        let json = r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+        let src = super::super::source::tests::WaitingSource::new(
+            "net.safetensors",
+            with_header(json, &[0u8; 16]),
+        );
+        let header = pollster::block_on(read_header(&src)).unwrap();
+        assert_eq!(header.tensors.len(), 1);
+        assert_eq!(src.reads.load(Ordering::Relaxed), 2);
+        assert_eq!(src.largest_read.load(Ordering::Relaxed), json.len() as u64);
     }
 
     fn err(bytes: &[u8]) -> String {

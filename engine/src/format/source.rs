@@ -1,29 +1,65 @@
-//! Byte ranges of checkpoint files: a native file (positioned reads, never loading the whole file) or
-//! an in-memory buffer (tests, fetched blobs in the browser).
+//! Byte ranges of checkpoint files behind one async trait: a native file (positioned reads, never
+//! loading the whole file), an in-memory buffer (tests), or — in the browser — HTTP Range requests
+//! backed by a download cache (`tern-web`). Reads are async so a source may wait on the network;
+//! file and memory reads complete at once, and [`complete_now`] runs them without an executor.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use crate::{Error, Result};
 
+/// A source's pending read. `Send` natively (loading may hop threads); on wasm32 sources hold
+/// single-threaded JS handles, so neither the sources nor their reads are `Send`.
+#[cfg(not(target_arch = "wasm32"))]
+pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+#[cfg(target_arch = "wasm32")]
+pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+/// `Send + Sync` natively, nothing on wasm32 (see [`ReadFuture`]).
+#[cfg(not(target_arch = "wasm32"))]
+pub trait SourceBounds: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> SourceBounds for T {}
+#[cfg(target_arch = "wasm32")]
+pub trait SourceBounds {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> SourceBounds for T {}
+
 /// A random-access byte source holding tensors.
-pub trait TensorSource: Send + Sync {
-    /// The file name used in error messages.
+pub trait TensorSource: SourceBounds {
+    /// The file name (or URL) used in error messages.
     fn name(&self) -> &str;
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Fills `buf` from `offset`; a range past the end is an error naming the file.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    fn read_at<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a>;
 }
 
 /// Reads `len` bytes at `offset` into a new vector, checking the range before allocating.
-pub fn read_range(src: &dyn TensorSource, offset: u64, len: u64) -> Result<Vec<u8>> {
+pub async fn read_range(src: &dyn TensorSource, offset: u64, len: u64) -> Result<Vec<u8>> {
     check_range(src.name(), offset, len, src.len())?;
     let mut buf = vec![0u8; len as usize];
-    src.read_at(offset, &mut buf)?;
+    src.read_at(offset, &mut buf).await?;
     Ok(buf)
 }
 
-fn check_range(name: &str, offset: u64, len: u64, file_len: u64) -> Result<()> {
+/// The result of `work` over sources whose reads complete at once (files, memory, synthetic
+/// checkpoints), without an executor; an error if it waits (a network source needs `.await`).
+pub fn complete_now<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut work = std::pin::pin!(work);
+    match work.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(Error::Invalid(format!(
+            "{what}: the source waits for data; read it with the async API"
+        ))),
+    }
+}
+
+/// Checks that `[offset, offset + len)` lies inside a file of `file_len` bytes and fits in memory.
+pub fn check_range(name: &str, offset: u64, len: u64, file_len: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= file_len && usize::try_from(len).is_ok() => Ok(()),
         _ => Err(Error::format(
@@ -56,11 +92,12 @@ impl TensorSource for BytesSource {
     fn len(&self) -> u64 {
         self.data.len() as u64
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        check_range(&self.name, offset, buf.len() as u64, self.len())?;
-        let start = offset as usize;
-        buf.copy_from_slice(&self.data[start..start + buf.len()]);
-        Ok(())
+    fn read_at<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a> {
+        let result = check_range(&self.name, offset, buf.len() as u64, self.len()).map(|()| {
+            let start = offset as usize;
+            buf.copy_from_slice(&self.data[start..start + buf.len()]);
+        });
+        Box::pin(std::future::ready(result))
     }
 }
 
@@ -90,9 +127,11 @@ impl TensorSource for FileSource {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        check_range(&self.name, offset, buf.len() as u64, self.len)?;
-        read_exact_at(&self.file, buf, offset).map_err(|e| Error::io(&self.name, e))
+    fn read_at<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a> {
+        let result = check_range(&self.name, offset, buf.len() as u64, self.len).and_then(|()| {
+            read_exact_at(&self.file, buf, offset).map_err(|e| Error::io(&self.name, e))
+        });
+        Box::pin(std::future::ready(result))
     }
 }
 
@@ -119,18 +158,89 @@ fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> s
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A memory source whose every read waits once before completing (as a network read does), and
+    /// which counts its reads and their largest size.
+    pub(crate) struct WaitingSource {
+        pub inner: BytesSource,
+        pub reads: AtomicU64,
+        pub largest_read: AtomicU64,
+    }
+
+    impl WaitingSource {
+        pub fn new(name: &str, data: Vec<u8>) -> Self {
+            Self {
+                inner: BytesSource::new(name, data),
+                reads: AtomicU64::new(0),
+                largest_read: AtomicU64::new(0),
+            }
+        }
+    }
+
+    /// Pending on its first poll (waking the task at once), ready on the second.
+    struct WaitOnce(bool);
+
+    impl Future for WaitOnce {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(())
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    impl TensorSource for WaitingSource {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn read_at<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a> {
+            Box::pin(async move {
+                WaitOnce(false).await;
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                self.largest_read
+                    .fetch_max(buf.len() as u64, Ordering::Relaxed);
+                self.inner.read_at(offset, buf).await
+            })
+        }
+    }
 
     #[test]
     fn bytes_source_reads_and_rejects_out_of_range() {
         let s = BytesSource::new("mem.bin", vec![1, 2, 3, 4]);
         let mut b = [0u8; 2];
-        s.read_at(2, &mut b).unwrap();
+        complete_now("test", s.read_at(2, &mut b)).unwrap();
         assert_eq!(b, [3, 4]);
-        let e = s.read_at(3, &mut b).unwrap_err().to_string();
+        let e = complete_now("test", s.read_at(3, &mut b))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mem.bin"), "{e}");
-        assert!(read_range(&s, u64::MAX, 2).is_err());
+        assert!(complete_now("test", read_range(&s, u64::MAX, 2)).is_err());
+    }
+
+    #[test]
+    fn waiting_reads_need_an_executor() {
+        let s = WaitingSource::new("net.bin", (0..10).collect());
+        let e = complete_now("net.bin header", read_range(&s, 2, 3))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("net.bin header") && e.contains("async"), "{e}");
+        assert_eq!(
+            pollster::block_on(read_range(&s, 2, 3)).unwrap(),
+            vec![2, 3, 4]
+        );
+        let e = pollster::block_on(read_range(&s, 8, 3))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("net.bin") && e.contains("past the end"), "{e}");
     }
 
     #[test]
@@ -140,9 +250,11 @@ mod tests {
         std::fs::write(&path, [9u8, 8, 7, 6, 5]).unwrap();
         let s = FileSource::open(&path).unwrap();
         assert_eq!(s.len(), 5);
-        assert_eq!(read_range(&s, 1, 3).unwrap(), vec![8, 7, 6]);
-        assert!(s
-            .read_at(4, &mut [0u8; 2])
+        assert_eq!(
+            complete_now("test", read_range(&s, 1, 3)).unwrap(),
+            vec![8, 7, 6]
+        );
+        assert!(complete_now("test", s.read_at(4, &mut [0u8; 2]))
             .unwrap_err()
             .to_string()
             .contains("tern-source"));

@@ -523,7 +523,7 @@ fn gguf_usize(m: &MetaValue, file: &str, key: &str) -> Result<usize> {
 pub(crate) mod tests {
     use super::*;
     use crate::format::gguf::{self, tests::Writer};
-    use crate::format::source::BytesSource;
+    use crate::format::source::{complete_now, BytesSource};
 
     pub(crate) const B158_2B4T: &str = r#"{
         "architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_size": 2560,
@@ -663,7 +663,11 @@ pub(crate) mod tests {
     fn from_gguf_metadata() {
         let mut w = Writer::default();
         gguf_meta(&mut w, "bitnet-b1.58", 10);
-        let g = gguf::read(&BytesSource::new("m.gguf", w.finish())).unwrap();
+        let g = complete_now(
+            "m.gguf",
+            gguf::read(&BytesSource::new("m.gguf", w.finish())),
+        )
+        .unwrap();
         let c = ModelConfig::from_gguf("m.gguf", &g).unwrap();
         assert_eq!(
             (
@@ -688,7 +692,11 @@ pub(crate) mod tests {
 
         let mut w = Writer::default();
         gguf_meta(&mut w, "falcon", 10);
-        let g = gguf::read(&BytesSource::new("m.gguf", w.finish())).unwrap();
+        let g = complete_now(
+            "m.gguf",
+            gguf::read(&BytesSource::new("m.gguf", w.finish())),
+        )
+        .unwrap();
         let e = ModelConfig::from_gguf("m.gguf", &g)
             .unwrap_err()
             .to_string();
@@ -700,7 +708,11 @@ pub(crate) mod tests {
         let mut w = Writer::default();
         gguf_meta(&mut w, "llama", 10);
         w.kv_u32("llama.attention.key_length", 0);
-        let g = gguf::read(&BytesSource::new("m.gguf", w.finish())).unwrap();
+        let g = complete_now(
+            "m.gguf",
+            gguf::read(&BytesSource::new("m.gguf", w.finish())),
+        )
+        .unwrap();
         let e = ModelConfig::from_gguf("m.gguf", &g)
             .unwrap_err()
             .to_string();

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::format::checkpoint::Checkpoint;
 use crate::format::safetensors as st;
-use crate::format::source::TensorSource;
+use crate::format::source::{check_range, complete_now, ReadFuture, TensorSource};
 use crate::model::config::{ModelConfig, ScaleConvention};
 use crate::{Error, Result};
 
@@ -115,8 +115,11 @@ pub fn checkpoint(shape: Shape, max_position_embeddings: usize, seed: u64) -> Re
         &shape.config_json(max_position_embeddings).to_string(),
     )?;
     let source = SyntheticSource::new(&name, &config, seed)?;
-    let header = st::read_header(&source)?;
-    Checkpoint::from_safetensors(&name, config, vec![Box::new(source)], vec![header])
+    // Synthetic bytes are computed on the spot: no executor needed.
+    complete_now(&name, async {
+        let header = st::read_header(&source).await?;
+        Checkpoint::from_safetensors(&name, config, vec![Box::new(source)], vec![header]).await
+    })
 }
 
 /// What a tensor's bytes are.
@@ -269,17 +272,15 @@ impl TensorSource for SyntheticSource {
             .map_or(self.header.len() as u64, |t| t.end)
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&end| end <= self.len())
-            .ok_or_else(|| {
-                Error::format(
-                    &self.name,
-                    format!("bytes {offset}+{}", buf.len()),
-                    "read past the end",
-                )
-            })?;
+    fn read_at<'a>(&'a self, offset: u64, buf: &'a mut [u8]) -> ReadFuture<'a> {
+        Box::pin(std::future::ready(self.fill_at(offset, buf)))
+    }
+}
+
+impl SyntheticSource {
+    fn fill_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(&self.name, offset, buf.len() as u64, self.len())?;
+        let end = offset + buf.len() as u64;
         let mut position = offset;
         while position < end {
             let out = &mut buf[(position - offset) as usize..];
@@ -357,7 +358,7 @@ fn splitmix64(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::source::read_range;
+    use crate::format::source::{complete_now, read_range};
     use crate::reference::repack::decode_hf_packed;
 
     #[test]
@@ -393,17 +394,16 @@ mod tests {
             .projection(1, crate::format::checkpoint::Projection::Gate)
             .unwrap();
         let source = c.sources[q.source].as_ref();
-        let whole = read_range(source, q.offset, q.len).unwrap();
+        let read = |offset, len| complete_now("synthetic", read_range(source, offset, len));
+        let whole = read(q.offset, q.len).unwrap();
         decode_hf_packed(&whole, q.rows, q.cols).unwrap();
         // An unaligned read in the middle returns the same bytes as the whole read.
-        let part = read_range(source, q.offset + 13, 29).unwrap();
+        let part = read(q.offset + 13, 29).unwrap();
         assert_eq!(part, whole[13..42]);
-        let norm = c
-            .read_f32_vector(
-                &c.norm(0, crate::format::checkpoint::NormWeight::FfnSub)
-                    .unwrap(),
-            )
+        let norm_ref = c
+            .norm(0, crate::format::checkpoint::NormWeight::FfnSub)
             .unwrap();
+        let norm = complete_now("synthetic", c.read_f32_vector(&norm_ref)).unwrap();
         assert_eq!(norm, vec![1.0; 128]);
     }
 }

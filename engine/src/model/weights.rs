@@ -117,19 +117,23 @@ pub async fn load(
     } else {
         Some(loader.table(&checkpoint.lm_head()?).await?)
     };
-    let final_norm = loader.vector(&checkpoint.final_norm()?)?;
+    let final_norm = loader.vector(&checkpoint.final_norm()?).await?;
     step(progress, 2);
 
     let mut layers = Vec::with_capacity(config.num_layers);
     for layer in 0..config.num_layers {
-        let norm = |n| -> Result<GpuBuffer> { loader.vector(&checkpoint.norm(layer, n)?) };
-        let sub_norm =
-            |n| -> Result<Option<GpuBuffer>> { config.sub_norms.then(|| norm(n)).transpose() };
+        let norm = async |n| loader.vector(&checkpoint.norm(layer, n)?).await;
+        let sub_norm = async |n| -> Result<Option<GpuBuffer>> {
+            match config.sub_norms {
+                true => norm(n).await.map(Some),
+                false => Ok(None),
+            }
+        };
         let weights = LayerWeights {
-            input_norm: norm(NormWeight::InputLn)?,
-            post_attention_norm: norm(NormWeight::PostAttnLn)?,
-            attention_sub_norm: sub_norm(NormWeight::AttnSub)?,
-            ffn_sub_norm: sub_norm(NormWeight::FfnSub)?,
+            input_norm: norm(NormWeight::InputLn).await?,
+            post_attention_norm: norm(NormWeight::PostAttnLn).await?,
+            attention_sub_norm: sub_norm(NormWeight::AttnSub).await?,
+            ffn_sub_norm: sub_norm(NormWeight::FfnSub).await?,
             qkv: loader
                 .fused(layer, &[Projection::Q, Projection::K, Projection::V])
                 .await?,
@@ -161,19 +165,19 @@ struct Loader<'a> {
 const TABLE_READ_BYTES: usize = 32 << 20;
 
 impl Loader<'_> {
-    fn read(&self, source: usize, offset: u64, len: u64) -> Result<Vec<u8>> {
+    async fn read(&self, source: usize, offset: u64, len: u64) -> Result<Vec<u8>> {
         let source = self.checkpoint.sources.get(source).ok_or_else(|| {
             Error::Invalid(format!(
                 "tensor refers to source {source}, the checkpoint has {}",
                 self.checkpoint.sources.len()
             ))
         })?;
-        read_range(source.as_ref(), offset, len)
+        read_range(source.as_ref(), offset, len).await
     }
 
     /// A small f32 vector (norm gains).
-    fn vector(&self, r: &FloatRef) -> Result<GpuBuffer> {
-        let values = self.checkpoint.read_f32_vector(r)?;
+    async fn vector(&self, r: &FloatRef) -> Result<GpuBuffer> {
+        let values = self.checkpoint.read_f32_vector(r).await?;
         GpuBuffer::from_slice(self.ctx, &r.name, &values, BufferUsage::Storage)
     }
 
@@ -186,11 +190,13 @@ impl Loader<'_> {
         let mut row = 0;
         while row < r.rows {
             let rows = rows_per_read.min(r.rows - row);
-            let bytes = self.read(
-                r.source,
-                r.offset + (row * row_bytes) as u64,
-                (rows * row_bytes) as u64,
-            )?;
+            let bytes = self
+                .read(
+                    r.source,
+                    r.offset + (row * row_bytes) as u64,
+                    (rows * row_bytes) as u64,
+                )
+                .await?;
             table.write_rows(self.ctx, row, &bytes)?;
             row += rows;
         }
@@ -254,7 +260,7 @@ impl Loader<'_> {
 
     /// One projection in the engine layout and the multiplier of its integer dot products.
     async fn ternary(&self, r: &WeightRef) -> Result<(GpuBuffer, f32)> {
-        let mut bytes = self.read(r.source, r.offset, r.len)?;
+        let mut bytes = self.read(r.source, r.offset, r.len).await?;
         if r.rope_permuted {
             let row_bytes = match r.data {
                 WeightData::Ternary { layout, .. } => layout.code_bytes(r.rows, r.cols) / r.rows,
