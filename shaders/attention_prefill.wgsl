@@ -3,13 +3,7 @@
 // (head, token) runs an online softmax over tiles of CHUNK positions: running max m, per-invocation
 // partial sums of exp(s − m) and per-invocation output vec4s, rescaled whenever m grows.
 // GQA: kv head = head / (heads / kv_heads). Scores = q·k · scale. Output [T, heads·head_dim].
-
-struct StepParams {
-    pos: u32,
-    tokens: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     heads: u32,
@@ -22,7 +16,6 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;

@@ -3,13 +3,7 @@
 // One invocation per column, looping over the step's tokens. The table is read as raw u32 words in any
 // dtype: f32 as is, f16 through unpack2x16float (no shader-f16 feature needed), bf16 as bits << 16.
 // All three conversions are exact.
-
-struct StepParams {
-    pos: u32,
-    tokens: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     cols: u32,
@@ -20,7 +14,6 @@ struct Params {
 
 override DTYPE: u32 = 0u; // 0 = f32, 1 = f16, 2 = bf16
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> table: array<u32>;
 @group(0) @binding(3) var<storage, read> ids: array<u32>;

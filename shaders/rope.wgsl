@@ -4,13 +4,7 @@
 // angle = f32(position) · inv_freq[j] in f32, exactly as the CPU twin (inv_freq comes from the host);
 // sin/cos are evaluated by this shader itself (see sin_cos) to stay within ~1e-7 of libm everywhere.
 // One invocation per (token, head, pair j).
-
-struct StepParams {
-    pos: u32,
-    tokens: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     heads: u32,
@@ -19,7 +13,6 @@ struct Params {
     max_seq: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(3) var<storage, read_write> qkv: array<f32>;

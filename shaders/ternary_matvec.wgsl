@@ -10,13 +10,7 @@
 //   row_per_invocation: one invocation per row, vec4 weight loads, no reduction — fastest on CPU adapters;
 //   workgroup_reduce: TPR invocations per row, tree reduction in workgroup memory — GPUs without subgroups.
 // ternary_matmul.wgsl (appended for prefill) reuses the bindings and the epilogue.
-
-struct StepParams {
-    pos: u32,
-    tokens: u32, // T
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     words: u32,      // words_per_row(K): u32 code words per weight row; a token's xq has 4× as many
@@ -34,7 +28,6 @@ override EPILOGUE: u32 = 0u;
 override WG: u32 = 64u;
 override TPR: u32 = 32u; // workgroup_reduce: invocations per row (a power of two dividing WG)
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> weights: array<vec4<u32>>; // 4 code words
 @group(0) @binding(3) var<storage, read> xq: array<vec4<u32>>; // 16 int8 lanes: one code word's worth

@@ -209,7 +209,7 @@ impl AttentionPrefill {
         AttentionPrefill {
             pipeline: ctx.pipeline(
                 "attention_prefill",
-                shader!("attention_prefill"),
+                shader!("attention_prefill", "step"),
                 "main",
                 &[],
             ),

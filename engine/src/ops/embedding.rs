@@ -164,7 +164,7 @@ impl Embedding {
     pub fn new(ctx: &Context, dtype: FloatDType) -> Self {
         let pipeline = ctx.pipeline(
             "embedding",
-            shader!("embedding"),
+            shader!("embedding", "step"),
             "main",
             &[("DTYPE", dtype.shader_code())],
         );

@@ -32,7 +32,7 @@ pub struct RopeBinding {
 impl Rope {
     pub fn new(ctx: &Context) -> Self {
         Rope {
-            pipeline: ctx.pipeline("rope", shader!("rope"), "main", &[]),
+            pipeline: ctx.pipeline("rope", shader!("rope", "step"), "main", &[]),
         }
     }
 
