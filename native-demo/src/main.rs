@@ -1,6 +1,7 @@
 //! `tern`: chat with, run and inspect ternary (BitNet b1.58) LLMs on the GPU.
 
 mod bench;
+mod compare;
 mod generate;
 mod info;
 mod load;
@@ -36,6 +37,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List every GPU adapter with its limits and features, and the one Tern would pick.
     Info,
+    /// Download a Hugging Face model into the HF cache (resuming) and print its local path.
+    Pull {
+        /// A repo id such as microsoft/bitnet-b1.58-2B-4T, or owner/name/file.gguf.
+        model: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +61,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Info => info::run(),
+        Command::Pull { model } => {
+            println!("{}", tern::hub::resolve(&model, true)?.display());
+            Ok(())
+        }
     }
 }

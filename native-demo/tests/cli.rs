@@ -268,6 +268,29 @@ fn downloads_a_repo_id_from_a_hub_compatible_server() {
         snapshot.exists(),
         "downloaded into the standard HF cache layout"
     );
+
+    // `tern pull` prints the snapshot directory, and `tern run` takes it as a local model.
+    let pull = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["pull", model])
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_HOME", &home)
+            .output()
+            .unwrap()
+    };
+    let out = pull("tern-tests/bitnet-tiny");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(local.starts_with(&snapshot), "{}", local.display());
+    assert!(local.join("config.json").is_file() && local.join("model.safetensors").is_file());
+    let out = pull("tern-tests/bitnet-tiny/missing.gguf");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.gguf") && err.contains("not found"), "{err}");
 }
 
 /// Answers `GET /{repo}/resolve/main/{file}` like huggingface.co: ranged reads, commit and etag
