@@ -41,6 +41,19 @@ fn model_dir(case: &str) -> PathBuf {
     dir
 }
 
+/// A copy of the sharded fixture directory named `case`, with `edit` applied to it.
+fn sharded_dir(case: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let dir = corpus_dir().join(case);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture("bitnet-2b4t-sharded")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    edit(&dir);
+    dir
+}
+
 /// The fixture's safetensors file split into its JSON header and data section.
 fn safetensors_parts() -> (serde_json::Map<String, Value>, Vec<u8>) {
     let bytes = std::fs::read(fixture("bitnet-2b4t/model.safetensors")).unwrap();
@@ -290,6 +303,49 @@ fn corpus() -> Vec<Case> {
                 h.remove("model.norm.weight");
             }),
             &[st, "model.norm.weight"],
+        ),
+        // sharded checkpoints
+        case(
+            "shard-missing",
+            sharded_dir("shard-missing", |d| {
+                std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap()
+            }),
+            &["model-00002-of-00002.safetensors"],
+        ),
+        case(
+            "shard-index-escapes",
+            sharded_dir("shard-index-escapes", |d| {
+                let index = d.join("model.safetensors.index.json");
+                let text = std::fs::read_to_string(&index).unwrap();
+                let text = text.replacen(
+                    "\"model-00001-of-00002.safetensors\"",
+                    "\"../../etc/passwd\"",
+                    1,
+                );
+                std::fs::write(index, text).unwrap();
+            }),
+            &["model.safetensors.index.json", "model.embed_tokens.weight"],
+        ),
+        case(
+            "shard-index-not-json",
+            sharded_dir("shard-index-not-json", |d| {
+                std::fs::write(d.join("model.safetensors.index.json"), "{\"weight_map\": {")
+                    .unwrap()
+            }),
+            &["model.safetensors.index.json"],
+        ),
+        case(
+            "shard-tensor-in-wrong-shard",
+            sharded_dir("shard-tensor-in-wrong-shard", |d| {
+                let index = d.join("model.safetensors.index.json");
+                let text = std::fs::read_to_string(&index).unwrap().replacen(
+                    "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\"",
+                    "\"model.embed_tokens.weight\": \"model-00002-of-00002.safetensors\"",
+                    1,
+                );
+                std::fs::write(index, text).unwrap();
+            }),
+            &["model.embed_tokens.weight"],
         ),
         // config.json
         case(
