@@ -204,11 +204,13 @@ impl RangeSource {
         }
         match content_range(&response) {
             Some((f, l, total)) if (f, l, total) == (first, last, self.len) => {}
-            Some((f, l, total)) => return Err(Error::Download(format!(
+            Some((f, l, total)) => {
+                return Err(Error::Download(format!(
                 "{url}: asked for bytes {first}-{last} of {}, the server sent {f}-{l} of {total} \
                      (did the file change on the server?)",
                 self.len
-            ))),
+            )))
+            }
             None => {
                 return Err(Error::Download(format!(
                     "{url}: HTTP 206 without a readable Content-Range header"

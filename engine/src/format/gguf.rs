@@ -512,7 +512,7 @@ pub fn unpermute_rope_rows(
     head_dim: usize,
 ) -> Result<Vec<u8>> {
     let fits = rows.checked_mul(row_bytes).is_some_and(|n| n <= data.len());
-    if !fits || head_dim == 0 || head_dim % 2 != 0 || rows % head_dim != 0 {
+    if !fits || head_dim == 0 || !head_dim.is_multiple_of(2) || !rows.is_multiple_of(head_dim) {
         return Err(Error::format(
             file,
             tensor,
