@@ -85,6 +85,7 @@ fn reply(
     let options = ModelOptions {
         max_context: 2048,
         max_batch: 128,
+        ..ModelOptions::default()
     };
     let adapter = ctx.adapter_name();
     let mut session = pollster::block_on(Session::load(

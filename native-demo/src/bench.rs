@@ -7,12 +7,14 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use tern::format::checkpoint::Checkpoint;
-use tern::gpu::{Context, ContextOptions};
+use tern::gpu::{Context, ContextOptions, KernelProfile, KernelTiming};
 use tern::model::config::ModelConfig;
 use tern::model::synthetic::{self, Shape};
 use tern::model::{Model, ModelOptions, Output, StepResult};
 use tern::ops::bandwidth;
 use tern::reference::ternary::words_per_row;
+
+use crate::compare::{self, Baseline};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -21,7 +23,7 @@ pub struct BenchArgs {
         long,
         short = 'm',
         conflicts_with = "shape",
-        required_unless_present = "shape"
+        required_unless_present_any = ["shape", "sweep"]
     )]
     pub model: Option<String>,
     /// A synthetic checkpoint with random ternary weights instead of a model: `2b4t`, `tiny`, or
@@ -43,6 +45,34 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also run a baseline of the same shape in the same process and report `dense.*`,
+    /// `speedup_decode` and `memory_ratio` (synthetic shapes only).
+    #[arg(long, value_enum, requires = "shape")]
+    pub compare: Option<Baseline>,
+    /// Ternary and dense models at the BitNet b1.58 paper's sizes (700M, 1.3B, 3B, 7B): decode
+    /// latency and memory per size; sizes that do not fit are skipped with the reason.
+    #[arg(long, conflicts_with_all = ["model", "shape", "compare"])]
+    pub sweep: bool,
+    /// How `kernel_ms` is timed: GPU timestamps where the adapter has them, else CPU-timed submits.
+    #[arg(long, value_enum, default_value_t = KernelTimingArg::Auto)]
+    pub kernel_timing: KernelTimingArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum KernelTimingArg {
+    Auto,
+    Timestamps,
+    CpuSubmit,
+}
+
+impl KernelTimingArg {
+    fn resolve(self, ctx: &Context) -> KernelTiming {
+        match self {
+            KernelTimingArg::Auto => KernelTiming::for_adapter(ctx),
+            KernelTimingArg::Timestamps => KernelTiming::GpuTimestamps,
+            KernelTimingArg::CpuSubmit => KernelTiming::CpuSubmit,
+        }
+    }
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -52,7 +82,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(pollster::block_on(Context::new(
         &ContextOptions::from_env(),
     ))?);
-    let report = pollster::block_on(measure(ctx, args))?;
+    let run = compare::Run {
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        batch: args.batch,
+        context: args.prompt_tokens + args.gen_tokens + 1,
+    };
+    if args.sweep {
+        let report = pollster::block_on(compare::sweep(&ctx, run))?;
+        if args.json {
+            println!("{report}");
+        } else {
+            compare::print_sweep(&report);
+        }
+        return Ok(());
+    }
+    let mut report = pollster::block_on(measure(ctx.clone(), args))?;
+    if let (Some(Baseline::Dense), Some(shape)) = (args.compare, &args.shape) {
+        let shape = Shape::parse(shape)?;
+        pollster::block_on(compare::add_dense(&mut report, &ctx, shape, run))?;
+    }
     if args.json {
         println!("{report}");
     } else {
@@ -62,7 +111,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
-    let context = args.prompt_tokens + args.gen_tokens;
+    // One more position for the profiled decode step after the timed ones.
+    let context = args.prompt_tokens + args.gen_tokens + 1;
     let start = Instant::now();
     let (checkpoint, source) = match (&args.model, &args.shape) {
         (Some(model), _) => {
@@ -80,6 +130,7 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
     let options = ModelOptions {
         max_context: context,
         max_batch: args.batch,
+        ..ModelOptions::default()
     };
     let mut model = Model::load(ctx.clone(), &checkpoint, options, &mut |_, _| {}).await?;
     let load_s = start.elapsed().as_secs_f64();
@@ -109,10 +160,21 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
     }
     let decode_s = start.elapsed().as_secs_f64();
     let decode_tok_s = args.gen_tokens as f64 / decode_s;
+    // Outside the timed steps: a profiled step runs a pass (or a submit) per kernel.
+    let (_, profile) = model
+        .profile_decode(token, args.kernel_timing.resolve(&ctx))
+        .await?;
 
     let ternary_bytes = ternary_weight_bytes(&config);
     let copy = bandwidth::measure(&ctx, args.copy_mib << 20, 3).await?;
     let matvec_gbps = ternary_bytes as f64 * decode_tok_s / 1e9;
+    let matvec_kernel_ms: f64 = profile
+        .kernels
+        .iter()
+        .filter(|k| k.name.starts_with("matvec_"))
+        .map(|k| k.ms)
+        .sum();
+    let matvec_kernel_gbps = ternary_bytes as f64 / (matvec_kernel_ms * 1e6);
     Ok(json!({
         "model": source,
         "adapter": ctx.adapter_name(),
@@ -129,7 +191,24 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
         "read_gbps": copy.read_gbps,
         "matvec_gbps": matvec_gbps,
         "matvec_over_copy": matvec_gbps / copy.copy_gbps,
+        "decode_step_ms": 1e3 / decode_tok_s,
+        "kernel_ms_source": profile.timing.label(),
+        "kernel_ms_total": profile.total_ms(),
+        "kernel_ms": kernel_ms(&profile),
+        "matvec_kernel_gbps": matvec_kernel_gbps,
+        "matvec_kernel_over_copy": matvec_kernel_gbps / copy.copy_gbps,
     }))
+}
+
+/// {kernel name: ms in one decode step}, summed over the step's dispatches (e.g. all layers).
+fn kernel_ms(profile: &KernelProfile) -> Value {
+    Value::Object(
+        profile
+            .kernels
+            .iter()
+            .map(|k| (k.name.to_string(), json!(k.ms)))
+            .collect(),
+    )
 }
 
 fn next_token(result: StepResult) -> anyhow::Result<u32> {
@@ -175,6 +254,19 @@ fn print_table(report: &Value) {
         return;
     };
     for (name, value) in fields {
+        if let Value::Object(kernels) = value {
+            // kernel_ms: one line per kernel, the slowest first.
+            println!("{name}");
+            let mut rows: Vec<(&String, f64)> = kernels
+                .iter()
+                .map(|(k, ms)| (k, ms.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (kernel, ms) in rows {
+                println!("  {kernel:<20} {ms:.3}");
+            }
+            continue;
+        }
         let shown = match value {
             Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(f64::NAN)),
             Value::String(s) => s.clone(),

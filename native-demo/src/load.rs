@@ -39,6 +39,7 @@ pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
     let options = ModelOptions {
         max_context: args.context,
         max_batch: args.batch,
+        ..ModelOptions::default()
     };
     let session = pollster::block_on(Session::load(
         ctx,

@@ -41,6 +41,7 @@ fn check(fixture_name: &str, golden_name: &str) {
         let options = ModelOptions {
             max_context: 64,
             max_batch: 64,
+            ..ModelOptions::default()
         };
         let mut model = pollster::block_on(Model::load(
             ctx.clone(),

@@ -27,6 +27,7 @@ fn session(ctx: &Context, fixture_name: &str) -> Session {
     let options = ModelOptions {
         max_context: 256,
         max_batch: 64,
+        ..ModelOptions::default()
     };
     pollster::block_on(Session::load(ctx, &checkpoint, options, &mut |_, _| {}))
         .unwrap_or_else(|e| panic!("{fixture_name}: {e}"))

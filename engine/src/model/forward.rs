@@ -3,16 +3,23 @@
 //! count), records every kernel of the step in order into one command encoder, submits once and
 //! reads back only what the caller asked for (a token id, k candidates or logits).
 
+use std::sync::Arc;
+
 use crate::format::checkpoint::Checkpoint;
-use crate::gpu::{read_buffer, BufferUsage, Context, GpuBuffer};
+use crate::gpu::{
+    read_buffer, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming, StepRecorder,
+};
 use crate::model::config::{Activation, ModelConfig};
-use crate::model::weights::{self, LayerWeights, LoadProgress, TernaryWeight, Weights};
+use crate::model::weights::{
+    self, LoadProgress, ProjectionKind, ProjectionWeight, TernaryWeight, Weights,
+};
 use crate::ops::attention::{
     AttentionBuffers, AttentionDecode, AttentionDecodeBinding, AttentionPrefill,
     AttentionPrefillBinding, AttentionShape,
 };
 use crate::ops::dense_matvec::{DenseMatvec, DenseMatvecBinding};
-use crate::ops::embedding::{Embedding, EmbeddingBinding};
+use crate::ops::dense_projection::{DenseProjection, DenseProjectionBinding, DenseProjectionSite};
+use crate::ops::embedding::{Embedding, EmbeddingBinding, FloatDType};
 use crate::ops::rmsnorm::{RmsNorm, RmsNormBinding};
 use crate::ops::rmsnorm_quant::{RmsNormQuant, RmsNormQuantBinding};
 use crate::ops::rope::{Rope, RopeBinding};
@@ -30,6 +37,8 @@ pub struct ModelOptions {
     pub max_context: usize,
     /// Tokens per prefill batch; longer prompts run in several batches.
     pub max_batch: usize,
+    /// Ternary (BitNet b1.58) or dense projections (the baseline; needs float latent weights).
+    pub projections: ProjectionKind,
 }
 
 impl Default for ModelOptions {
@@ -37,6 +46,7 @@ impl Default for ModelOptions {
         ModelOptions {
             max_context: 4096,
             max_batch: 128,
+            projections: ProjectionKind::Ternary,
         }
     }
 }
@@ -73,24 +83,37 @@ pub struct LastLayerActivations {
     pub final_norm: Vec<f32>,
 }
 
-/// Kernels of one layer: norm/quant sites, projections (decode and prefill variants), rope, attention.
+/// Kernels of one layer: the four projection sites (each with the norm that prepares its input),
+/// rope, attention.
 struct LayerBindings {
-    input_norm: RmsNormQuantBinding,
-    attention_sub_norm: RmsNormQuantBinding,
-    post_attention_norm: RmsNormQuantBinding,
-    ffn_sub_norm: RmsNormQuantBinding,
+    qkv: ProjectionSite,
+    o: ProjectionSite,
+    gate_up: ProjectionSite,
+    down: ProjectionSite,
     rope: RopeBinding,
-    decode: ProjectionBindings,
-    prefill: ProjectionBindings,
     attention_decode: AttentionDecodeBinding,
     attention_prefill: AttentionPrefillBinding,
 }
 
-struct ProjectionBindings {
-    qkv: TernaryBinding,
-    o: TernaryBinding,
-    gate_up: TernaryBinding,
-    down: TernaryBinding,
+/// A projection and the norm that prepares its input, bound for decode (T = 1) and for prefill.
+/// `names`: the profile names of its decode and prefill kernels.
+enum ProjectionSite {
+    /// RMSNorm + int8 quantization (or quantization only, without a sub-norm), then the ternary
+    /// matvec / matmul with `epilogue`.
+    Ternary {
+        norm: RmsNormQuantBinding,
+        epilogue: Epilogue,
+        decode: TernaryBinding,
+        prefill: TernaryBinding,
+        names: [&'static str; 2],
+    },
+    /// f32 RMSNorm (none without a sub-norm: the input is read as is), then the dense projection.
+    Dense {
+        norm: Option<RmsNormBinding>,
+        kernel: Arc<DenseProjection>,
+        binding: DenseProjectionBinding,
+        names: [&'static str; 2],
+    },
 }
 
 /// Pipelines, built once per model.
@@ -122,6 +145,8 @@ struct Activations {
     x: GpuBuffer,
     xq: GpuBuffer,
     stats: GpuBuffer,
+    /// Dense models: a projection's normalized f32 input, [T, widest projection input].
+    dense_input: Option<GpuBuffer>,
     qkv: GpuBuffer,
     attention: GpuBuffer,
     ffn: GpuBuffer,
@@ -169,8 +194,9 @@ impl Model {
                 .min(config.max_position_embeddings)
                 .max(1),
             max_batch: options.max_batch.max(1),
+            projections: options.projections,
         };
-        let weights = weights::load(&ctx, checkpoint, progress).await?;
+        let weights = weights::load(&ctx, checkpoint, options.projections, progress).await?;
         let c = &ctx;
         let kernels = Kernels {
             embedding: Embedding::new(c, weights.embedding.dtype),
@@ -223,6 +249,10 @@ impl Model {
                 (t * size_of::<ActStats>()) as u64,
                 BufferUsage::Storage,
             )?,
+            dense_input: match options.projections {
+                ProjectionKind::Dense => Some(f32s("dense input", t * widest)?),
+                ProjectionKind::Ternary => None,
+            },
             qkv: f32s("qkv", t * qkv_width)?,
             attention: f32s("attention", t * attention_width)?,
             ffn: f32s("ffn", t * config.intermediate_size)?,
@@ -255,17 +285,16 @@ impl Model {
         let frequencies = inv_freq(config.rope_theta, config.head_dim);
 
         let mut layers = Vec::with_capacity(config.num_layers);
+        let mut sites = SiteBinder {
+            ctx: c,
+            kernels: &kernels,
+            act: &act,
+            eps: config.rms_norm_eps,
+            quantize_only_gain: &weights.final_norm,
+            dense_kernels: Vec::new(),
+        };
+        let input = |width, gain, x| SiteInput { width, gain, x };
         for (i, w) in weights.layers.iter().enumerate() {
-            let norm_quant = |k: usize, gain: Option<&GpuBuffer>, input: &GpuBuffer| {
-                // Without a sub-norm the projection input is only quantized; the gain is not read.
-                let (eps, gain) = match gain {
-                    Some(g) => (Some(config.rms_norm_eps), g),
-                    None => (None, &w.input_norm),
-                };
-                kernels
-                    .norm_quant
-                    .bind(c, k, eps, input, gain, &act.xq, &act.stats)
-            };
             let attention_buffers = AttentionBuffers {
                 step: &act.step,
                 q: &act.qkv,
@@ -275,17 +304,37 @@ impl Model {
                 out: &act.attention,
             };
             layers.push(LayerBindings {
-                input_norm: norm_quant(h, Some(&w.input_norm), &act.x)?,
-                attention_sub_norm: norm_quant(
-                    attention_width,
-                    w.attention_sub_norm.as_ref(),
-                    &act.attention,
+                qkv: sites.bind(
+                    Site::Qkv,
+                    &w.qkv,
+                    input(h, Some(&w.input_norm), &act.x),
+                    Epilogue::Store,
+                    &act.qkv,
                 )?,
-                post_attention_norm: norm_quant(h, Some(&w.post_attention_norm), &act.x)?,
-                ffn_sub_norm: norm_quant(
-                    config.intermediate_size,
-                    w.ffn_sub_norm.as_ref(),
+                o: sites.bind(
+                    Site::O,
+                    &w.o,
+                    input(
+                        attention_width,
+                        w.attention_sub_norm.as_ref(),
+                        &act.attention,
+                    ),
+                    Epilogue::AddResidual,
+                    &act.x,
+                )?,
+                gate_up: sites.bind(
+                    Site::GateUp,
+                    &w.gate_up,
+                    input(h, Some(&w.post_attention_norm), &act.x),
+                    gated_epilogue(config.activation),
                     &act.ffn,
+                )?,
+                down: sites.bind(
+                    Site::Down,
+                    &w.down,
+                    input(config.intermediate_size, w.ffn_sub_norm.as_ref(), &act.ffn),
+                    Epilogue::AddResidual,
+                    &act.x,
                 )?,
                 rope: kernels.rope.bind(
                     c,
@@ -295,26 +344,6 @@ impl Model {
                     &act.qkv,
                     &k_cache[i],
                     &v_cache[i],
-                )?,
-                decode: bind_projections(
-                    c,
-                    &act,
-                    w,
-                    [
-                        &kernels.matvec_store,
-                        &kernels.matvec_residual,
-                        &kernels.matvec_gated,
-                    ],
-                )?,
-                prefill: bind_projections(
-                    c,
-                    &act,
-                    w,
-                    [
-                        &kernels.matmul_store,
-                        &kernels.matmul_residual,
-                        &kernels.matmul_gated,
-                    ],
                 )?,
                 attention_decode: kernels
                     .attention_decode
@@ -410,7 +439,8 @@ impl Model {
             &a.argmax,
             &a.top_k,
         ]
-        .iter()
+        .into_iter()
+        .chain(a.dense_input.as_ref())
         .map(|b| b.size)
         .sum();
         self.weights.gpu_bytes() + cache + activations
@@ -463,8 +493,13 @@ impl Model {
             } else {
                 Output::Argmax
             };
-            let result = self
-                .step(batch, batch_output, last || output == Output::AllLogits)
+            let (result, _) = self
+                .step(
+                    batch,
+                    batch_output,
+                    last || output == Output::AllLogits,
+                    None,
+                )
                 .await?;
             match (result, last) {
                 (StepResult::Logits(l), _) if output == Output::AllLogits => all_logits.extend(l),
@@ -475,8 +510,41 @@ impl Model {
         Ok(StepResult::Logits(all_logits))
     }
 
-    /// One submit: `ids` at the current position, reading back `output` when `read` is set.
-    async fn step(&mut self, ids: &[u32], output: Output, read: bool) -> Result<StepResult> {
+    /// One decode step of `token` (argmax) whose kernels are timed one by one with `timing` (see
+    /// [`StepRecorder`]): where a decode step's time goes. The step itself runs as usual (the token
+    /// enters the cache), only split into a compute pass or a submit per kernel.
+    pub async fn profile_decode(
+        &mut self,
+        token: u32,
+        timing: KernelTiming,
+    ) -> Result<(u32, KernelProfile)> {
+        if token as usize >= self.config.vocab_size || self.position >= self.options.max_context {
+            return Err(Error::Invalid(format!(
+                "profile_decode: token {token} at position {} is outside the vocabulary ({}) or \
+                 the context ({})",
+                self.position, self.config.vocab_size, self.options.max_context
+            )));
+        }
+        match self
+            .step(&[token], Output::Argmax, true, Some(timing))
+            .await?
+        {
+            (StepResult::Token(next), Some(profile)) => Ok((next, profile)),
+            (other, _) => Err(Error::Gpu(format!(
+                "a profiled argmax step returned {other:?} without a profile"
+            ))),
+        }
+    }
+
+    /// One submit (one per kernel when `timing` is set): `ids` at the current position, reading
+    /// back `output` when `read` is set.
+    async fn step(
+        &mut self,
+        ids: &[u32],
+        output: Output,
+        read: bool,
+        timing: Option<KernelTiming>,
+    ) -> Result<(StepResult, Option<KernelProfile>)> {
         let ctx = self.ctx.clone();
         let tokens = ids.len() as u32;
         let params = StepParams {
@@ -487,11 +555,11 @@ impl Model {
         self.act.step.write(&ctx, 0, bytemuck::bytes_of(&params));
         self.act.ids.write(&ctx, 0, bytemuck::cast_slice(ids));
 
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        self.record_layers(&mut encoder, tokens);
+        let mut recorder = StepRecorder::new(&ctx, timing)?;
+        self.record_layers(&mut recorder, tokens);
         let hidden_bytes = (self.config.hidden_size * 4) as u64;
         if output != Output::AllLogits {
-            encoder.copy_buffer_to_buffer(
+            recorder.encoder().copy_buffer_to_buffer(
                 &self.act.normed.buffer,
                 (tokens as u64 - 1) * hidden_bytes,
                 &self.act.last.buffer,
@@ -499,30 +567,30 @@ impl Model {
                 hidden_bytes,
             );
         }
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            let k = &self.kernels;
-            match output {
-                Output::AllLogits => k.lm_head.dispatch(&mut pass, &self.head_all),
-                Output::LastLogits => k.lm_head.dispatch(&mut pass, &self.head_last),
-                Output::Argmax => {
-                    k.lm_head.dispatch(&mut pass, &self.head_last);
-                    k.argmax.dispatch(&mut pass, &self.argmax, 1);
-                }
-                Output::TopK(_) => {
-                    k.lm_head.dispatch(&mut pass, &self.head_last);
-                    k.top_k.dispatch(&mut pass, &self.top_k, 1);
-                }
+        let k = &self.kernels;
+        let head = if output == Output::AllLogits {
+            &self.head_all
+        } else {
+            &self.head_last
+        };
+        recorder.kernel("lm_head", |pass| k.lm_head.dispatch(pass, head));
+        match output {
+            Output::Argmax => {
+                recorder.kernel("argmax", |pass| k.argmax.dispatch(pass, &self.argmax, 1))
             }
+            Output::TopK(_) => {
+                recorder.kernel("top_k", |pass| k.top_k.dispatch(pass, &self.top_k, 1))
+            }
+            Output::LastLogits | Output::AllLogits => {}
         }
-        ctx.queue.submit([encoder.finish()]);
+        let profile = recorder.finish().await?;
         self.position += ids.len();
         if !read {
             ctx.wait().await?;
-            return Ok(StepResult::Token(0));
+            return Ok((StepResult::Token(0), profile));
         }
         let vocab = self.config.vocab_size as u64;
-        Ok(match output {
+        let result = match output {
             Output::Argmax => {
                 let bytes = read_buffer(&ctx, &self.act.argmax.buffer, 0, 4).await?;
                 StepResult::Token(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")))
@@ -546,76 +614,94 @@ impl Model {
             Output::AllLogits => StepResult::Logits(
                 read_f32(&ctx, &self.act.all_logits, tokens as u64 * vocab * 4).await?,
             ),
-        })
+        };
+        Ok((result, profile))
     }
 
     /// Records the embedding, every layer and the final norm for `tokens` tokens — the whole decode
     /// step of DESIGN §2, in order.
-    fn record_layers(&self, encoder: &mut wgpu::CommandEncoder, tokens: u32) {
+    /// Kernel names (the profile's keys) say which projection site a matvec or matmul serves.
+    fn record_layers(&self, recorder: &mut StepRecorder<'_>, tokens: u32) {
         let k = &self.kernels;
-        let decode = tokens == 1;
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        k.embedding.dispatch(&mut pass, &self.embed);
+        recorder.kernel("embedding", |pass| k.embedding.dispatch(pass, &self.embed));
         for layer in &self.layers {
-            let projections = if decode {
-                &layer.decode
-            } else {
-                &layer.prefill
-            };
-            let project = |pass: &mut wgpu::ComputePass<'_>,
-                           kernel: Kernel<'_>,
-                           binding: &TernaryBinding| match kernel {
-                Kernel::Matvec(m) => m.dispatch(pass, binding),
-                Kernel::Matmul(m) => m.dispatch(pass, binding, tokens),
-            };
-            let (store, residual, gated) = if decode {
-                (
-                    Kernel::Matvec(&k.matvec_store),
-                    Kernel::Matvec(&k.matvec_residual),
-                    Kernel::Matvec(&k.matvec_gated),
-                )
-            } else {
-                (
-                    Kernel::Matmul(&k.matmul_store),
-                    Kernel::Matmul(&k.matmul_residual),
-                    Kernel::Matmul(&k.matmul_gated),
-                )
-            };
-
             // Attention block: x += o(sub_norm(attention(rope(qkv(input_norm(x))))))
-            k.norm_quant.dispatch(&mut pass, &layer.input_norm, tokens);
-            project(&mut pass, store, &projections.qkv);
-            k.rope.dispatch(&mut pass, &layer.rope, tokens);
-            if decode {
-                k.attention_decode.dispatch(
-                    &mut pass,
-                    &layer.attention_decode,
-                    self.position as u32,
-                );
+            self.project(recorder, &layer.qkv, tokens);
+            recorder.kernel("rope", |pass| k.rope.dispatch(pass, &layer.rope, tokens));
+            if tokens == 1 {
+                recorder.kernel("attention_decode", |pass| {
+                    k.attention_decode
+                        .dispatch(pass, &layer.attention_decode, self.position as u32)
+                });
             } else {
-                k.attention_prefill
-                    .dispatch(&mut pass, &layer.attention_prefill, tokens);
+                recorder.kernel("attention_prefill", |pass| {
+                    k.attention_prefill
+                        .dispatch(pass, &layer.attention_prefill, tokens)
+                });
             }
-            k.norm_quant
-                .dispatch(&mut pass, &layer.attention_sub_norm, tokens);
-            project(&mut pass, residual, &projections.o);
+            self.project(recorder, &layer.o, tokens);
 
             // Feed-forward block: x += down(sub_norm(act(gate(h)) · up(h))), h = post_attention_norm(x)
-            k.norm_quant
-                .dispatch(&mut pass, &layer.post_attention_norm, tokens);
-            project(&mut pass, gated, &projections.gate_up);
-            k.norm_quant
-                .dispatch(&mut pass, &layer.ffn_sub_norm, tokens);
-            project(&mut pass, residual, &projections.down);
+            self.project(recorder, &layer.gate_up, tokens);
+            self.project(recorder, &layer.down, tokens);
         }
-        k.norm.dispatch(&mut pass, &self.final_norm, tokens);
+        recorder.kernel("rmsnorm", |pass| {
+            k.norm.dispatch(pass, &self.final_norm, tokens)
+        });
+    }
+
+    /// Records one projection site: its norm, then the projection — the matvec for decode (T = 1),
+    /// the matmul for prefill — ternary or dense as the site's weight is.
+    fn project(&self, recorder: &mut StepRecorder<'_>, site: &ProjectionSite, tokens: u32) {
+        let k = &self.kernels;
+        match site {
+            ProjectionSite::Ternary {
+                norm,
+                epilogue,
+                decode,
+                prefill,
+                names: [matvec_name, matmul_name],
+            } => {
+                recorder.kernel("rmsnorm_quant", |pass| {
+                    k.norm_quant.dispatch(pass, norm, tokens)
+                });
+                let (matvec, matmul) = k.ternary(*epilogue);
+                if tokens == 1 {
+                    recorder.kernel(matvec_name, |pass| matvec.dispatch(pass, decode));
+                } else {
+                    recorder.kernel(matmul_name, |pass| matmul.dispatch(pass, prefill, tokens));
+                }
+            }
+            ProjectionSite::Dense {
+                norm,
+                kernel,
+                binding,
+                names: [matvec_name, matmul_name],
+            } => {
+                if let Some(norm) = norm {
+                    recorder.kernel("rmsnorm", |pass| k.norm.dispatch(pass, norm, tokens));
+                }
+                if tokens == 1 {
+                    recorder.kernel(matvec_name, |pass| kernel.dispatch_decode(pass, binding));
+                } else {
+                    recorder.kernel(matmul_name, |pass| {
+                        kernel.dispatch_prefill(pass, binding, tokens)
+                    });
+                }
+            }
+        }
     }
 }
 
-#[derive(Clone, Copy)]
-enum Kernel<'a> {
-    Matvec(&'a TernaryMatvec),
-    Matmul(&'a TernaryMatmul),
+impl Kernels {
+    /// The ternary matvec and matmul with `epilogue`.
+    fn ternary(&self, epilogue: Epilogue) -> (&TernaryMatvec, &TernaryMatmul) {
+        match epilogue {
+            Epilogue::Store => (&self.matvec_store, &self.matmul_store),
+            Epilogue::AddResidual => (&self.matvec_residual, &self.matmul_residual),
+            Epilogue::Relu2Mul | Epilogue::SiluMul => (&self.matvec_gated, &self.matmul_gated),
+        }
+    }
 }
 
 fn gated_epilogue(activation: Activation) -> Epilogue {
@@ -625,52 +711,142 @@ fn gated_epilogue(activation: Activation) -> Epilogue {
     }
 }
 
-/// Something that binds projection sites: the decode matvec or the prefill matmul.
-trait BindProjection {
-    fn bind_site(&self, ctx: &Context, site: &TernaryProjection<'_>) -> Result<TernaryBinding>;
+/// The four projection sites of a layer.
+#[derive(Clone, Copy)]
+enum Site {
+    Qkv,
+    O,
+    GateUp,
+    Down,
 }
 
-impl BindProjection for TernaryMatvec {
-    fn bind_site(&self, ctx: &Context, site: &TernaryProjection<'_>) -> Result<TernaryBinding> {
-        self.bind(ctx, site)
-    }
-}
-
-impl BindProjection for TernaryMatmul {
-    fn bind_site(&self, ctx: &Context, site: &TernaryProjection<'_>) -> Result<TernaryBinding> {
-        self.bind(ctx, site)
-    }
-}
-
-/// Binds a layer's four projections with `[store, residual, gated]` kernels.
-fn bind_projections<K: BindProjection>(
-    ctx: &Context,
-    act: &Activations,
-    w: &LayerWeights,
-    [store, residual, gated]: [&K; 3],
-) -> Result<ProjectionBindings> {
-    fn site<'a>(
-        act: &'a Activations,
-        weight: &'a TernaryWeight,
-        out: &'a GpuBuffer,
-    ) -> TernaryProjection<'a> {
-        TernaryProjection {
-            k: weight.cols,
-            rows: weight.rows,
-            weights: &weight.codes,
-            row_scale: &weight.row_scale,
-            step: &act.step,
-            xq: &act.xq,
-            stats: &act.stats,
-            out,
+impl Site {
+    /// Profile names of the site's decode and prefill kernels.
+    fn kernel_names(self, kind: ProjectionKind) -> [&'static str; 2] {
+        match (kind, self) {
+            (ProjectionKind::Ternary, Site::Qkv) => ["matvec_qkv", "matmul_qkv"],
+            (ProjectionKind::Ternary, Site::O) => ["matvec_o", "matmul_o"],
+            (ProjectionKind::Ternary, Site::GateUp) => ["matvec_gate_up", "matmul_gate_up"],
+            (ProjectionKind::Ternary, Site::Down) => ["matvec_down", "matmul_down"],
+            (ProjectionKind::Dense, Site::Qkv) => ["dense_matvec_qkv", "dense_matmul_qkv"],
+            (ProjectionKind::Dense, Site::O) => ["dense_matvec_o", "dense_matmul_o"],
+            (ProjectionKind::Dense, Site::GateUp) => {
+                ["dense_matvec_gate_up", "dense_matmul_gate_up"]
+            }
+            (ProjectionKind::Dense, Site::Down) => ["dense_matvec_down", "dense_matmul_down"],
         }
     }
-    Ok(ProjectionBindings {
-        qkv: store.bind_site(ctx, &site(act, &w.qkv, &act.qkv))?,
-        o: residual.bind_site(ctx, &site(act, &w.o, &act.x))?,
-        gate_up: gated.bind_site(ctx, &site(act, &w.gate_up, &act.ffn))?,
-        down: residual.bind_site(ctx, &site(act, &w.down, &act.x))?,
-    })
+}
+
+/// A projection's input: f32 [T, width] in `x`, normalized with `gain` first (no gain: the
+/// architecture has no sub-norm here, and the input is used as is).
+struct SiteInput<'a> {
+    width: usize,
+    gain: Option<&'a GpuBuffer>,
+    x: &'a GpuBuffer,
+}
+
+/// Binds projection sites at load; dense kernels are built once per (epilogue, dtype, width) and
+/// shared by every layer.
+struct SiteBinder<'a> {
+    ctx: &'a Context,
+    kernels: &'a Kernels,
+    act: &'a Activations,
+    eps: f32,
+    /// Bound as the gain of quantize-only sites, which never read it.
+    quantize_only_gain: &'a GpuBuffer,
+    dense_kernels: Vec<((Epilogue, FloatDType, usize), Arc<DenseProjection>)>,
+}
+
+impl SiteBinder<'_> {
+    /// `weight` reading `input` and writing `out` through `epilogue`.
+    fn bind(
+        &mut self,
+        site: Site,
+        weight: &ProjectionWeight,
+        input: SiteInput<'_>,
+        epilogue: Epilogue,
+        out: &GpuBuffer,
+    ) -> Result<ProjectionSite> {
+        let (c, k, act) = (self.ctx, self.kernels, self.act);
+        match weight {
+            ProjectionWeight::Ternary(w) => {
+                let (eps, gain) = match input.gain {
+                    Some(gain) => (Some(self.eps), gain),
+                    None => (None, self.quantize_only_gain),
+                };
+                let norm =
+                    k.norm_quant
+                        .bind(c, input.width, eps, input.x, gain, &act.xq, &act.stats)?;
+                let projection = ternary_site(act, w, out);
+                let (matvec, matmul) = k.ternary(epilogue);
+                Ok(ProjectionSite::Ternary {
+                    norm,
+                    epilogue,
+                    decode: matvec.bind(c, &projection)?,
+                    prefill: matmul.bind(c, &projection)?,
+                    names: site.kernel_names(ProjectionKind::Ternary),
+                })
+            }
+            ProjectionWeight::Dense(w) => {
+                let dense_input = act.dense_input.as_ref().ok_or_else(|| {
+                    Error::Invalid("dense weights in a model loaded for ternary ones".into())
+                })?;
+                let (norm, x) = match input.gain {
+                    Some(gain) => (
+                        Some(
+                            k.norm
+                                .bind(c, input.width, self.eps, input.x, gain, dense_input)?,
+                        ),
+                        dense_input,
+                    ),
+                    None => (None, input.x),
+                };
+                let key = (epilogue, w.table.dtype, w.table.cols);
+                let kernel = match self.dense_kernels.iter().find(|(k, _)| *k == key) {
+                    Some((_, kernel)) => kernel.clone(),
+                    None => {
+                        let kernel = Arc::new(DenseProjection::new(c, key.0, key.1, key.2));
+                        self.dense_kernels.push((key, kernel.clone()));
+                        kernel
+                    }
+                };
+                let binding = kernel.bind(
+                    c,
+                    &DenseProjectionSite {
+                        weights: &w.table,
+                        up: w.up.as_ref(),
+                        step: &act.step,
+                        x,
+                        out,
+                    },
+                )?;
+                Ok(ProjectionSite::Dense {
+                    norm,
+                    kernel,
+                    binding,
+                    names: site.kernel_names(ProjectionKind::Dense),
+                })
+            }
+        }
+    }
+}
+
+fn ternary_site<'a>(
+    act: &'a Activations,
+    weight: &'a TernaryWeight,
+    out: &'a GpuBuffer,
+) -> TernaryProjection<'a> {
+    TernaryProjection {
+        k: weight.cols,
+        rows: weight.rows,
+        weights: &weight.codes,
+        row_scale: &weight.row_scale,
+        step: &act.step,
+        xq: &act.xq,
+        stats: &act.stats,
+        out,
+    }
 }
 
 async fn read_f32(ctx: &Context, buffer: &GpuBuffer, bytes: u64) -> Result<Vec<f32>> {

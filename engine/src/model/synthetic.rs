@@ -2,13 +2,15 @@
 //! and an HF packed safetensors file whose bytes are generated on read (random ternary codes, bf16
 //! embedding and unit norms), so `tern bench --shape 2b4t` needs no download and the host never holds
 //! the whole file — the loader streams it exactly as it streams a file on disk.
+//! [`dense_checkpoint`] is the same model with f16 latent projection weights (an online-quantization
+//! config), which `ProjectionKind::Dense` keeps dense: the FP16 baseline at the same shape.
 
 use serde_json::{json, Map, Value};
 
 use crate::format::checkpoint::Checkpoint;
 use crate::format::safetensors as st;
 use crate::format::source::{check_range, complete_now, ReadFuture, TensorSource};
-use crate::model::config::{ModelConfig, ScaleConvention};
+use crate::model::config::{ModelConfig, QuantMode, ScaleConvention};
 use crate::{Error, Result};
 
 /// The dimensions of a BitNet b1.58 model.
@@ -42,6 +44,21 @@ impl Shape {
         vocab: 1024,
     };
 
+    /// Elements of the layers' seven projections (what is ternary in BitNet b1.58).
+    pub fn projection_parameters(&self) -> u64 {
+        let kv = self.hidden / self.heads * self.kv_heads;
+        let per_layer = self.hidden * (self.hidden + 2 * kv) // q, k, v
+            + self.hidden * self.hidden // o
+            + 3 * self.hidden * self.intermediate; // gate, up, down
+        (per_layer * self.layers) as u64
+    }
+
+    /// All parameters: the projections, the (tied) embedding and the norm gains.
+    pub fn parameters(&self) -> u64 {
+        let norms = self.layers * (3 * self.hidden + self.intermediate) + self.hidden;
+        self.projection_parameters() + (self.vocab * self.hidden + norms) as u64
+    }
+
     /// `2b4t`, `tiny`, or `H,L,heads,kv,I,V` (hidden, layers, heads, kv heads, intermediate, vocab).
     pub fn parse(s: &str) -> Result<Shape> {
         match s {
@@ -73,8 +90,9 @@ impl Shape {
         })
     }
 
-    /// config.json of the 2B-4T model at this shape (validated by the config parser).
-    fn config_json(&self, max_position_embeddings: usize) -> Value {
+    /// config.json of the 2B-4T model at this shape (validated by the config parser); `online`:
+    /// float latent projections instead of packed ternary ones.
+    fn config_json(&self, max_position_embeddings: usize, online: bool) -> Value {
         json!({
             "architectures": ["BitNetForCausalLM"],
             "model_type": "bitnet",
@@ -88,7 +106,7 @@ impl Shape {
             "quantization_config": {
                 "linear_class": "autobitlinear",
                 "quant_method": "bitnet",
-                "quantization_mode": "offline"
+                "quantization_mode": if online { "online" } else { "offline" }
             },
             "rms_norm_eps": 1e-5,
             "rope_theta": 500000.0,
@@ -100,8 +118,28 @@ impl Shape {
 
 /// A checkpoint of `shape` with random ternary weights (deterministic in `seed`).
 pub fn checkpoint(shape: Shape, max_position_embeddings: usize, seed: u64) -> Result<Checkpoint> {
+    build(shape, max_position_embeddings, seed, false)
+}
+
+/// A checkpoint of `shape` with random f16 projection weights (deterministic in `seed`): loaded with
+/// `ProjectionKind::Dense` it is the dense baseline; with `Ternary` it is quantized at load.
+pub fn dense_checkpoint(
+    shape: Shape,
+    max_position_embeddings: usize,
+    seed: u64,
+) -> Result<Checkpoint> {
+    build(shape, max_position_embeddings, seed, true)
+}
+
+fn build(
+    shape: Shape,
+    max_position_embeddings: usize,
+    seed: u64,
+    dense: bool,
+) -> Result<Checkpoint> {
     let name = format!(
-        "synthetic {}x{} (hidden {}, heads {}/{}, intermediate {}, vocab {})",
+        "synthetic {}{}x{} (hidden {}, heads {}/{}, intermediate {}, vocab {})",
+        if dense { "f16 " } else { "" },
         shape.layers,
         shape.hidden,
         shape.hidden,
@@ -112,7 +150,9 @@ pub fn checkpoint(shape: Shape, max_position_embeddings: usize, seed: u64) -> Re
     );
     let config = ModelConfig::from_hf_json(
         &name,
-        &shape.config_json(max_position_embeddings).to_string(),
+        &shape
+            .config_json(max_position_embeddings, dense)
+            .to_string(),
     )?;
     let source = SyntheticSource::new(&name, &config, seed)?;
     // Synthetic bytes are computed on the spot: no executor needed.
@@ -129,6 +169,8 @@ enum Fill {
     Packed,
     /// bf16 uniform in [-amplitude, amplitude).
     Random(f32),
+    /// f16 uniform in [-amplitude, amplitude).
+    RandomF16(f32),
     /// bf16, every element the same.
     Constant(f32),
 }
@@ -195,6 +237,17 @@ impl SyntheticSource {
                 ("mlp.up_proj", ff, h),
                 ("mlp.down_proj", h, ff),
             ] {
+                // Unit-variance outputs from unit-variance inputs: a multiplier of 1/√cols.
+                let multiplier = 1.0 / (cols as f32).sqrt();
+                if c.quantization == QuantMode::Online {
+                    specs.push((
+                        p(&format!("{projection}.weight")),
+                        "F16",
+                        vec![rows, cols],
+                        Fill::RandomF16(multiplier),
+                    ));
+                    continue;
+                }
                 if rows % 4 != 0 {
                     return Err(Error::Invalid(format!(
                         "{name}: {projection} has {rows} rows, not a multiple of 4 (HF packing)"
@@ -206,8 +259,6 @@ impl SyntheticSource {
                     vec![rows / 4, cols],
                     Fill::Packed,
                 ));
-                // Unit-variance outputs from unit-variance inputs: a multiplier of 1/√cols.
-                let multiplier = 1.0 / (cols as f32).sqrt();
                 let stored = match c.scale_convention {
                     ScaleConvention::Divide => 1.0 / multiplier,
                     ScaleConvention::Multiply => multiplier,
@@ -320,18 +371,26 @@ fn word(t: &Tensor, index: u64) -> [u8; 8] {
     let bits = splitmix64(t.seed.wrapping_add(index));
     match t.fill {
         Fill::Packed => bits.to_le_bytes().map(|b| PACKED_CODES[b as usize % 81]),
-        Fill::Random(amplitude) => bf16_word(|i| {
-            let unit = ((bits >> (16 * i)) & 0xffff) as f32 / 32768.0 - 1.0;
-            unit * amplitude
-        }),
-        Fill::Constant(value) => bf16_word(|_| value),
+        Fill::Random(amplitude) => {
+            half_word(|i| half::bf16::from_f32(uniform(bits, i) * amplitude).to_bits())
+        }
+        Fill::RandomF16(amplitude) => {
+            half_word(|i| half::f16::from_f32(uniform(bits, i) * amplitude).to_bits())
+        }
+        Fill::Constant(value) => half_word(|_| half::bf16::from_f32(value).to_bits()),
     }
 }
 
-fn bf16_word(value: impl Fn(u32) -> f32) -> [u8; 8] {
+/// Lane `i` (of four 16-bit lanes) of `bits` as a value in [-1, 1).
+fn uniform(bits: u64, i: u32) -> f32 {
+    ((bits >> (16 * i)) & 0xffff) as f32 / 32768.0 - 1.0
+}
+
+/// Four 16-bit floats (bf16 or f16 bits) from `value(lane)`.
+fn half_word(value: impl Fn(u32) -> u16) -> [u8; 8] {
     let mut word = [0u8; 8];
     for (i, pair) in word.chunks_exact_mut(2).enumerate() {
-        pair.copy_from_slice(&half::bf16::from_f32(value(i as u32)).to_le_bytes());
+        pair.copy_from_slice(&value(i as u32).to_le_bytes());
     }
     word
 }
@@ -360,6 +419,17 @@ mod tests {
     use super::*;
     use crate::format::source::{complete_now, read_range};
     use crate::reference::repack::decode_hf_packed;
+
+    #[test]
+    fn counts_parameters() {
+        // microsoft/bitnet-b1.58-2B-4T: 2.41 B parameters, 2.09 B of them in the projections.
+        let s = Shape::BITNET_2B4T;
+        assert_eq!(s.projection_parameters(), 2_084_044_800);
+        assert_eq!(
+            s.parameters(),
+            2_084_044_800 + 128_256 * 2560 + 30 * (3 * 2560 + 6912) + 2560
+        );
+    }
 
     #[test]
     fn parses_shapes() {
@@ -405,5 +475,25 @@ mod tests {
             .unwrap();
         let norm = complete_now("synthetic", c.read_f32_vector(&norm_ref)).unwrap();
         assert_eq!(norm, vec![1.0; 128]);
+    }
+
+    #[test]
+    fn dense_checkpoint_has_f16_projections_within_their_amplitude() {
+        use crate::format::checkpoint::{FloatDType, Projection, WeightData};
+        let c = dense_checkpoint(Shape::parse("64,2,4,2,128,256").unwrap(), 128, 7).unwrap();
+        let down = c.projection(1, Projection::Down).unwrap();
+        let f16 = WeightData::Float {
+            dtype: FloatDType::F16,
+        };
+        assert_eq!((down.rows, down.cols, down.data), (64, 128, f16));
+        let source = c.sources[down.source].as_ref();
+        let bytes = complete_now("synthetic", read_range(source, down.offset, down.len)).unwrap();
+        let values: Vec<f32> = bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        let amplitude = 1.0 / 128f32.sqrt();
+        assert!(values.iter().all(|v| v.abs() <= amplitude));
+        assert!(values.iter().any(|v| v.abs() > amplitude / 2.0));
     }
 }

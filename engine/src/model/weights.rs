@@ -26,6 +26,47 @@ pub struct TernaryWeight {
     pub cols: usize,
 }
 
+/// A float matrix kept dense (the FP16 baseline), in row chunks that each fit one storage binding.
+pub struct DenseWeight {
+    /// [rows, cols]; for gate|up the gate rows [I, cols].
+    pub table: DenseTable,
+    /// gate|up only: the up rows [I, cols], chunked like `table`.
+    pub up: Option<DenseTable>,
+}
+
+/// A projection's weight: ternary (BitNet b1.58) or dense (the baseline it is compared against).
+pub enum ProjectionWeight {
+    Ternary(TernaryWeight),
+    Dense(DenseWeight),
+}
+
+impl ProjectionWeight {
+    /// Bytes the weight occupies on the GPU.
+    pub fn gpu_bytes(&self) -> u64 {
+        match self {
+            ProjectionWeight::Ternary(w) => w.codes.size + w.row_scale.size,
+            ProjectionWeight::Dense(w) => {
+                table_bytes(&w.table) + w.up.as_ref().map_or(0, table_bytes)
+            }
+        }
+    }
+}
+
+fn table_bytes(t: &DenseTable) -> u64 {
+    t.chunks.iter().map(|c| c.buffer.size).sum()
+}
+
+/// How a model's projections are held on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProjectionKind {
+    /// Ternary codes in the engine layout, int8 activations (float latents are quantized at load).
+    #[default]
+    Ternary,
+    /// Float latent weights kept in their stored dtype (f16 for the synthetic baseline), f32
+    /// activations: the dense model the BitNet b1.58 paper compares against, at the same shape.
+    Dense,
+}
+
 pub struct LayerWeights {
     pub input_norm: GpuBuffer,
     pub post_attention_norm: GpuBuffer,
@@ -33,11 +74,11 @@ pub struct LayerWeights {
     pub attention_sub_norm: Option<GpuBuffer>,
     pub ffn_sub_norm: Option<GpuBuffer>,
     /// Rows: q (heads·hd), then k and v (kv_heads·hd each).
-    pub qkv: TernaryWeight,
-    pub o: TernaryWeight,
+    pub qkv: ProjectionWeight,
+    pub o: ProjectionWeight,
     /// Rows: gate (intermediate), then up (intermediate).
-    pub gate_up: TernaryWeight,
-    pub down: TernaryWeight,
+    pub gate_up: ProjectionWeight,
+    pub down: ProjectionWeight,
 }
 
 pub struct Weights {
@@ -56,8 +97,6 @@ impl Weights {
 
     /// Bytes these weights occupy on the GPU.
     pub fn gpu_bytes(&self) -> u64 {
-        let table = |t: &DenseTable| t.chunks.iter().map(|c| c.buffer.size).sum::<u64>();
-        let ternary = |w: &TernaryWeight| w.codes.size + w.row_scale.size;
         let norms = |l: &LayerWeights| {
             [
                 Some(&l.input_norm),
@@ -70,18 +109,18 @@ impl Weights {
             .map(|b| b.size)
             .sum::<u64>()
         };
-        table(&self.embedding)
-            + self.lm_head.as_ref().map_or(0, table)
+        table_bytes(&self.embedding)
+            + self.lm_head.as_ref().map_or(0, table_bytes)
             + self.final_norm.size
             + self
                 .layers
                 .iter()
                 .map(|l| {
                     norms(l)
-                        + ternary(&l.qkv)
-                        + ternary(&l.o)
-                        + ternary(&l.gate_up)
-                        + ternary(&l.down)
+                        + [&l.qkv, &l.o, &l.gate_up, &l.down]
+                            .iter()
+                            .map(|w| w.gpu_bytes())
+                            .sum::<u64>()
                 })
                 .sum::<u64>()
     }
@@ -90,10 +129,11 @@ impl Weights {
 /// Called after each tensor with (tensors done, tensors in all).
 pub type LoadProgress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Uploads every weight of `checkpoint`.
+/// Uploads every weight of `checkpoint`, the projections as `kind`.
 pub async fn load(
     ctx: &Context,
     checkpoint: &Checkpoint,
+    kind: ProjectionKind,
     progress: LoadProgress<'_>,
 ) -> Result<Weights> {
     let config = &checkpoint.config;
@@ -135,13 +175,13 @@ pub async fn load(
             attention_sub_norm: sub_norm(NormWeight::AttnSub).await?,
             ffn_sub_norm: sub_norm(NormWeight::FfnSub).await?,
             qkv: loader
-                .fused(layer, &[Projection::Q, Projection::K, Projection::V])
+                .projection(kind, layer, &[Projection::Q, Projection::K, Projection::V])
                 .await?,
-            o: loader.fused(layer, &[Projection::O]).await?,
+            o: loader.projection(kind, layer, &[Projection::O]).await?,
             gate_up: loader
-                .fused(layer, &[Projection::Gate, Projection::Up])
+                .projection(kind, layer, &[Projection::Gate, Projection::Up])
                 .await?,
-            down: loader.fused(layer, &[Projection::Down]).await?,
+            down: loader.projection(kind, layer, &[Projection::Down]).await?,
         };
         layers.push(weights);
         step(progress, 11);
@@ -202,6 +242,75 @@ impl Loader<'_> {
         }
         self.ctx.wait().await?;
         Ok(table)
+    }
+
+    /// The projections `parts` of `layer` as one weight of `kind`.
+    async fn projection(
+        &self,
+        kind: ProjectionKind,
+        layer: usize,
+        parts: &[Projection],
+    ) -> Result<ProjectionWeight> {
+        Ok(match kind {
+            ProjectionKind::Ternary => ProjectionWeight::Ternary(self.fused(layer, parts).await?),
+            ProjectionKind::Dense => ProjectionWeight::Dense(self.dense(layer, parts).await?),
+        })
+    }
+
+    /// The float projections `parts` of `layer` kept dense: q|k|v stacked row-wise into one table;
+    /// gate and up in two tables chunked alike, so a chunk's gate and up rows meet in one dispatch.
+    async fn dense(&self, layer: usize, parts: &[Projection]) -> Result<DenseWeight> {
+        let refs = parts
+            .iter()
+            .map(|&p| self.checkpoint.projection(layer, p))
+            .collect::<Result<Vec<_>>>()?;
+        let float_dtype = |r: &WeightRef| match r.data {
+            WeightData::Float { dtype } if !r.rope_permuted => Ok(dtype),
+            _ => Err(Error::format(
+                &r.file,
+                &r.name,
+                "a dense model needs float projection weights in HF row order",
+            )),
+        };
+        let dtype = float_dtype(&refs[0])?;
+        for r in &refs {
+            if float_dtype(r)? != dtype || r.cols != refs[0].cols {
+                return Err(Error::format(
+                    &r.file,
+                    &r.name,
+                    "fused projections differ in dtype or width",
+                ));
+            }
+        }
+        let label = format!("layer {layer} {parts:?}");
+        let (cols, gated) = (refs[0].cols, parts == [Projection::Gate, Projection::Up]);
+        let stacks: Vec<&[WeightRef]> = if gated {
+            refs.chunks(1).collect()
+        } else {
+            vec![&refs[..]]
+        };
+        let mut tables = Vec::with_capacity(stacks.len());
+        for stack in stacks {
+            let rows = stack.iter().map(|r| r.rows).sum();
+            let table = DenseTable::allocate(self.ctx, &label, dtype, rows, cols)?;
+            let mut first_row = 0;
+            for r in stack {
+                let row_bytes = cols * dtype.bytes();
+                let rows_per_read = (TABLE_READ_BYTES / row_bytes).max(1);
+                for row in (0..r.rows).step_by(rows_per_read) {
+                    let n = rows_per_read.min(r.rows - row);
+                    let offset = r.offset + (row * row_bytes) as u64;
+                    let bytes = self.read(r.source, offset, (n * row_bytes) as u64).await?;
+                    table.write_rows(self.ctx, first_row + row, &bytes)?;
+                }
+                first_row += r.rows;
+            }
+            tables.push(table);
+        }
+        self.ctx.wait().await?;
+        let up = gated.then(|| tables.pop()).flatten();
+        let table = tables.pop().expect("one table per stack");
+        Ok(DenseWeight { table, up })
     }
 
     /// The projections `parts` of `layer`, each converted to the engine layout on the GPU, stacked
