@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tern::format::checkpoint::Checkpoint;
-use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session};
+use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session, StopReason};
 use tern::gpu::{Context, ContextOptions};
 use tern::model::ModelOptions;
 use tern::text::chat_template::ChatMessage;
@@ -124,6 +124,20 @@ enum State {
 pub struct Engine {
     state: Rc<RefCell<State>>,
     info: EngineInfo,
+    last_chat: Rc<RefCell<Option<ChatStats>>>,
+}
+
+/// How the last `chat` reply went (the streamed pieces do not map one to one to tokens: the text
+/// held back for an incomplete character comes as one extra piece at the end).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChatStats {
+    prompt_tokens: usize,
+    /// Prompt tokens computed (the rest came from the cache of the previous turn).
+    prefilled_tokens: usize,
+    generated_tokens: usize,
+    /// EndOfSequence, StopString, MaxTokens, ContextFull or Cancelled.
+    stop_reason: &'static str,
 }
 
 #[derive(Serialize, Clone)]
@@ -287,6 +301,7 @@ impl Engine {
         on_token: JsValue,
     ) -> js_sys::Promise {
         let state = self.state.clone();
+        let last_chat = self.last_chat.clone();
         future_to_promise(async move {
             let messages: Vec<ChatMessage> = serde_wasm_bindgen::from_value(messages)
                 .map_err(|e| JsError::new(&format!("messages: {e}")))?;
@@ -309,11 +324,32 @@ impl Engine {
                     })
                     .await
                     .map_err(js_error)?;
+                *last_chat.borrow_mut() = Some(ChatStats {
+                    prompt_tokens: generation.prompt_tokens,
+                    prefilled_tokens: generation.prefilled_tokens,
+                    generated_tokens: generation.ids.len(),
+                    stop_reason: match generation.stop_reason {
+                        StopReason::EndOfSequence => "EndOfSequence",
+                        StopReason::StopString(_) => "StopString",
+                        StopReason::MaxTokens => "MaxTokens",
+                        StopReason::ContextFull => "ContextFull",
+                        StopReason::Cancelled => "Cancelled",
+                    },
+                });
                 Ok(generation.text)
             })
             .await?;
             Ok(JsValue::from_str(&text))
         })
+    }
+
+    /// Token counts and stop reason of the last `chat` reply (null before the first).
+    #[wasm_bindgen(js_name = lastChat, unchecked_return_type = "ChatStats | null")]
+    pub fn last_chat(&self) -> Result<JsValue, JsError> {
+        self.last_chat
+            .borrow()
+            .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+            .map_err(|e| JsError::new(&e.to_string()))
     }
 
     /// Forgets the conversation (the next call starts from an empty cache).
@@ -382,6 +418,7 @@ impl Engine {
         Ok(Engine {
             state: Rc::new(RefCell::new(State::Ready(Box::new(session)))),
             info,
+            last_chat: Rc::default(),
         })
     }
 }
@@ -419,6 +456,12 @@ export interface GenerateOptions {
   ignoreEos?: boolean;
   stop?: string[];
   signal?: AbortSignal;
+}
+export interface ChatStats {
+  promptTokens: number;
+  prefilledTokens: number;
+  generatedTokens: number;
+  stopReason: "EndOfSequence" | "StopString" | "MaxTokens" | "ContextFull" | "Cancelled";
 }
 export interface EngineInfo {
   adapter: string;

@@ -16,7 +16,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use weights::{Arch, Float, Norm, Proj, Ternary};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// Output directory (default: tests/fixtures, or target/fixtures-full with --full).
     #[arg(long)]
@@ -624,10 +624,7 @@ fn write_gguf(path: &Path, a: &Arch, flavor: &GgufFlavor, ty: GgmlType) -> Resul
         _ => bail!("not a ternary type"),
     };
     g.kv("general.architecture", Value::Str(arch.into()));
-    g.kv(
-        "general.name",
-        Value::Str(flavor.name.into()),
-    );
+    g.kv("general.name", Value::Str(flavor.name.into()));
     g.kv(
         "general.alignment",
         Value::U32(gguf_writer::ALIGNMENT as u32),

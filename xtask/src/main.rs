@@ -6,6 +6,7 @@ mod bench;
 mod fixtures;
 mod test;
 mod wasm;
+mod web;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Tern project automation")]
@@ -24,6 +25,8 @@ enum Command {
     Fixtures(fixtures::Args),
     /// Build the browser package web/pkg (tern.js, .wasm, .d.ts, package.json).
     Wasm(wasm::Args),
+    /// Build the browser package and serve the chat page and local models on 127.0.0.1.
+    Web(web::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Fixtures(args) => fixtures::run(&args),
         Command::Wasm(args) => wasm::run(&args),
+        Command::Web(args) => web::run(&args),
     }
 }

@@ -2,8 +2,9 @@
 //! (kernel, model-parity and CLI tests run on every GPU adapter the machine has: lavapipe and, when
 //! Chromium's SwiftShader driver is installed, SwiftShader too), a 2B-4T-shaped checkpoint (all real
 //! dimensions, written by `fixtures --full`) loaded and run, and the browser: the wasm package built,
-//! the kernel and model-parity tests run in headless Chromium on its WebGPU adapter, and the optimized
-//! npm package smoke-tested in a page (needs /usr/bin/chromium, chromedriver, node and npm).
+//! the kernel and model-parity tests run in headless Chromium on its WebGPU adapter, the optimized
+//! npm package smoke-tested in a page, and the chat page driven through its UI (needs
+//! /usr/bin/chromium, chromedriver, node and npm).
 
 use std::process::Command;
 
@@ -70,6 +71,16 @@ fn browser(args: &Args) -> anyhow::Result<()> {
             .current_dir(root)
             .arg("web/tests/pkg_smoke.mjs")
             .env("NODE_PATH", "target/npm/playwright/node_modules"),
+    )?;
+    // The chat page through `xtask web --no-build` (this binary), against the native `tern` that
+    // the CLI tests above built.
+    run_command(
+        Command::new("node")
+            .current_dir(root)
+            .arg("web/tests/ui.test.mjs")
+            .env("NODE_PATH", "target/npm/playwright/node_modules")
+            .env("TERN_XTASK", std::env::current_exe()?)
+            .env("TERN_BIN", root.join("target/debug/tern")),
     )
 }
 

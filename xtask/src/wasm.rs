@@ -16,7 +16,7 @@ const BINARYEN_VERSION: &str = "132.0.0";
 pub struct Args {
     /// Skip wasm-opt (faster builds while developing).
     #[arg(long)]
-    no_opt: bool,
+    pub no_opt: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -151,7 +151,7 @@ fn run_command(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask/ has a parent")

@@ -1,0 +1,250 @@
+// UI test of the chat page (web/www) in headless Chromium on its WebGPU adapter (SwiftShader):
+// `cargo xtask web --no-build` serves the page, the built package and the bitnet-2b4t fixture; the
+// test loads the model through the UI, checks the streamed greedy reply against `tern run` (native),
+// reloads and counts model downloads at the server, stops a generation midway, checks a screenshot
+// is not blank, and checks the error messages for a 404 model, a truncated file, a file that is not
+// a model and a browser without a WebGPU adapter.
+//   NODE_PATH=target/npm/playwright/node_modules node web/tests/ui.test.mjs
+// Needs web/pkg (cargo xtask wasm), target/release/xtask (or TERN_XTASK) and target/debug/tern (or
+// TERN_BIN). Prints the page's decode tokens/s.
+import { spawn, spawnSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const { chromium } = require("playwright-core");
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const xtask = process.env.TERN_XTASK ?? join(root, "target/release/xtask");
+const tern = process.env.TERN_BIN ?? join(root, "target/debug/tern");
+const fixture = join(root, "tests/fixtures/bitnet-2b4t");
+const work = join(root, "target/ui-test");
+const screenshotPath = join(root, "target/ui-screenshot.png");
+const CHROMIUM_FLAGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync"];
+const PROMPT = "Hello there";
+const REPLY_TOKENS = 24;
+const STOP_MAX_TOKENS = 200;
+const LOAD_TIMEOUT = 120_000;
+
+const checks = [];
+function check(ok, what, detail = "") {
+  checks.push({ ok, what });
+  console.log(`${ok ? "ok  " : "FAIL"} ${what}${detail ? ` — ${detail}` : ""}`);
+}
+
+// Broken copies of the fixture for the error paths.
+function writeBrokenModels() {
+  rmSync(work, { recursive: true, force: true });
+  const broken = {};
+  for (const name of ["truncated", "not-a-model"]) {
+    const dir = join(work, `bitnet-2b4t-${name}`);
+    mkdirSync(dir, { recursive: true });
+    for (const file of ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]) {
+      copyFileSync(join(fixture, file), join(dir, file));
+    }
+    broken[name] = dir;
+  }
+  const weights = readFileSync(join(fixture, "model.safetensors"));
+  writeFileSync(join(broken.truncated, "model.safetensors"), weights.subarray(0, Math.floor(weights.length * 0.6)));
+  writeFileSync(join(broken["not-a-model"], "model.safetensors"), "<html>This is a web page, not weights</html>\n".repeat(40));
+  return broken;
+}
+
+// `cargo xtask web --no-build` on a free port; resolves to its base URL and the request log.
+function startServer(models) {
+  const args = ["web", "--no-build", "--port", "0", ...models.flatMap((m) => ["--model", m])];
+  const server = spawn(xtask, args, { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+  const log = [];
+  return new Promise((resolve, reject) => {
+    server.on("error", reject);
+    server.on("exit", (code) => reject(new Error(`xtask web exited (${code}) before serving`)));
+    createInterface({ input: server.stdout }).on("line", (line) => {
+      log.push(line);
+      const url = line.match(/(http:\/\/127\.0\.0\.1:\d+)\/www\//);
+      if (url) resolve({ server, base: url[1], log });
+    });
+  });
+}
+
+/** Requests that reached the server for files of the model at `prefix`. */
+function modelRequests(log, prefix) {
+  return log.filter((line) => / \/models\//.test(line) && line.includes(` ${prefix}/`));
+}
+
+function nativeReply() {
+  const run = spawnSync(tern, ["run", "--model", fixture, "--chat", "--prompt", PROMPT, "-n", String(REPLY_TOKENS),
+    "--temperature", "0", "--top-p", "1"], { cwd: root, encoding: "utf8" });
+  if (run.status !== 0) throw new Error(`tern run failed: ${run.stderr}`);
+  return run.stdout.replace(/\n$/, "");
+}
+
+async function waitReady(page) {
+  await page.waitForFunction(() => ["ready", "idle"].includes(document.body.dataset.state) &&
+    (document.body.dataset.state === "ready" || !document.getElementById("error").hidden), null, { timeout: LOAD_TIMEOUT });
+  const state = await page.evaluate(() => document.body.dataset.state);
+  if (state !== "ready") throw new Error(`the model did not load: ${await page.textContent("#error")}`);
+}
+
+async function sendAndWait(page, text) {
+  await page.fill("#prompt", text);
+  await page.press("#prompt", "Enter");
+  const reply = page.locator(".message.assistant").last();
+  await reply.and(page.locator("[data-done]")).waitFor({ timeout: LOAD_TIMEOUT });
+  return reply;
+}
+
+// Decodes the PNG in a page and measures it: a blank or single-colour capture fails.
+async function screenshotContent(browser, png) {
+  const page = await browser.newPage();
+  try {
+    return await page.evaluate(async (b64) => {
+      const bitmap = await createImageBitmap(await (await fetch(`data:image/png;base64,${b64}`)).blob());
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const context = canvas.getContext("2d");
+      context.drawImage(bitmap, 0, 0);
+      const pixels = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
+      const counts = new Map();
+      for (let i = 0; i < pixels.length; i += 4) {
+        const key = (pixels[i] << 16) | (pixels[i + 1] << 8) | pixels[i + 2];
+        counts.set(key, (counts.get(key) ?? 0) + 1);
+      }
+      const total = pixels.length / 4;
+      const dominant = Math.max(...counts.values());
+      return { width: bitmap.width, height: bitmap.height, colors: counts.size, nonBackground: 1 - dominant / total };
+    }, png.toString("base64"));
+  } finally {
+    await page.close();
+  }
+}
+
+async function expectError(page, url, kind, mentions) {
+  await page.goto(url);
+  const error = page.locator("#error");
+  await error.waitFor({ state: "visible", timeout: LOAD_TIMEOUT });
+  const shown = await page.evaluate(() => ({
+    kind: document.getElementById("error").dataset.kind,
+    title: document.getElementById("error-title").textContent,
+    detail: document.getElementById("error-detail").textContent,
+    state: document.body.dataset.state,
+    loadEnabled: !document.getElementById("load").disabled,
+  }));
+  check(shown.kind === kind && mentions.test(shown.detail) && shown.state === "idle" && shown.loadEnabled,
+    `${url.split("?")[1]}: "${shown.title}" (${shown.kind}) in the page, model chooser usable`, shown.detail);
+}
+
+for (const [what, path] of [["xtask (cargo build --release -p xtask)", xtask], ["tern (cargo build -p tern-cli)", tern],
+  ["web/pkg (cargo xtask wasm)", join(root, "web/pkg/tern_bg.wasm")]]) {
+  if (!existsSync(path)) throw new Error(`${path} is missing: build ${what} first`);
+}
+const broken = writeBrokenModels();
+const expected = nativeReply();
+const { server, base, log } = await startServer([fixture, broken.truncated, broken["not-a-model"]]);
+process.on("exit", () => server.kill());
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...CHROMIUM_FLAGS, "--enable-unsafe-webgpu"] });
+let pageTokensPerSecond = null;
+try {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 760 } });
+  page.on("console", (m) => m.type() === "error" && console.log(`[page] ${m.text()}`));
+  page.on("pageerror", (e) => console.log(`[page error] ${e.message}`));
+
+  // 1. Load the fixture through the model chooser, watching the progress bar.
+  await page.goto(`${base}/www/?temperature=0&topP=1&maxTokens=${REPLY_TOKENS}`);
+  await page.waitForFunction(() => document.getElementById("model-input").value.startsWith("/models/"));
+  await page.fill("#model-input", "/models/bitnet-2b4t");
+  await page.evaluate(() => {
+    window.progressSeen = [];
+    new MutationObserver(() => window.progressSeen.push(document.getElementById("progress-text").textContent))
+      .observe(document.getElementById("progress-text"), { childList: true, characterData: true, subtree: true });
+  });
+  await page.click("#load");
+  await waitReady(page);
+  const progressSeen = await page.evaluate(() => window.progressSeen);
+  check(progressSeen.some((t) => / of /.test(t)), "download progress shown (bytes of total)", progressSeen.at(-1));
+  const firstDownloads = modelRequests(log, "/models/bitnet-2b4t");
+  check(firstDownloads.some((l) => l.includes("model.safetensors")), "first load downloads the model",
+    `${firstDownloads.length} requests`);
+  // The package keeps downloads in Cache Storage once the caching loader is in (web/src/cache.rs).
+  const cachesUsed = await page.evaluate(async () => (await caches.keys()).length > 0);
+
+  // 2. A greedy reply, streamed, equal to the native engine's.
+  await page.evaluate(() => {
+    window.replyTexts = new Set();
+    new MutationObserver(() => {
+      const last = [...document.querySelectorAll(".message.assistant .body")].at(-1);
+      if (last) window.replyTexts.add(last.textContent);
+    }).observe(document.getElementById("messages"), { childList: true, characterData: true, subtree: true });
+  });
+  const reply = await sendAndWait(page, PROMPT);
+  const replyText = await reply.locator(".body").textContent();
+  const streamedSteps = await page.evaluate(() => window.replyTexts.size);
+  check(replyText === expected, "greedy reply equals `tern run --chat` (native)", JSON.stringify(replyText));
+  check(streamedSteps >= 5, "the reply streamed token by token", `${streamedSteps} distinct partial texts`);
+  pageTokensPerSecond = Number(await page.getAttribute("#stats", "data-tokens-per-second"));
+  check(pageTokensPerSecond > 0, "tokens/s shown", await page.textContent("#stats"));
+  const png = await page.screenshot({ path: screenshotPath });
+  const content = await screenshotContent(browser, png);
+  check(content.colors >= 16 && content.nonBackground > 0.05, "screenshot is not blank",
+    `${content.width}×${content.height}, ${content.colors} colours, ${(100 * content.nonBackground).toFixed(1)} % off the background`);
+
+  // 3. A fresh page load (with ?model=) must not download the model again.
+  const mark = log.length;
+  await page.goto(`${base}/www/?model=/models/bitnet-2b4t&temperature=0&topP=1&maxTokens=${STOP_MAX_TOKENS}&ignoreEos=1`);
+  await waitReady(page);
+  const again = modelRequests(log.slice(mark), "/models/bitnet-2b4t");
+  if (cachesUsed) {
+    check(again.length === 0, "reload: no request for any model file", again.join("; ") || "0 requests");
+  } else {
+    console.log(`SKIP reload check: this web/pkg keeps no downloads in Cache Storage (${again.length} requests again)`);
+  }
+
+  // 4. Stop a long generation midway; the page is usable afterwards.
+  await page.fill("#prompt", "Tell me a long story");
+  await page.press("#prompt", "Enter");
+  await page.waitForFunction(() => Number(document.querySelector(".message.assistant")?.dataset.pieces ?? 0) >= 5);
+  await page.click("#stop");
+  const stopped = page.locator(".message.assistant[data-done]");
+  await stopped.waitFor({ timeout: LOAD_TIMEOUT });
+  const stoppedTokens = Number(await stopped.getAttribute("data-tokens"));
+  const usable = await page.evaluate(() => ({
+    state: document.body.dataset.state,
+    send: !document.getElementById("send").disabled && !document.getElementById("send").hidden,
+    stopHidden: document.getElementById("stop").hidden,
+    marked: document.querySelector(".message.assistant").dataset.stopReason === "Cancelled",
+  }));
+  check(stoppedTokens < STOP_MAX_TOKENS && usable.marked, "stop ends the generation midway",
+    `${stoppedTokens} of ${STOP_MAX_TOKENS} tokens`);
+  check(usable.state === "ready" && usable.send && usable.stopHidden, "the page is usable after stopping");
+  await page.click("#new-chat");
+  check(await page.locator(".message").count() === 0, "new chat clears the conversation");
+  await page.click("#settings summary");
+  await page.fill("#max-tokens", "4");
+  const after = await sendAndWait(page, "Hi");
+  const afterTokens = await after.getAttribute("data-tokens");
+  check(afterTokens === "4", "a new message after stop and new chat gets its reply",
+    `${afterTokens} tokens: ${JSON.stringify(await after.textContent())}`);
+
+  // 5. Error paths: the message names the problem and the chooser stays usable.
+  await expectError(page, `${base}/www/?model=/models/missing`, "model", /404|not found/i);
+  await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-truncated`, "model", /model\.safetensors/);
+  await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-not-a-model`, "model", /model\.safetensors/);
+  await page.close();
+} finally {
+  await browser.close();
+}
+
+// 6. A browser without WebGPU: Chromium without --enable-unsafe-webgpu offers no adapter here.
+const plain = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_FLAGS });
+try {
+  const page = await plain.newPage();
+  await expectError(page, `${base}/www/?model=/models/bitnet-2b4t`, "no-adapter", /requestAdapter/);
+} finally {
+  await plain.close();
+}
+
+if (pageTokensPerSecond) console.log(`page decode: ${pageTokensPerSecond.toFixed(1)} tok/s (bitnet-2b4t fixture, ${REPLY_TOKENS} tokens)`);
+const failed = checks.filter((c) => !c.ok);
+console.log(`${checks.length - failed.length}/${checks.length} checks passed`);
+process.exit(failed.length ? 1 : 0);

@@ -1,0 +1,340 @@
+// The chat page: model chooser, download progress, streaming conversation. The engine runs in
+// worker.js; this file only talks to it with messages and updates the DOM.
+//
+// Address parameters (all optional): model (auto-loads it), temperature, topP, maxTokens,
+// maxContext, ignoreEos=1 — e.g. ?model=/models/bitnet-2b4t&temperature=0 for greedy replies.
+import { classifyError, EXPLANATIONS } from "./errors.js";
+
+const HUB_DEFAULT = "microsoft/bitnet-b1.58-2B-4T";
+const STOP_REASONS = {
+  EndOfSequence: "end of reply",
+  StopString: "stop text reached",
+  MaxTokens: "token limit reached (see Settings)",
+  ContextFull: "context full: start a new chat",
+  Cancelled: "stopped",
+};
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const ui = {
+  status: $("status"),
+  modelPanel: $("model-panel"),
+  modelForm: $("model-form"),
+  modelInput: $("model-input"),
+  suggestions: $("model-suggestions"),
+  changeModel: $("change-model"),
+  progressBox: $("progress-box"),
+  progress: $("progress"),
+  progressText: $("progress-text"),
+  progressPercent: $("progress-percent"),
+  error: $("error"),
+  messages: $("messages"),
+  empty: $("empty"),
+  chatForm: $("chat-form"),
+  prompt: $("prompt"),
+  send: $("send"),
+  stop: $("stop"),
+  newChat: $("new-chat"),
+  stats: $("stats"),
+  conversation: $("conversation"),
+  settings: {
+    temperature: $("temperature"),
+    topP: $("top-p"),
+    maxTokens: $("max-tokens"),
+    maxContext: $("max-context"),
+  },
+};
+
+let worker = null;
+let messages = []; // the conversation sent to the engine: [{role, content}]
+let reply = null; // the assistant message being streamed: {element, text}
+let modelName = "";
+
+// ---------------------------------------------------------------------------------------------
+// State and small DOM helpers
+
+function setState(state) {
+  document.body.dataset.state = state;
+  const ready = state === "ready";
+  const generating = state === "generating";
+  ui.prompt.disabled = !ready && !generating;
+  ui.send.disabled = !ready;
+  ui.send.hidden = generating;
+  ui.stop.hidden = !generating;
+  ui.stop.disabled = false;
+  ui.newChat.disabled = !ready || messages.length === 0;
+  ui.modelInput.disabled = state === "loading";
+  ui.modelForm.querySelector("button").disabled = state === "loading";
+  ui.changeModel.hidden = !(ready || generating);
+  ui.changeModel.disabled = generating;
+  ui.prompt.placeholder = ready || generating ? "Message Tern" : "Load a model to start";
+}
+
+function showError({ kind, message }) {
+  const explanation = EXPLANATIONS[kind] ?? EXPLANATIONS.other;
+  ui.error.dataset.kind = kind;
+  $("error-title").textContent = explanation.title;
+  $("error-hint").textContent = explanation.hint;
+  $("error-detail").textContent = message;
+  ui.error.hidden = false;
+}
+
+function hideError() {
+  ui.error.hidden = true;
+  delete ui.error.dataset.kind;
+}
+
+function formatBytes(n) {
+  if (n < 1e3) return `${n} B`;
+  if (n < 1e6) return `${(n / 1e3).toFixed(1)} kB`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${(n / 1e9).toFixed(2)} GB`;
+}
+
+function numberSetting(input, parse = Number) {
+  const value = parse(input.value);
+  return Number.isFinite(value) ? value : parse(input.defaultValue);
+}
+
+function scrollToEnd() {
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model loading
+
+/** A URL for the worker (relative paths resolve against this page), or a hub repo id as is. */
+function modelLocation(input) {
+  const text = input.trim();
+  return /^(\.{0,2}\/|https?:)/.test(text) ? new URL(text, location.href).href : text;
+}
+
+function startWorker() {
+  worker?.terminate();
+  worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  worker.onmessage = ({ data }) => handlers[data.type]?.(data);
+  // A module that fails to import (pkg/ not built or not served) surfaces here, not as a message.
+  worker.onerror = (event) => {
+    event.preventDefault();
+    showError({ kind: "startup", message: event.message || "the worker script failed to load" });
+    worker = null;
+    finishReply(true);
+    setState("idle");
+    ui.progressBox.hidden = true;
+  };
+}
+
+function loadModel(input) {
+  hideError();
+  modelName = input.trim();
+  if (!worker) startWorker();
+  messages = [];
+  ui.messages.replaceChildren();
+  ui.empty.hidden = false;
+  ui.stats.textContent = "";
+  ui.progress.removeAttribute("value");
+  ui.progressText.textContent = "Connecting…";
+  ui.progressPercent.textContent = "";
+  ui.progressBox.hidden = false;
+  ui.status.textContent = `Loading ${modelName}…`;
+  setState("loading");
+  worker.postMessage({
+    type: "load",
+    url: modelLocation(input),
+    maxContext: numberSetting(ui.settings.maxContext, (v) => parseInt(v, 10)),
+  });
+}
+
+const handlers = {
+  progress({ loaded, total }) {
+    if (total > 0) {
+      ui.progress.value = loaded / total;
+      ui.progressText.textContent = `${formatBytes(loaded)} of ${formatBytes(total)}`;
+      ui.progressPercent.textContent = `${Math.floor((100 * loaded) / total)} %`;
+    } else {
+      ui.progressText.textContent = `${formatBytes(loaded)}`;
+    }
+  },
+  loaded({ info }) {
+    ui.progressBox.hidden = true;
+    ui.modelPanel.hidden = true;
+    const gpu = formatBytes(info.gpuBytes);
+    ui.status.textContent = `${modelName} · ${gpu} on ${info.adapter}`;
+    ui.status.title = `${info.model.numLayers} layers, hidden ${info.model.hiddenSize}, vocabulary ${info.model.vocabSize}, context ${info.maxContext} tokens; ${info.backend}${info.shaderF16 ? ", f16" : ""}${info.subgroups ? ", subgroups" : ""}`;
+    document.body.dataset.model = modelName;
+    setState("ready");
+    ui.prompt.focus();
+  },
+  token({ text, pieces }) {
+    if (!reply) return;
+    reply.text += text;
+    reply.body.textContent = reply.text;
+    reply.element.dataset.pieces = pieces;
+    ui.stats.textContent = `${pieces} tokens…`;
+    scrollToEnd();
+  },
+  done({ text, stats, timing }) {
+    if (!reply) return;
+    reply.text = text;
+    reply.body.textContent = text;
+    messages.push({ role: "assistant", content: text });
+    const rate = timing.decodeTokensPerSecond;
+    ui.stats.textContent =
+      `${stats.generatedTokens} tokens · ${rate ? `${rate.toFixed(1)} tok/s` : "—"} · first token ` +
+      `after ${timing.firstTokenSeconds.toFixed(2)} s · ${STOP_REASONS[stats.stopReason]}`;
+    ui.stats.dataset.tokensPerSecond = rate.toFixed(2);
+    reply.element.dataset.tokens = stats.generatedTokens;
+    reply.element.dataset.stopReason = stats.stopReason;
+    finishReply(false);
+    setState("ready");
+  },
+  error({ during, kind, message }) {
+    showError({ kind, message });
+    if (during === "load") {
+      ui.progressBox.hidden = true;
+      ui.status.textContent = "No model loaded";
+      setState("idle");
+      ui.modelPanel.hidden = false;
+    } else if (during === "chat") {
+      // The failed turn is dropped from the conversation so the next message can be sent.
+      messages.pop();
+      finishReply(true);
+      const engineGone = kind === "crash" || kind === "device-lost";
+      if (engineGone) {
+        ui.status.textContent = "No model loaded";
+        ui.modelPanel.hidden = false;
+      }
+      setState(engineGone ? "idle" : "ready");
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// The conversation
+
+function addMessage(role, text) {
+  const element = document.createElement("li");
+  element.className = `message ${role}`;
+  const body = document.createElement("div");
+  body.className = "body";
+  body.textContent = text;
+  element.append(body);
+  ui.messages.append(element);
+  ui.empty.hidden = true;
+  scrollToEnd();
+  return { element, body, text };
+}
+
+function finishReply(failed) {
+  if (!reply) return;
+  reply.element.classList.remove("streaming");
+  reply.element.dataset.done = "true";
+  if (failed) reply.element.classList.add("failed");
+  reply = null;
+}
+
+function generationOptions() {
+  const options = {
+    temperature: numberSetting(ui.settings.temperature),
+    topP: numberSetting(ui.settings.topP),
+    maxNewTokens: numberSetting(ui.settings.maxTokens, (v) => parseInt(v, 10)),
+  };
+  if (params.get("ignoreEos") === "1") options.ignoreEos = true;
+  return options;
+}
+
+function send() {
+  const text = ui.prompt.value.trim();
+  if (!text || document.body.dataset.state !== "ready") return;
+  hideError();
+  ui.prompt.value = "";
+  autosize();
+  messages.push({ role: "user", content: text });
+  addMessage("user", text);
+  reply = addMessage("assistant", "");
+  reply.element.classList.add("streaming");
+  ui.stats.textContent = "Thinking…";
+  setState("generating");
+  worker.postMessage({ type: "chat", messages, options: generationOptions() });
+}
+
+function newChat() {
+  messages = [];
+  ui.messages.replaceChildren();
+  ui.empty.hidden = false;
+  ui.stats.textContent = "";
+  hideError();
+  worker?.postMessage({ type: "reset" });
+  setState("ready");
+  ui.prompt.focus();
+}
+
+function autosize() {
+  ui.prompt.style.height = "auto";
+  ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight, 200)}px`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up
+
+async function servedModels() {
+  try {
+    const response = await fetch(new URL("../models/index.json", location.href));
+    if (!response.ok) return [];
+    return (await response.json()).models ?? [];
+  } catch {
+    return [];
+  }
+}
+
+function applyParameters() {
+  for (const [name, input] of Object.entries(ui.settings)) {
+    if (params.has(name)) input.value = params.get(name);
+  }
+}
+
+async function start() {
+  applyParameters();
+  setState("idle");
+  ui.modelForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadModel(ui.modelInput.value);
+  });
+  ui.chatForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  ui.prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    }
+  });
+  ui.prompt.addEventListener("input", autosize);
+  ui.stop.addEventListener("click", () => {
+    ui.stop.disabled = true;
+    worker?.postMessage({ type: "stop" });
+  });
+  ui.newChat.addEventListener("click", newChat);
+  ui.changeModel.addEventListener("click", () => {
+    ui.modelPanel.hidden = !ui.modelPanel.hidden;
+    if (!ui.modelPanel.hidden) ui.modelInput.focus();
+  });
+  $("error-close").addEventListener("click", hideError);
+
+  if (!("gpu" in navigator)) {
+    showError({ kind: "no-webgpu", message: "navigator.gpu is undefined on this page" });
+  }
+  const local = await servedModels();
+  for (const model of local.toReversed()) {
+    const option = document.createElement("option");
+    option.value = model.url;
+    option.textContent = `${model.name} (served locally)`;
+    ui.suggestions.prepend(option);
+  }
+  const requested = params.get("model");
+  ui.modelInput.value = requested ?? local[0]?.url ?? HUB_DEFAULT;
+  if (requested) loadModel(requested);
+}
+
+start().catch((error) => showError(classifyError(error)));
