@@ -226,7 +226,19 @@ try {
   check(afterTokens === "4", "a new message after stop and new chat gets its reply",
     `${afterTokens} tokens: ${JSON.stringify(await after.textContent())}`);
 
-  // 5. Error paths: the message names the problem and the chooser stays usable.
+  // 5. The model chooser shows the cached bytes and clears them.
+  await page.click("#change-model");
+  const cacheText = await page.locator("#cache-text").textContent();
+  check(/\d/.test(cacheText) && cachesUsed === await page.isVisible("#cache"), "the cached downloads are shown", cacheText);
+  if (cachesUsed) {
+    await page.click("#clear-cache");
+    await page.locator("#cache").waitFor({ state: "hidden" });
+    const left = await page.evaluate(async () => (await Promise.all((await caches.keys()).map(async (name) =>
+      (await (await caches.open(name)).keys()).length))).reduce((a, b) => a + b, 0));
+    check(left === 0, "Clear empties the download cache", `${left} entries left`);
+  }
+
+  // 6. Error paths: the message names the problem and the chooser stays usable.
   await expectError(page, `${base}/www/?model=/models/missing`, "model", /404|not found/i);
   await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-truncated`, "model", /model\.safetensors/);
   await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-not-a-model`, "model", /model\.safetensors/);
@@ -235,7 +247,7 @@ try {
   await browser.close();
 }
 
-// 6. A browser without WebGPU: Chromium without --enable-unsafe-webgpu offers no adapter here.
+// 7. A browser without WebGPU: Chromium without --enable-unsafe-webgpu offers no adapter here.
 const plain = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_FLAGS });
 try {
   const page = await plain.newPage();

@@ -23,6 +23,9 @@ const ui = {
   modelInput: $("model-input"),
   suggestions: $("model-suggestions"),
   changeModel: $("change-model"),
+  cache: $("cache"),
+  cacheText: $("cache-text"),
+  clearCache: $("clear-cache"),
   progressBox: $("progress-box"),
   progress: $("progress"),
   progressText: $("progress-text"),
@@ -159,11 +162,15 @@ const handlers = {
     ui.progressBox.hidden = true;
     ui.modelPanel.hidden = true;
     const gpu = formatBytes(info.gpuBytes);
-    ui.status.textContent = `${modelName} · ${gpu} on ${info.adapter}`;
+    ui.status.textContent = `${modelName} · ${gpu} on ${info.adapter || "WebGPU"}`;
     ui.status.title = `${info.model.numLayers} layers, hidden ${info.model.hiddenSize}, vocabulary ${info.model.vocabSize}, context ${info.maxContext} tokens; ${info.backend}${info.shaderF16 ? ", f16" : ""}${info.subgroups ? ", subgroups" : ""}`;
     document.body.dataset.model = modelName;
     setState("ready");
     ui.prompt.focus();
+  },
+  cache({ bytes }) {
+    ui.cache.hidden = bytes === 0;
+    ui.cacheText.textContent = `Downloads kept in this browser: ${formatBytes(bytes)}.`;
   },
   token({ text, pieces }) {
     if (!reply) return;
@@ -321,6 +328,10 @@ async function start() {
     if (!ui.modelPanel.hidden) ui.modelInput.focus();
   });
   $("error-close").addEventListener("click", hideError);
+  ui.clearCache.addEventListener("click", () => {
+    if (!worker) startWorker();
+    worker.postMessage({ type: "clear-cache" });
+  });
 
   if (!("gpu" in navigator)) {
     showError({ kind: "no-webgpu", message: "navigator.gpu is undefined on this page" });
@@ -334,6 +345,8 @@ async function start() {
   }
   const requested = params.get("model");
   ui.modelInput.value = requested ?? local[0]?.url ?? HUB_DEFAULT;
+  if (!worker) startWorker();
+  worker.postMessage({ type: "cache-size" });
   if (requested) loadModel(requested);
 }
 

@@ -2,8 +2,8 @@
 // tokens back, so the page stays responsive while the GPU works.
 //
 // Page → worker: {type: "load", url, maxContext} | {type: "chat", messages, options} |
-//                {type: "stop"} | {type: "reset"}
-// Worker → page: {type: "progress", loaded, total} | {type: "loaded", info} |
+//                {type: "stop"} | {type: "reset"} | {type: "cache-size"} | {type: "clear-cache"}
+// Worker → page: {type: "progress", loaded, total} | {type: "loaded", info} | {type: "cache", bytes} |
 //                {type: "token", text, pieces} | {type: "done", text, stats, timing} |
 //                {type: "error", during, kind, message}
 import init, { Engine } from "../pkg/tern.js";
@@ -28,6 +28,17 @@ async function webgpuProblem() {
   return null;
 }
 
+// The bytes kept in the download cache (Cache Storage), after clearing it when asked.
+async function reportCache(clear) {
+  try {
+    await wasmReady;
+    if (clear) await Engine.clearCache();
+    post({ type: "cache", bytes: await Engine.cacheBytes() });
+  } catch (error) {
+    fail("cache", error);
+  }
+}
+
 async function load({ url, maxContext }) {
   engine?.dispose();
   engine = null;
@@ -48,6 +59,7 @@ async function load({ url, maxContext }) {
       },
     });
     post({ type: "loaded", info: engine.info() });
+    reportCache(false);
   } catch (error) {
     fail("load", error);
   }
@@ -97,6 +109,10 @@ self.onmessage = ({ data }) => {
       return chat(data);
     case "stop":
       return generation?.abort();
+    case "cache-size":
+      return reportCache(false);
+    case "clear-cache":
+      return reportCache(true);
     case "reset":
       try {
         engine?.reset();
