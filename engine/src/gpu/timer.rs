@@ -3,7 +3,7 @@
 //! the adapter has `TIMESTAMP_QUERY`, else (natively) by submitting and waiting for each kernel on
 //! its own and timing that on the CPU. Times are summed per kernel name into a [`KernelProfile`].
 
-use super::{read_buffer, Context};
+use super::{Context, read_buffer};
 use crate::{Error, Result};
 
 /// How a profiled step's kernel times were taken.
@@ -76,7 +76,7 @@ const MAX_TIMED_KERNELS: u32 = wgpu::QUERY_SET_MAX_QUERIES / 2;
 
 enum Mode {
     /// Every kernel in one compute pass, opened on first use (a plain step).
-    Plain(Option<wgpu::ComputePass<'static>>),
+    Plain(Option<Box<wgpu::ComputePass<'static>>>),
     Timestamps {
         queries: wgpu::QuerySet,
         names: Vec<&'static str>,
@@ -146,11 +146,11 @@ impl<'a> StepRecorder<'a> {
                         let encoder = self.encoder.get_or_insert_with(|| {
                             self.ctx.device.create_command_encoder(&Default::default())
                         });
-                        pass.insert(
+                        pass.insert(Box::new(
                             encoder
                                 .begin_compute_pass(&Default::default())
                                 .forget_lifetime(),
-                        )
+                        ))
                     }
                 };
                 record(pass);
