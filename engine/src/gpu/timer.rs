@@ -3,7 +3,7 @@
 //! the adapter has `TIMESTAMP_QUERY`, else (natively) by submitting and waiting for each kernel on
 //! its own and timing that on the CPU. Times are summed per kernel name into a [`KernelProfile`].
 
-use super::{Context, read_buffer};
+use super::{read_buffer, Context};
 use crate::{Error, Result};
 
 /// How a profiled step's kernel times were taken.
