@@ -255,11 +255,11 @@ fn print_table(report: &Value) {
     };
     for (name, value) in fields {
         if let Value::Object(kernels) = value {
-            // kernel_ms: one line per kernel, the slowest first.
+            // kernel_ms (and dense): one line per number, the largest first.
             println!("{name}");
             let mut rows: Vec<(&String, f64)> = kernels
                 .iter()
-                .map(|(k, ms)| (k, ms.as_f64().unwrap_or(f64::NAN)))
+                .filter_map(|(k, ms)| Some((k, ms.as_f64()?)))
                 .collect();
             rows.sort_by(|a, b| b.1.total_cmp(&a.1));
             for (kernel, ms) in rows {

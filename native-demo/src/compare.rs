@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use tern::format::checkpoint::Checkpoint;
-use tern::gpu::Context;
+use tern::gpu::{Context, KernelProfile, KernelTiming};
 use tern::model::synthetic::{self, Shape};
 use tern::model::weights::ProjectionKind;
 use tern::model::{Model, ModelOptions, Output, StepResult};
@@ -55,6 +55,8 @@ pub struct Figures {
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
     pub gpu_bytes: u64,
+    /// One more decode step, timed kernel by kernel (outside the timed steps).
+    pub kernel_ms: KernelProfile,
 }
 
 impl Figures {
@@ -66,6 +68,14 @@ impl Figures {
             "decode_tok_s": self.decode_tok_s,
             "decode_ms_per_token": 1e3 / self.decode_tok_s,
             "gpu_bytes": self.gpu_bytes,
+            "kernel_ms_source": self.kernel_ms.timing.label(),
+            "kernel_ms": Value::Object(
+                self.kernel_ms
+                    .kernels
+                    .iter()
+                    .map(|k| (k.name.to_string(), json!(k.ms)))
+                    .collect(),
+            ),
         })
     }
 }
@@ -82,7 +92,8 @@ pub struct Run {
 
 /// Loads the synthetic checkpoint of `shape` with `kind` projections (packed ternary weights for
 /// `Ternary`, f16 latents kept dense for `Dense`), then times a prefill of the prompt and greedy
-/// decode steps exactly as the main benchmark does. The model is freed before returning.
+/// decode steps exactly as the main benchmark does, then profiles one more decode step (`run.context`
+/// must leave a position for it). The model is freed before returning.
 pub async fn measure(
     ctx: &Arc<Context>,
     shape: Shape,
@@ -109,12 +120,16 @@ pub async fn measure(
         token = next_token(model.forward(&[token], Output::Argmax).await?)?;
     }
     let decode_s = start.elapsed().as_secs_f64();
+    let (_, kernel_ms) = model
+        .profile_decode(token, KernelTiming::for_adapter(ctx))
+        .await?;
     Ok(Figures {
         load_s,
         ttft_ms: ttft_s * 1e3,
         prefill_tok_s: run.prompt_tokens as f64 / ttft_s,
         decode_tok_s: run.gen_tokens as f64 / decode_s,
         gpu_bytes: model.gpu_bytes(),
+        kernel_ms,
     })
 }
 

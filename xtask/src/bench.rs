@@ -123,6 +123,9 @@ fn slug(name: &str) -> String {
 /// One measured model of the sweep: (parameters in billions, decode ms/token, GPU GB).
 type Point = (f64, f64, f64);
 
+/// One panel of the plot: its y-axis label and the coordinate of a point it shows.
+type Panel = (&'static str, fn(&Point) -> f64);
+
 /// The sweep's points for `kind` (`ternary` or `dense`), sizes that were skipped left out.
 fn points(report: &Value, kind: &str) -> Vec<Point> {
     report["sizes"]
@@ -190,7 +193,7 @@ fn plot_sweep(report: &Value, path: &Path) -> anyhow::Result<()> {
     if all.is_empty() {
         bail!("the sweep measured no model: nothing to plot");
     }
-    let max = |f: fn(&Point) -> f64| all.iter().map(f).fold(0.0, f64::max) * 1.15;
+    let max = |f: fn(&Point) -> f64| all.iter().map(f).fold(0.0, f64::max) * 1.3; // headroom for the legend
     let x_max = max(|p| p.0);
     let root = SVGBackend::new(path, (1000, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
@@ -202,7 +205,7 @@ fn plot_sweep(report: &Value, path: &Path) -> anyhow::Result<()> {
         .titled(&title, ("sans-serif", 18))
         .map_err(plot_error)?;
     let panels = root.split_evenly((1, 2));
-    let charts: [(&str, fn(&Point) -> f64); 2] = [
+    let charts: [Panel; 2] = [
         ("decode latency (ms / token)", |p| p.1),
         ("GPU memory (GB)", |p| p.2),
     ];
