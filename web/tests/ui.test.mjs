@@ -1,9 +1,10 @@
 // UI test of the chat page (web/www) in headless Chromium on its WebGPU adapter (SwiftShader):
 // `cargo xtask web --no-build` serves the page, the built package and the bitnet-2b4t fixture; the
 // test loads the model through the UI, checks the streamed greedy reply against `tern run` (native),
-// reloads and counts model downloads at the server, stops a generation midway, checks a screenshot
-// is not blank, and checks the error messages for a 404 model, a truncated file, a file that is not
-// a model and a browser without a WebGPU adapter.
+// reloads and counts model requests at the server (none once cached), stops a generation midway,
+// clears the download cache, checks a screenshot is not blank, and checks the error messages for a
+// 404 model, a truncated file, a file that is not a model, a page without WebGPU (insecure origin)
+// and a browser without a WebGPU adapter.
 //   NODE_PATH=target/npm/playwright/node_modules node web/tests/ui.test.mjs
 // Needs web/pkg (cargo xtask wasm), target/release/xtask (or TERN_XTASK) and target/debug/tern (or
 // TERN_BIN). Prints the page's decode tokens/s.
@@ -247,13 +248,26 @@ try {
   await browser.close();
 }
 
-// 7. A browser without WebGPU: Chromium without --enable-unsafe-webgpu offers no adapter here.
-const plain = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_FLAGS });
-try {
-  const page = await plain.newPage();
-  await expectError(page, `${base}/www/?model=/models/bitnet-2b4t`, "no-adapter", /requestAdapter/);
-} finally {
-  await plain.close();
+// 7. Browsers that cannot run the engine: the page on a plain-http origin that is not localhost
+// (no secure context: navigator.gpu is missing), and WebGPU without an adapter (Chromium offers
+// none here without --enable-unsafe-webgpu; a machine with a real GPU may offer one, and then that
+// case is skipped).
+const insecureBase = base.replace("127.0.0.1", "tern-ui.test");
+for (const [flags, origin, kind, mentions] of [
+  [["--enable-unsafe-webgpu", "--host-resolver-rules=MAP tern-ui.test 127.0.0.1"], insecureBase, "no-webgpu",
+    /navigator\.gpu is missing/],
+  [[], base, "no-adapter", /requestAdapter/],
+]) {
+  const plain = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...CHROMIUM_FLAGS, ...flags] });
+  try {
+    const page = await plain.newPage();
+    await page.goto(`${origin}/www/`);
+    const adapter = await page.evaluate(async () => Boolean(await navigator.gpu?.requestAdapter()));
+    if (adapter) console.log(`SKIP ${kind}: this browser has a WebGPU adapter`);
+    else await expectError(page, `${origin}/www/?model=/models/bitnet-2b4t`, kind, mentions);
+  } finally {
+    await plain.close();
+  }
 }
 
 if (pageTokensPerSecond) console.log(`page decode: ${pageTokensPerSecond.toFixed(1)} tok/s (bitnet-2b4t fixture, ${REPLY_TOKENS} tokens)`);

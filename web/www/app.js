@@ -333,9 +333,6 @@ async function start() {
     worker.postMessage({ type: "clear-cache" });
   });
 
-  if (!("gpu" in navigator)) {
-    showError({ kind: "no-webgpu", message: "navigator.gpu is undefined on this page" });
-  }
   const local = await servedModels();
   for (const model of local.toReversed()) {
     const option = document.createElement("option");
@@ -347,7 +344,12 @@ async function start() {
   ui.modelInput.value = requested ?? local[0]?.url ?? HUB_DEFAULT;
   if (!worker) startWorker();
   worker.postMessage({ type: "cache-size" });
-  if (requested) loadModel(requested);
+  if (requested) {
+    loadModel(requested);
+  } else if (!("gpu" in navigator)) {
+    // Said before any download is tried (a requested model reports it from the worker).
+    showError({ kind: "no-webgpu", message: "navigator.gpu is missing on this page" });
+  }
 }
 
 start().catch((error) => showError(classifyError(error)));
