@@ -981,6 +981,45 @@ mod tests {
         }
     }
 
+    /// Resolution over a source whose reads wait (HTTP Range reads in the browser) reads the header
+    /// (its length, then its JSON) and the seven one-element scales, never a weight.
+    #[test]
+    fn resolves_over_a_waiting_source() {
+        use crate::format::source::tests::WaitingSource;
+        use std::sync::atomic::Ordering;
+        let tensors = tiny_tensors(true);
+        let refs: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+            .collect();
+        let bytes = write_st(&refs);
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let src = WaitingSource::new("model.safetensors", bytes);
+        let (reads, largest_read) = (src.reads.clone(), src.largest_read.clone());
+        let config = tiny_config(|_| {});
+        let c = pollster::block_on(async {
+            let header = st::read_header(&src).await?;
+            let src: Box<dyn TensorSource> = Box::new(src);
+            Checkpoint::from_safetensors("model.safetensors", config, vec![src], vec![header]).await
+        })
+        .unwrap();
+        assert_eq!(reads.load(Ordering::Relaxed), 2 + 7);
+        assert_eq!(largest_read.load(Ordering::Relaxed), header_len);
+        let want = st_checkpoint(tiny_config(|_| {}), &tensors).unwrap();
+        for p in Projection::ALL {
+            assert_eq!(c.projection(0, p).unwrap(), want.projection(0, p).unwrap());
+        }
+        let norm = c.norm(0, NormWeight::FfnSub).unwrap();
+        assert_eq!(
+            pollster::block_on(c.read_f32_vector(&norm)).unwrap(),
+            vec![1.5; 16]
+        );
+        assert!(complete_now("norm", c.read_f32_vector(&norm))
+            .unwrap_err()
+            .to_string()
+            .contains("async"));
+    }
+
     #[test]
     fn hf_packed_checkpoint() {
         let c = st_checkpoint(tiny_config(|_| {}), &tiny_tensors(true)).unwrap();

@@ -161,21 +161,22 @@ fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> s
 pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     /// A memory source whose every read waits once before completing (as a network read does), and
     /// which counts its reads and their largest size.
     pub(crate) struct WaitingSource {
         pub inner: BytesSource,
-        pub reads: AtomicU64,
-        pub largest_read: AtomicU64,
+        pub reads: Arc<AtomicU64>,
+        pub largest_read: Arc<AtomicU64>,
     }
 
     impl WaitingSource {
         pub fn new(name: &str, data: Vec<u8>) -> Self {
             Self {
                 inner: BytesSource::new(name, data),
-                reads: AtomicU64::new(0),
-                largest_read: AtomicU64::new(0),
+                reads: Arc::default(),
+                largest_read: Arc::default(),
             }
         }
     }
