@@ -140,6 +140,26 @@ for (const [what, path] of [["xtask (cargo build --release -p xtask)", xtask], [
   ["web/pkg (cargo xtask wasm)", join(root, "web/pkg/tern_bg.wasm")]]) {
   if (!existsSync(path)) throw new Error(`${path} is missing: build ${what} first`);
 }
+// The page's reading of engine errors (web/www/errors.js), on the engine's own messages for the
+// paths a test machine cannot provoke (device loss, GPU memory, adapter limits, a wasm trap).
+const { classifyError } = await import(new URL("../www/errors.js", import.meta.url));
+for (const [message, kind] of [
+  ["GPU: device lost during readback", "device-lost"],
+  ["GPU: device lost while waiting for work", "device-lost"],
+  ["GPU: SwiftShader: Out of memory", "oom"],
+  ["RangeError: WebAssembly.Memory.grow(): Maximum memory size exceeded (could not allocate)", "oom"],
+  ["GPU: a table row of 2097152 bytes exceeds the binding limit", "limits"],
+  ["GPU: model.embed_tokens.weight: 1310720000 bytes exceed the adapter's largest buffer (268435456 bytes)", "limits"],
+  ["context overflow: 300 tokens needed, the context holds 256", "context"],
+  ["download: https://huggingface.co/x/y/resolve/main/config.json: not found (HTTP 404)", "model"],
+  ["https://h/model.safetensors: header: header length 7517702313401935932 exceeds the file (1800 bytes) or the 104857600-byte limit", "model"],
+  ["https://h/config.json: field `hidden_size`: missing", "model"],
+  ["RuntimeError: unreachable", "crash"],
+]) {
+  const got = classifyError(new Error(message)).kind;
+  check(got === kind, `"${message.slice(0, 60)}…" reads as ${kind}`, got === kind ? "" : `got ${got}`);
+}
+
 const broken = writeBrokenModels();
 const expected = nativeReply();
 const { server, base, log } = await startServer([fixture, broken.truncated, broken["not-a-model"]]);
