@@ -11,7 +11,9 @@
 //   row_per_workgroup: decode, a workgroup per row, tree reduction in workgroup memory (GPUs);
 //   matmul: prefill, one invocation per row × a tile of TILE tokens (workgroup_id.z picks the tile), so
 //           each weight vec4 is loaded once per tile. The last tile re-reads the last token (discarded).
-// ALIGNED (rows start on 16 bytes: cols · dtype bytes % 16 == 0) enables the vec4 loads.
+// ALIGNED (rows start on 16 bytes: cols · dtype bytes % 16 == 0) enables the vec4 loads; otherwise
+// PAIRS (16-bit weights, even cols: rows start on 4 bytes) decodes two elements per u32 word, and the
+// rest one element at a time.
 
 struct StepParams {
     pos: u32,
@@ -29,6 +31,7 @@ struct Params {
 
 override DTYPE: u32 = 1u; // 0 = f32, 1 = f16, 2 = bf16
 override ALIGNED: bool = false;
+override PAIRS: bool = false;
 override EPILOGUE: u32 = 0u;
 override WG: u32 = 64u;
 
@@ -67,6 +70,15 @@ fn element(from_up: bool, e: u32) -> f32 {
     return bitcast<f32>(bits << 16u);
 }
 
+// Word `w` of a chunk (16-bit weights) as two f32: elements 2w and 2w + 1.
+fn pair(from_up: bool, w: u32) -> vec2<f32> {
+    let bits = load(from_up, w >> 2u)[w & 3u];
+    if (DTYPE == 1u) {
+        return unpack2x16float(bits);
+    }
+    return bitcast<vec2<f32>>(vec2<u32>(bits << 16u, bits & 0xffff0000u));
+}
+
 // Elements per vec4<u32> of weights.
 fn per_vec() -> u32 {
     if (DTYPE == 0u) {
@@ -103,6 +115,12 @@ fn row_dot(from_up: bool, r: u32, t: u32, lane: u32, stride: u32) -> f32 {
         let base = r * n;
         for (var i = lane; i < n; i = i + stride) {
             acc = acc + dot_vec(load(from_up, base + i), xrow + i * per_vec());
+        }
+    } else if (PAIRS) {
+        let n = params.cols / 2u;
+        let base = r * n;
+        for (var i = lane; i < n; i = i + stride) {
+            acc = acc + dot(pair(from_up, base + i), vec2<f32>(x[xrow + 2u * i], x[xrow + 2u * i + 1u]));
         }
     } else {
         let base = r * params.cols;
@@ -209,6 +227,22 @@ fn matmul(
                 if (gated()) {
                     up_acc[j] = up_acc[j] + dot_vec(u, xbase);
                 }
+            }
+        }
+    } else if (PAIRS) {
+        let n = params.cols / 2u;
+        let base = r * n;
+        for (var i = 0u; i < n; i = i + 1u) {
+            let w = pair(false, base + i);
+            var u = vec2<f32>(0.0);
+            if (gated()) {
+                u = pair(true, base + i);
+            }
+            for (var j = 0u; j < TILE; j = j + 1u) {
+                let xbase = min(t0 + j, last) * params.cols + 2u * i;
+                let xk = vec2<f32>(x[xbase], x[xbase + 1u]);
+                acc[j] = acc[j] + dot(w, xk);
+                up_acc[j] = up_acc[j] + dot(u, xk);
             }
         }
     } else {

@@ -188,11 +188,12 @@ fn check(
 
 #[test]
 fn aligned_and_unaligned_rows_every_variant() {
-    // cols·bytes % 16 == 0 takes the vec4 path (256 for every dtype, 36 for f32); the others decode
-    // element by element. T = 11 gives the matmul a partial second tile.
+    // cols·bytes % 16 == 0 takes the vec4 path (256 for every dtype, 36 for f32); 16-bit rows of
+    // whole words (36, 10) the pair path; the others decode element by element. T = 11 gives the
+    // matmul a partial second tile.
     for_each_adapter(|ctx| {
         for dtype in [FloatDType::F16, FloatDType::F32, FloatDType::BF16] {
-            for cols in [256, 36, 7] {
+            for cols in [256, 36, 10, 7] {
                 check(ctx, dtype, 45, cols, 16, 11, &VARIANTS, cols as u64);
             }
         }

@@ -92,10 +92,13 @@ impl DenseProjection {
         layout: DenseLayout,
     ) -> Self {
         let aligned = (cols * dtype.bytes()).is_multiple_of(16);
+        // 16-bit weights in rows of whole u32 words: two elements per word load.
+        let pairs = !aligned && dtype.bytes() == 2 && cols.is_multiple_of(2);
         let pipeline = |entry: &str, workgroup: u32| {
             let constants = [
                 ("DTYPE", dtype.shader_code()),
                 ("ALIGNED", f64::from(u8::from(aligned))),
+                ("PAIRS", f64::from(u8::from(pairs))),
                 ("EPILOGUE", epilogue.shader_code()),
                 ("WG", f64::from(workgroup)),
             ];
