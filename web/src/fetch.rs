@@ -80,8 +80,25 @@ impl Http {
 
     /// Sends a GET for `url`, for the inclusive byte range `range` when given.
     pub(crate) async fn get(&self, url: &str, range: Option<(u64, u64)>) -> Result<Response> {
+        self.request("GET", url, range).await
+    }
+
+    /// The length of the file at `url` from the Content-Length of a HEAD request.
+    pub(crate) async fn head_length(&self, url: &str) -> Result<Option<u64>> {
+        let response = self.request("HEAD", url, None).await?;
+        check_ok(url, &response)?;
+        Ok(header_u64(&response, "content-length"))
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Response> {
         let failed = |what: String| Error::Download(format!("{url}: {what}"));
         let init = RequestInit::new();
+        init.set_method(method);
         if let Some((first, last)) = range {
             let headers = Headers::new().map_err(|e| failed(js_message(&e)))?;
             headers

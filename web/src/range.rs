@@ -82,18 +82,22 @@ impl RangeSource {
         }
         check_ok(url, &response)?;
         let len = if response.status() == 206 {
-            let (first, _, total) = content_range(&response).ok_or_else(|| {
-                Error::Download(format!(
-                    "{url}: HTTP 206 without a readable Content-Range header (a cross-origin \
-                     server must list it in Access-Control-Expose-Headers)"
-                ))
-            })?;
-            if first != 0 {
-                return Err(Error::Download(format!(
-                    "{url}: asked for bytes from 0, the server sent them from {first}"
-                )));
+            match content_range(&response) {
+                Some((0, _, total)) => total,
+                Some((first, ..)) => {
+                    return Err(Error::Download(format!(
+                        "{url}: asked for bytes from 0, the server sent them from {first}"
+                    )))
+                }
+                // A cross-origin server that does not expose Content-Range (Access-Control-
+                // Expose-Headers): Content-Length is always readable, so ask with HEAD.
+                None => self.http.head_length(url).await?.ok_or_else(|| {
+                    Error::Download(format!(
+                        "{url}: the file's length is unknown (HTTP 206 without a readable \
+                         Content-Range, HEAD without Content-Length)"
+                    ))
+                })?,
             }
-            total
         } else {
             // HTTP 200: the server ignores Range and sends the whole file, acceptable only when it
             // fits in one block.
@@ -211,11 +215,8 @@ impl RangeSource {
                 self.len
             )))
             }
-            None => {
-                return Err(Error::Download(format!(
-                    "{url}: HTTP 206 without a readable Content-Range header"
-                )))
-            }
+            // Not exposed to this origin: the body's exact length is checked instead.
+            None => {}
         }
         self.receive(index, &response, size).await
     }

@@ -427,6 +427,8 @@ struct ServerBehaviour {
     cut_bodies_to: Option<usize>,
     /// Serve model.safetensors cut to this many bytes (a truncated upload).
     truncated_file: Option<usize>,
+    /// Leave Content-Range out of 206 answers (a cross-origin server that does not expose it).
+    hides_content_range: bool,
 }
 
 /// An HTTP server inside the page, as a `fetch(url, init)` function over the fixture files at
@@ -447,7 +449,11 @@ impl TestServer {
                 .ok()
                 .and_then(|h| h.dyn_into::<web_sys::Headers>().ok())
                 .and_then(|h| h.get("range").ok().flatten());
-            log.borrow_mut().push(format!("{url} {range:?}"));
+            let method = Reflect::get(&init, &"method".into())
+                .ok()
+                .and_then(|m| m.as_string())
+                .unwrap_or_else(|| "GET".into());
+            log.borrow_mut().push(format!("{method} {url} {range:?}"));
             let file = url
                 .strip_prefix(SERVER_BASE)
                 .and_then(|f| f.strip_prefix('/'));
@@ -461,6 +467,10 @@ impl TestServer {
                 bytes.truncate(n);
             }
             let total = bytes.len();
+            if method == "HEAD" {
+                let headers = [("content-length", total.to_string())];
+                return Promise::resolve(&JsValue::from(respond(200, &[], Some(&headers))));
+            }
             let requested = range.filter(|_| !behaviour.ignores_range).map(|r| {
                 let (a, b) = r.strip_prefix("bytes=").unwrap().split_once('-').unwrap();
                 let first: usize = a.parse().unwrap();
@@ -480,7 +490,9 @@ impl TestServer {
                 body.truncate(n);
             }
             let mut headers = vec![("content-length", length.to_string())];
-            headers.extend(content_range.map(|r| ("content-range", r)));
+            if !behaviour.hides_content_range {
+                headers.extend(content_range.map(|r| ("content-range", r)));
+            }
             Promise::resolve(&JsValue::from(respond(status, &body, Some(&headers))))
         });
         Self { fetch, requests }
@@ -632,6 +644,33 @@ async fn server_without_range_only_serves_small_files() {
         message.contains(&format!("{SERVER_BASE}/model.safetensors"))
             && message.contains("ignores HTTP Range"),
         "{message}"
+    );
+}
+
+/// A server that does not expose Content-Range: the file's length comes from a HEAD request and
+/// each block's length is checked against its body.
+#[wasm_bindgen_test]
+async fn range_loader_without_readable_content_range() {
+    let server = TestServer::new(ServerBehaviour {
+        hides_content_range: true,
+        ..Default::default()
+    });
+    let cache = empty_cache("tern-test-hidden-range").await;
+    let (engine, stats) = load_from(server.fetcher(64 << 10, None).cached(cache)).await;
+    assert!(engine.is_ok());
+    assert!(DownloadCache::delete("tern-test-hidden-range")
+        .await
+        .unwrap());
+    let heads = server
+        .requests
+        .borrow()
+        .iter()
+        .filter(|r| r.starts_with("HEAD"))
+        .count();
+    assert_eq!(heads, 1, "{:?}", server.requests.borrow());
+    assert_eq!(
+        stats.network_bytes,
+        FIXTURE.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
     );
 }
 
