@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// latency and memory per size; sizes that do not fit are skipped with the reason.
     #[arg(long, conflicts_with_all = ["model", "shape", "compare"])]
     pub sweep: bool,
+    /// Profiled decode steps after the timed ones; `kernel_ms` keeps each kernel's fastest.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub profile_steps: u64,
     /// How `kernel_ms` is timed: GPU timestamps where the adapter has them, else CPU-timed submits.
     #[arg(long, value_enum, default_value_t = KernelTimingArg::Auto)]
     pub kernel_timing: KernelTimingArg,
@@ -111,8 +114,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
-    // One more position for the profiled decode step after the timed ones.
-    let context = args.prompt_tokens + args.gen_tokens + 1;
+    // More positions for the profiled decode steps after the timed ones.
+    let context = args.prompt_tokens + args.gen_tokens + args.profile_steps as usize;
     let start = Instant::now();
     let (checkpoint, source) = match (&args.model, &args.shape) {
         (Some(model), _) => {
@@ -140,9 +143,10 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
     drop(checkpoint);
     if model.options.max_context < context {
         bail!(
-            "{} prompt + {} generated tokens exceed the model's context of {}",
+            "{} prompt + {} generated + {} profiled tokens exceed the model's context of {}",
             args.prompt_tokens,
             args.gen_tokens,
+            args.profile_steps,
             model.options.max_context
         );
     }
@@ -161,9 +165,17 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
     let decode_s = start.elapsed().as_secs_f64();
     let decode_tok_s = args.gen_tokens as f64 / decode_s;
     // Outside the timed steps: a profiled step runs a pass (or a submit) per kernel.
-    let (_, profile) = model
-        .profile_decode(token, args.kernel_timing.resolve(&ctx))
-        .await?;
+    let timing = args.kernel_timing.resolve(&ctx);
+    let mut fastest: Option<KernelProfile> = None;
+    for _ in 0..args.profile_steps {
+        let (next, profile) = model.profile_decode(token, timing).await?;
+        token = next;
+        match &mut fastest {
+            Some(fastest) => fastest.keep_fastest(&profile),
+            None => fastest = Some(profile),
+        }
+    }
+    let profile = fastest.context("--profile-steps must be at least 1")?;
 
     let ternary_bytes = ternary_weight_bytes(&config);
     let copy = bandwidth::measure(&ctx, args.copy_mib << 20, 3).await?;

@@ -108,7 +108,7 @@ fn bench_json_reports_every_figure() {
 #[test]
 fn bench_kernel_ms_falls_back_to_cpu_timed_submits() {
     check_kernel_ms(
-        &bench_tiny(&["--kernel-timing", "cpu-submit"]),
+        &bench_tiny(&["--kernel-timing", "cpu-submit", "--profile-steps", "2"]),
         "cpu-submit",
     );
 }
