@@ -84,7 +84,12 @@ fn cpu_logits(c: &Checkpoint) -> Vec<f32> {
         let (mut k_cache, mut v_cache) = (vec![0.0; kv * CONTEXT], vec![0.0; kv * CONTEXT]);
         rope_append(&mut qkv, &mut k_cache, &mut v_cache, shape, 0, &freqs);
         let a = attention(&qkv, attn + 2 * kv, &k_cache, &v_cache, shape, 0, t);
-        let a = rmsnorm(&a, &gain(c, layer, NormWeight::AttnSub), eps);
+        // Without sub-norms (plain llama-style BitNet) o and down read their input as is.
+        let sub_norm = |x: Vec<f32>, n| match cfg.sub_norms {
+            true => rmsnorm(&x, &gain(c, layer, n), eps),
+            false => x,
+        };
+        let a = sub_norm(a, NormWeight::AttnSub);
         let o = bytes(c, layer, &[Projection::O]);
         dense_project(&o, None, f16, h, attn, &a, Epilogue::AddResidual, &mut x);
 
@@ -104,7 +109,7 @@ fn cpu_logits(c: &Checkpoint) -> Vec<f32> {
             Epilogue::Relu2Mul,
             &mut f,
         );
-        let f = rmsnorm(&f, &gain(c, layer, NormWeight::FfnSub), eps);
+        let f = sub_norm(f, NormWeight::FfnSub);
         let down = bytes(c, layer, &[Projection::Down]);
         dense_project(&down, None, f16, h, ff, &f, Epilogue::AddResidual, &mut x);
     }
@@ -133,7 +138,17 @@ fn logits(result: StepResult) -> Vec<f32> {
 
 #[test]
 fn dense_forward_matches_its_cpu_twins_in_prefill_and_decode() {
-    let checkpoint = synthetic::dense_checkpoint(Shape::TINY, CONTEXT, 3).unwrap();
+    check_against_cpu(true);
+}
+
+#[test]
+fn dense_forward_without_sub_norms_matches_its_cpu_twins() {
+    check_against_cpu(false);
+}
+
+fn check_against_cpu(sub_norms: bool) {
+    let mut checkpoint = synthetic::dense_checkpoint(Shape::TINY, CONTEXT, 3).unwrap();
+    checkpoint.config.sub_norms = sub_norms;
     let cpu = cpu_logits(&checkpoint);
     let vocab = checkpoint.config.vocab_size;
     assert!(cpu.iter().all(|v| v.is_finite()) && cpu.iter().any(|v| v.abs() > 1.0));
