@@ -290,7 +290,10 @@ fn downloads_a_repo_id_from_a_hub_compatible_server() {
     let out = pull("tern-tests/bitnet-tiny/missing.gguf");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing.gguf") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("missing.gguf") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 /// Answers `GET /{repo}/resolve/main/{file}` like huggingface.co: ranged reads, commit and etag
