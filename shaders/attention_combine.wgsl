@@ -1,13 +1,7 @@
 // Decode attention, second pass: merges the per-chunk partial softmax states of attention_decode.wgsl.
 // One workgroup per head, invocations over head_dim:
 // M = max m_c, L = Σ l_c·exp(m_c − M), out[d] = Σ o_c[d]·exp(m_c − M) / L.
-
-struct StepParams {
-    pos: u32,
-    tokens: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     heads: u32,
@@ -20,7 +14,6 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> partials: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

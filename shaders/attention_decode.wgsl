@@ -6,13 +6,7 @@
 // of near-equal size. Each workgroup writes each of its heads' partial softmax state to `partials`:
 // [heads, max_chunks] records of (m = max score, l = Σ exp(s − m), o[d] = Σ exp(s − m) · V[d]);
 // attention_combine.wgsl merges them. Scores = q·k · scale.
-
-struct StepParams {
-    pos: u32,
-    tokens: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     heads: u32,
@@ -25,7 +19,6 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;

@@ -7,13 +7,7 @@
 // ALIGNED (rows start on 16 bytes: cols · dtype bytes % 16 == 0) enables the vec4 loads of weights and
 // of x (bound a second time as `x4`: a vec4 binding hides a trailing partial vec4, which only unaligned
 // x rows have); otherwise elements are decoded one at a time.
-
-struct StepParams {
-    pos: u32,
-    tokens: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     cols: u32,      // K
@@ -26,7 +20,6 @@ override DTYPE: u32 = 0u; // 0 = f32, 1 = f16, 2 = bf16
 override ALIGNED: bool = false;
 override WG: u32 = 64u;
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> table: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> x: array<f32>;

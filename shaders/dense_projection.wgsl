@@ -3,7 +3,7 @@
 // int8 quantization). For one row chunk of a weight table (f32, f16 or bf16 read as raw u32 words: f16 via
 // unpack2x16float, so no shader-f16 feature is needed; bf16 as bits << 16):
 //   value = Σ_k W[r, k] · x[t, k]                       (f32 accumulation)
-// EPILOGUE (as in ternary_matvec.wgsl): 0 store, 1 add into out (the residual stream), 2 relu(g)²·u,
+// EPILOGUE (common/epilogue.wgsl): 0 store, 1 add into out (the residual stream), 2 relu(g)²·u,
 // 3 silu(g)·u. Gated: `weights` holds the gate rows of the chunk and `up` the same rows of the up table;
 // otherwise `up` is bound to the same buffer and never read.
 // Entry points over the same bindings:
@@ -14,13 +14,7 @@
 // ALIGNED (rows start on 16 bytes: cols · dtype bytes % 16 == 0) enables the vec4 loads; otherwise
 // PAIRS (16-bit weights, even cols: rows start on 4 bytes) decodes two elements per u32 word, and the
 // rest one element at a time.
-
-struct StepParams {
-    pos: u32,
-    tokens: u32, // T
-    _pad0: u32,
-    _pad1: u32,
-}
+// `step` (binding 0) is declared in common/step.wgsl.
 
 struct Params {
     cols: u32,       // K
@@ -32,10 +26,8 @@ struct Params {
 override DTYPE: u32 = 1u; // 0 = f32, 1 = f16, 2 = bf16
 override ALIGNED: bool = false;
 override PAIRS: bool = false;
-override EPILOGUE: u32 = 0u;
 override WG: u32 = 64u;
 
-@group(0) @binding(0) var<uniform> step: StepParams;
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> weights: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> up: array<vec4<u32>>;
@@ -43,10 +35,6 @@ override WG: u32 = 64u;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 const TILE: u32 = 8u;
-
-fn gated() -> bool {
-    return EPILOGUE >= 2u;
-}
 
 // vec4 `i` of the gate (or only) chunk, or of the up chunk.
 fn load(from_up: bool, i: u32) -> vec4<u32> {
@@ -133,22 +121,7 @@ fn row_dot(from_up: bool, r: u32, t: u32, lane: u32, stride: u32) -> f32 {
 
 // Writes output first_row + r of token t from the row's value and (gated) its up row's value.
 fn finish(t: u32, r: u32, value: f32, up_value: f32) {
-    let o = t * params.out_stride + params.first_row + r;
-    switch EPILOGUE {
-        case 0u: {
-            out[o] = value;
-        }
-        case 1u: {
-            out[o] = out[o] + value;
-        }
-        case 2u: {
-            let g = max(value, 0.0);
-            out[o] = g * g * up_value;
-        }
-        default: {
-            out[o] = value / (1.0 + exp(-value)) * up_value;
-        }
-    }
+    write_output(t * params.out_stride + params.first_row + r, value, up_value);
 }
 
 @compute @workgroup_size(WG)

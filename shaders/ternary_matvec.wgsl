@@ -3,8 +3,9 @@
 //   acc = Σ_j Σ_s dot4I8Packed((w_j >> 2s) & 0x03030303, xq[4j + s])   codes c = t + 1 ≥ 0, exact in i32
 //   value = f32(acc − Σq) · inv_scale · row_scale[n]                    Σ t·q = Σ c·q − Σ q
 // Never subtract 0x01010101 from the codes: a zero code would borrow from the next lane.
-// EPILOGUE: 0 store, 1 add into out (the residual stream), 2 relu(g)²·u, 3 silu(g)·u. The gated ones read
-// gate row n and up row up_row + n of a fused gate|up weight and write out[t, n] for n < rows (= I).
+// EPILOGUE (common/epilogue.wgsl): 0 store, 1 add into out (the residual stream), 2 relu(g)²·u,
+// 3 silu(g)·u. The gated ones read gate row n and up row up_row + n of a fused gate|up weight and write
+// out[t, n] for n < rows (= I).
 // Two work layouts here (the subgroup one is in subgroup/ternary_matvec.wgsl, which is prepended to this
 // file), all sharing row_dot and finish:
 //   row_per_invocation: one invocation per row, vec4 weight loads, no reduction — fastest on CPU adapters;
@@ -24,7 +25,6 @@ struct ActStats {
     sum: i32,
 }
 
-override EPILOGUE: u32 = 0u;
 override WG: u32 = 64u;
 override TPR: u32 = 32u; // workgroup_reduce: invocations per row (a power of two dividing WG)
 
@@ -40,10 +40,6 @@ const CODES: u32 = 0x03030303u;
 // Word i of the weight. The binding is padded to whole vec4s (see weight_bytes in the wrapper).
 fn weight(i: u32) -> u32 {
     return weights[i >> 2u][i & 3u];
-}
-
-fn gated() -> bool {
-    return EPILOGUE >= 2u;
 }
 
 // The codes of one weight word as four int8x4 words: lane s holds columns 4s … 4s + 3.
@@ -96,23 +92,11 @@ fn project(acc: i32, t: u32, row: u32) -> f32 {
 
 // Writes output n of token t from the code dot products of its gate (or only) row and its up row.
 fn finish(t: u32, n: u32, acc: i32, up_acc: i32) {
-    let value = project(acc, t, n);
-    let o = t * params.out_stride + n;
-    switch EPILOGUE {
-        case 0u: {
-            out[o] = value;
-        }
-        case 1u: {
-            out[o] = out[o] + value;
-        }
-        case 2u: {
-            let r = max(value, 0.0);
-            out[o] = r * r * project(up_acc, t, params.up_row + n);
-        }
-        default: {
-            out[o] = value / (1.0 + exp(-value)) * project(up_acc, t, params.up_row + n);
-        }
+    var up_value = 0.0;
+    if (gated()) {
+        up_value = project(up_acc, t, params.up_row + n);
     }
+    write_output(t * params.out_stride + n, project(acc, t, n), up_value);
 }
 
 @compute @workgroup_size(WG)

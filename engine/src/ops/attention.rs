@@ -119,10 +119,15 @@ pub struct AttentionDecodeBinding {
 impl AttentionDecode {
     pub fn new(ctx: &Context) -> Self {
         AttentionDecode {
-            partial: ctx.pipeline("attention_decode", shader!("attention_decode"), "main", &[]),
+            partial: ctx.pipeline(
+                "attention_decode",
+                shader!("attention_decode", "step"),
+                "main",
+                &[],
+            ),
             combine: ctx.pipeline(
                 "attention_combine",
-                shader!("attention_combine"),
+                shader!("attention_combine", "step"),
                 "main",
                 &[],
             ),

@@ -71,7 +71,12 @@ impl DenseMatvec {
             ("ALIGNED", f64::from(u8::from(aligned))),
             ("WG", f64::from(workgroup)),
         ];
-        let pipeline = ctx.pipeline("dense_matvec", shader!("dense_matvec"), entry, &constants);
+        let pipeline = ctx.pipeline(
+            "dense_matvec",
+            shader!("dense_matvec", "step"),
+            entry,
+            &constants,
+        );
         DenseMatvec {
             pipeline,
             layout,

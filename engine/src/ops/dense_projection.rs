@@ -104,7 +104,7 @@ impl DenseProjection {
             ];
             ctx.pipeline(
                 "dense_projection",
-                shader!("dense_projection"),
+                shader!("dense_projection", "step", "epilogue"),
                 entry,
                 &constants,
             )

@@ -19,7 +19,10 @@ pub struct TernaryMatmul {
 
 impl TernaryMatmul {
     pub fn new(ctx: &Context, epilogue: Epilogue) -> Self {
-        let source = concat!(shader!("ternary_matvec", "step"), shader!("ternary_matmul"));
+        let source = concat!(
+            shader!("ternary_matvec", "step", "epilogue"),
+            shader!("ternary_matmul")
+        );
         let constants = [("EPILOGUE", epilogue.shader_code()), ("WG", f64::from(WG))];
         TernaryMatmul {
             pipeline: ctx.pipeline("ternary_matmul", source, "matmul", &constants),

@@ -207,7 +207,7 @@ impl TernaryMatvec {
                 let constants = [("EPILOGUE", code), ("WG", f64::from(ROW_PER_INVOCATION_WG))];
                 let pipeline = ctx.pipeline(
                     "ternary_matvec",
-                    shader!("ternary_matvec", "step"),
+                    shader!("ternary_matvec", "step", "epilogue"),
                     "row_per_invocation",
                     &constants,
                 );
@@ -221,7 +221,7 @@ impl TernaryMatvec {
                 ];
                 let pipeline = ctx.pipeline(
                     "ternary_matvec",
-                    shader!("ternary_matvec", "step"),
+                    shader!("ternary_matvec", "step", "epilogue"),
                     "workgroup_reduce",
                     &constants,
                 );
@@ -247,7 +247,7 @@ impl TernaryMatvec {
                 let source = [
                     directive,
                     shader!("subgroup/ternary_matvec"),
-                    shader!("ternary_matvec", "step"),
+                    shader!("ternary_matvec", "step", "epilogue"),
                 ]
                 .concat();
                 let pipeline =
