@@ -232,6 +232,24 @@ impl Kind {
 }
 
 /// Looks tensors up by name and checks them against the config.
+/// How a format names the model's tensors.
+#[derive(Clone, Copy)]
+enum Naming {
+    Hf,
+    /// `permuted`: q/k rows in llama.cpp's interleaved-RoPE order (GGUF `llama`).
+    Gguf {
+        permuted: bool,
+    },
+}
+
+/// Every tensor the forward pass needs, checked.
+struct ModelTensors {
+    layers: Vec<Layer>,
+    embedding: FloatRef,
+    final_norm: FloatRef,
+    lm_head: FloatRef,
+}
+
 struct Resolver<'a> {
     /// Names the checkpoint when a tensor is missing (the file or the shard index).
     name: &'a str,
@@ -241,6 +259,75 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
+    /// Resolves and checks every tensor of the model, in the format's names.
+    async fn model_tensors(&self, naming: Naming) -> Result<ModelTensors> {
+        let config = self.config;
+        let (embedding, final_norm, head) = match naming {
+            Naming::Hf => (
+                "model.embed_tokens.weight",
+                "model.norm.weight",
+                "lm_head.weight",
+            ),
+            Naming::Gguf { .. } => ("token_embd.weight", "output_norm.weight", "output.weight"),
+        };
+        let (h, vocab) = (config.hidden_size, config.vocab_size);
+        let embedding = self.float(embedding, vocab, h)?;
+        let final_norm = self.float(final_norm, 1, h)?;
+        let lm_head = if config.tie_word_embeddings {
+            embedding.clone()
+        } else {
+            self.float(head, vocab, h)?
+        };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let mut projections = Vec::with_capacity(Projection::ALL.len());
+            for &p in &Projection::ALL {
+                projections.push(match naming {
+                    Naming::Hf => self.hf_projection(i, p).await?,
+                    Naming::Gguf { permuted } => self.gguf_projection(i, p, permuted).await?,
+                });
+            }
+            let norms = NormWeight::ALL
+                .iter()
+                .map(|&n| {
+                    if n.is_sub() && !config.sub_norms {
+                        return Ok(None);
+                    }
+                    self.norm(i, n, naming).map(Some)
+                })
+                .collect::<Result<_>>()?;
+            layers.push(Layer { projections, norms });
+        }
+        Ok(ModelTensors {
+            layers,
+            embedding,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// A layer's norm gain; HF files spell some of them two ways (DESIGN §4.3).
+    fn norm(&self, layer: usize, n: NormWeight, naming: Naming) -> Result<FloatRef> {
+        let width = n.width(self.config);
+        match naming {
+            Naming::Hf => {
+                let names: Vec<String> = n
+                    .hf_names()
+                    .iter()
+                    .map(|s| format!("model.layers.{layer}.{s}.weight"))
+                    .collect();
+                let found = names
+                    .iter()
+                    .find(|s| self.entries.contains_key(*s))
+                    .unwrap_or(&names[0]);
+                self.float(found, 1, width)
+            }
+            Naming::Gguf { .. } => {
+                self.float(&format!("blk.{layer}.{}.weight", n.gguf_name()), 1, width)
+            }
+        }
+    }
+
     fn get(&self, name: &str) -> Result<&Entry> {
         self.entries
             .get(name)
@@ -571,52 +658,8 @@ impl Checkpoint {
             entries,
             config: &config,
         };
-        let (h, vocab) = (config.hidden_size, config.vocab_size);
-        let embedding = r.float("model.embed_tokens.weight", vocab, h)?;
-        let final_norm = r.float("model.norm.weight", 1, h)?;
-        let lm_head = if config.tie_word_embeddings {
-            embedding.clone()
-        } else {
-            r.float("lm_head.weight", vocab, h)?
-        };
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let mut projections = Vec::with_capacity(Projection::ALL.len());
-            for &p in &Projection::ALL {
-                projections.push(r.hf_projection(i, p).await?);
-            }
-            let norms = NormWeight::ALL
-                .iter()
-                .map(|&n| {
-                    if n.is_sub() && !config.sub_norms {
-                        return Ok(None);
-                    }
-                    let names: Vec<String> = n
-                        .hf_names()
-                        .iter()
-                        .map(|s| format!("model.layers.{i}.{s}.weight"))
-                        .collect();
-                    let found = names
-                        .iter()
-                        .find(|s| r.entries.contains_key(*s))
-                        .unwrap_or(&names[0]);
-                    r.float(found, 1, n.width(&config)).map(Some)
-                })
-                .collect::<Result<_>>()?;
-            layers.push(Layer { projections, norms });
-        }
-        Ok(Self {
-            config,
-            sources,
-            tokenizer_json: None,
-            tokenizer_config_json: None,
-            chat_template: None,
-            gguf_metadata: None,
-            layers,
-            embedding,
-            final_norm,
-            lm_head,
-        })
+        let tensors = r.model_tensors(Naming::Hf).await?;
+        Ok(Self::assemble(config, sources, tensors, None, None))
     }
 
     /// Resolves a GGUF checkpoint whose header `g` was parsed from `source`. Reads the I2_S scales.
@@ -649,53 +692,40 @@ impl Checkpoint {
             entries,
             config: &config,
         };
-        let (h, vocab) = (config.hidden_size, config.vocab_size);
-        let embedding = r.float("token_embd.weight", vocab, h)?;
-        let final_norm = r.float("output_norm.weight", 1, h)?;
-        let lm_head = if config.tie_word_embeddings {
-            embedding.clone()
-        } else {
-            r.float("output.weight", vocab, h)?
-        };
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let mut projections = Vec::with_capacity(Projection::ALL.len());
-            for &p in &Projection::ALL {
-                projections.push(r.gguf_projection(i, p, permuted).await?);
-            }
-            let norms = NormWeight::ALL
-                .iter()
-                .map(|&n| {
-                    if n.is_sub() && !config.sub_norms {
-                        return Ok(None);
-                    }
-                    r.float(
-                        &format!("blk.{i}.{}.weight", n.gguf_name()),
-                        1,
-                        n.width(&config),
-                    )
-                    .map(Some)
-                })
-                .collect::<Result<_>>()?;
-            layers.push(Layer { projections, norms });
-        }
+        let tensors = r.model_tensors(Naming::Gguf { permuted }).await?;
         let chat_template = g
             .metadata
             .get("tokenizer.chat_template")
             .and_then(MetaValue::as_str)
             .map(str::to_string);
-        Ok(Self {
+        Ok(Self::assemble(
+            config,
+            sources,
+            tensors,
+            chat_template,
+            Some(g.metadata),
+        ))
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        sources: Vec<Box<dyn TensorSource>>,
+        t: ModelTensors,
+        chat_template: Option<String>,
+        gguf_metadata: Option<BTreeMap<String, MetaValue>>,
+    ) -> Self {
+        Self {
             config,
             sources,
             tokenizer_json: None,
             tokenizer_config_json: None,
             chat_template,
-            gguf_metadata: Some(g.metadata),
-            layers,
-            embedding,
-            final_norm,
-            lm_head,
-        })
+            gguf_metadata,
+            layers: t.layers,
+            embedding: t.embedding,
+            final_norm: t.final_norm,
+            lm_head: t.lm_head,
+        }
     }
 
     /// Opens a `.gguf` file, or a directory holding `config.json`, `model.safetensors` (or
