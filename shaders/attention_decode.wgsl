@@ -6,28 +6,13 @@
 // of near-equal size. Each workgroup writes each of its heads' partial softmax state to `partials`:
 // [heads, max_chunks] records of (m = max score, l = Σ exp(s − m), o[d] = Σ exp(s − m) · V[d]);
 // attention_combine.wgsl merges them. Scores = q·k · scale.
-// `step` (binding 0) is declared in common/step.wgsl.
+// `step` (binding 0) is declared in common/step.wgsl; params, q and the KV caches in
+// common/attention.wgsl.
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    max_seq: u32,
-    q_stride: u32, // elements per token row of the q buffer (q of head h at h·head_dim)
-    max_chunks: u32,
-    scale: f32,
-    _pad: u32,
-}
-
-@group(0) @binding(1) var<uniform> params: Params;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
 const WG: u32 = 64u;
 const CHUNK: u32 = 256u; // cached positions per workgroup; 4 per invocation
-const MAX_HEAD_DIM: u32 = 256u;
 const LANES: u32 = 4u; // query heads per workgroup (vec4 components)
 var<workgroup> q_shared: array<vec4<f32>, LANES * MAX_HEAD_DIM / 4u>; // [lane, head_dim / 4]
 var<workgroup> weights: array<vec4<f32>, CHUNK>; // per position, one score then weight per lane

@@ -3,28 +3,13 @@
 // (head, token) runs an online softmax over tiles of CHUNK positions: running max m, per-invocation
 // partial sums of exp(s − m) and per-invocation output vec4s, rescaled whenever m grows.
 // GQA: kv head = head / (heads / kv_heads). Scores = q·k · scale. Output [T, heads·head_dim].
-// `step` (binding 0) is declared in common/step.wgsl.
+// `step` (binding 0) is declared in common/step.wgsl; params, q and the KV caches in
+// common/attention.wgsl.
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    max_seq: u32,
-    q_stride: u32, // elements per token row of the q buffer (q of head h at h·head_dim)
-    max_chunks: u32,
-    scale: f32,
-    _pad: u32,
-}
-
-@group(0) @binding(1) var<uniform> params: Params;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
 const CHUNK: u32 = 256u;
-const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> q_shared: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> weights: array<f32, CHUNK>;
 var<workgroup> reduction: array<f32, WG>;

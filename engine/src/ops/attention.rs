@@ -121,7 +121,7 @@ impl AttentionDecode {
         AttentionDecode {
             partial: ctx.pipeline(
                 "attention_decode",
-                shader!("attention_decode", "step"),
+                shader!("attention_decode", "step", "attention"),
                 "main",
                 &[],
             ),
@@ -214,7 +214,7 @@ impl AttentionPrefill {
         AttentionPrefill {
             pipeline: ctx.pipeline(
                 "attention_prefill",
-                shader!("attention_prefill", "step"),
+                shader!("attention_prefill", "step", "attention"),
                 "main",
                 &[],
             ),
