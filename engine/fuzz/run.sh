@@ -2,7 +2,7 @@
 # Fuzzes every reader target for SECONDS each (default 30), seeded from the committed fixtures, and
 # prints the executions libFuzzer ran. Installs what it needs (nightly, cargo-fuzz) when missing.
 #
-#   bash engine/fuzz/run.sh          # CI: 30 s per target
+#   bash engine/fuzz/run.sh 20       # what .ci/run does: 20 s per target
 #   bash engine/fuzz/run.sh 3600     # a long run; new inputs stay in engine/fuzz/corpus/<target>/
 #
 # A crash leaves its input in engine/fuzz/artifacts/<target>/; replay it with
