@@ -249,10 +249,15 @@ fn ternary_weight_bytes(c: &ModelConfig) -> u64 {
 
 /// The process's peak resident set (VmHWM) in bytes, where the OS reports it.
 fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib = status
+    proc_kib_field("/proc/self/status", "VmHWM:")
+}
+
+/// A `Name: N kB` field of a Linux /proc file, in bytes.
+pub(crate) fn proc_kib_field(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kib = text
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .find_map(|line| line.strip_prefix(field))?
         .trim()
         .strip_suffix("kB")?
         .trim()

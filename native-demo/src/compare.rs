@@ -274,16 +274,7 @@ fn estimated_gpu_bytes(shape: Shape, kind: ProjectionKind, context: usize) -> u6
 
 /// `MemAvailable` from /proc/meminfo, where the OS reports it.
 fn available_host_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemAvailable:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(kib * 1024)
+    crate::bench::proc_kib_field("/proc/meminfo", "MemAvailable:")
 }
 
 /// The sweep as a table, one row per size.
