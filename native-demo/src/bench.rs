@@ -8,13 +8,12 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use tern::format::checkpoint::Checkpoint;
 use tern::gpu::{Context, ContextOptions, KernelProfile, KernelTiming};
-use tern::model::config::ModelConfig;
 use tern::model::synthetic::{self, Shape};
 use tern::model::{Model, ModelOptions, Output, StepResult};
 use tern::ops::bandwidth;
-use tern::reference::ternary::words_per_row;
 
 use crate::compare::{self, Baseline};
+use crate::energy::{self, Dims, Phase};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -155,14 +154,28 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
     let prompt: Vec<u32> = (0..args.prompt_tokens)
         .map(|i| ((i * 7919 + 1) % config.vocab_size) as u32)
         .collect();
-    let start = Instant::now();
+    let energy = energy::Recorder::start(&ctx);
+    let prefill_start = Instant::now();
     let mut token = next_token(model.forward(&prompt, Output::Argmax).await?)?;
-    let ttft_s = start.elapsed().as_secs_f64();
-    let start = Instant::now();
+    let decode_start = Instant::now();
     for _ in 0..args.gen_tokens {
         token = next_token(model.forward(&[token], Output::Argmax).await?)?;
     }
-    let decode_s = start.elapsed().as_secs_f64();
+    let decode_end = Instant::now();
+    let ttft_s = (decode_start - prefill_start).as_secs_f64();
+    let decode_s = (decode_end - decode_start).as_secs_f64();
+    let energy = energy.report(
+        Phase {
+            start: prefill_start,
+            end: decode_start,
+            tokens: args.prompt_tokens,
+        },
+        Phase {
+            start: decode_start,
+            end: decode_end,
+            tokens: args.gen_tokens,
+        },
+    );
     let decode_tok_s = args.gen_tokens as f64 / decode_s;
     // Outside the timed steps: a profiled step runs a pass (or a submit) per kernel.
     let timing = args.kernel_timing.resolve(&ctx);
@@ -177,7 +190,8 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
     }
     let profile = fastest.context("--profile-steps must be at least 1")?;
 
-    let ternary_bytes = ternary_weight_bytes(&config);
+    let dims = Dims::of_config(&config);
+    let ternary_bytes = dims.ternary_weight_bytes();
     let copy = bandwidth::measure(&ctx, args.copy_mib << 20, 3).await?;
     let matvec_gbps = ternary_bytes as f64 * decode_tok_s / 1e9;
     let matvec_kernel_ms: f64 = profile
@@ -209,6 +223,8 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
         "kernel_ms": kernel_ms(&profile),
         "matvec_kernel_gbps": matvec_kernel_gbps,
         "matvec_kernel_over_copy": matvec_kernel_gbps / copy.copy_gbps,
+        "energy": energy,
+        "energy_estimate": energy::estimate(dims),
     }))
 }
 
@@ -228,23 +244,6 @@ fn next_token(result: StepResult) -> anyhow::Result<u32> {
         StepResult::Token(t) => Ok(t),
         other => bail!("an argmax step returned {other:?}"),
     }
-}
-
-/// Bytes every decode step reads from the layers' ternary projections: 2-bit codes in the engine
-/// layout (16 per u32 word, rows padded to whole words) and one f32 scale per row.
-fn ternary_weight_bytes(c: &ModelConfig) -> u64 {
-    let (h, attn, kv, ff) = (
-        c.hidden_size,
-        c.num_heads * c.head_dim,
-        c.num_kv_heads * c.head_dim,
-        c.intermediate_size,
-    );
-    let projection = |rows: usize, cols: usize| (rows * (words_per_row(cols) * 4 + 4)) as u64;
-    let layer = projection(attn + 2 * kv, h)
-        + projection(h, attn)
-        + projection(2 * ff, h)
-        + projection(h, ff);
-    layer * c.num_layers as u64
 }
 
 /// The process's peak resident set (VmHWM) in bytes, where the OS reports it.
@@ -267,28 +266,39 @@ pub(crate) fn proc_kib_field(file: &str, field: &str) -> Option<u64> {
 }
 
 fn print_table(report: &Value) {
-    let Some(fields) = report.as_object() else {
-        return;
-    };
+    if let Some(fields) = report.as_object() {
+        print_fields(fields, 0);
+    }
+}
+
+fn print_fields(fields: &serde_json::Map<String, Value>, indent: usize) {
+    let pad = " ".repeat(indent);
     for (name, value) in fields {
-        if let Value::Object(kernels) = value {
-            // kernel_ms (and dense): one line per number, the largest first.
-            println!("{name}");
-            let mut rows: Vec<(&String, f64)> = kernels
+        let Value::Object(inner) = value else {
+            let shown = match value {
+                Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(f64::NAN)),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!(
+                "{pad}{name:<width$} {shown}",
+                width = 22usize.saturating_sub(indent)
+            );
+            continue;
+        };
+        println!("{pad}{name}");
+        if inner.values().all(Value::is_number) {
+            // kernel_ms (and dense's): one line per number, the largest first.
+            let mut rows: Vec<(&String, f64)> = inner
                 .iter()
                 .filter_map(|(k, ms)| Some((k, ms.as_f64()?)))
                 .collect();
             rows.sort_by(|a, b| b.1.total_cmp(&a.1));
             for (kernel, ms) in rows {
-                println!("  {kernel:<20} {ms:.3}");
+                println!("{pad}  {kernel:<20} {ms:.3}");
             }
-            continue;
+        } else {
+            print_fields(inner, indent + 2);
         }
-        let shown = match value {
-            Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(f64::NAN)),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        println!("{name:<22} {shown}");
     }
 }

@@ -13,6 +13,8 @@ use tern::model::synthetic::{self, Shape};
 use tern::model::weights::ProjectionKind;
 use tern::model::{Model, ModelOptions, Output, StepResult};
 
+use crate::energy::{self, Dims, Phase};
+
 /// `--compare`: the baseline to run beside the ternary model.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Baseline {
@@ -57,6 +59,8 @@ pub struct Figures {
     pub gpu_bytes: u64,
     /// One more decode step, timed kernel by kernel (outside the timed steps).
     pub kernel_ms: KernelProfile,
+    /// The timed phases' measured energy, or why there is no counter (`energy::Recorder`).
+    pub energy: Value,
 }
 
 impl Figures {
@@ -76,6 +80,7 @@ impl Figures {
                     .map(|k| (k.name.to_string(), json!(k.ms)))
                     .collect(),
             ),
+            "energy": self.energy,
         })
     }
 }
@@ -112,14 +117,28 @@ pub async fn measure(
     let prompt: Vec<u32> = (0..run.prompt_tokens)
         .map(|i| ((i * 7919 + 1) % vocab) as u32)
         .collect();
-    let start = Instant::now();
+    let energy = energy::Recorder::start(ctx);
+    let prefill_start = Instant::now();
     let mut token = next_token(model.forward(&prompt, Output::Argmax).await?)?;
-    let ttft_s = start.elapsed().as_secs_f64();
-    let start = Instant::now();
+    let decode_start = Instant::now();
     for _ in 0..run.gen_tokens {
         token = next_token(model.forward(&[token], Output::Argmax).await?)?;
     }
-    let decode_s = start.elapsed().as_secs_f64();
+    let decode_end = Instant::now();
+    let ttft_s = (decode_start - prefill_start).as_secs_f64();
+    let decode_s = (decode_end - decode_start).as_secs_f64();
+    let energy = energy.report(
+        Phase {
+            start: prefill_start,
+            end: decode_start,
+            tokens: run.prompt_tokens,
+        },
+        Phase {
+            start: decode_start,
+            end: decode_end,
+            tokens: run.gen_tokens,
+        },
+    );
     let (_, kernel_ms) = model
         .profile_decode(token, KernelTiming::for_adapter(ctx))
         .await?;
@@ -130,6 +149,7 @@ pub async fn measure(
         decode_tok_s: run.gen_tokens as f64 / decode_s,
         gpu_bytes: model.gpu_bytes(),
         kernel_ms,
+        energy,
     })
 }
 
@@ -166,7 +186,8 @@ fn next_token(result: StepResult) -> anyhow::Result<u32> {
 
 /// Adds the dense baseline at `shape` to the ternary `report` (which holds `decode_tok_s` and
 /// `gpu_bytes` measured by the main benchmark): `dense.*`, `speedup_decode` (dense decode time over
-/// ternary decode time) and `memory_ratio` (dense GPU bytes over ternary GPU bytes).
+/// ternary decode time), `memory_ratio` (dense GPU bytes over ternary GPU bytes) and
+/// `energy_ternary_over_dense` (ternary joules per token over dense, estimated and measured).
 pub async fn add_dense(
     report: &mut Value,
     ctx: &Arc<Context>,
@@ -188,6 +209,8 @@ pub async fn add_dense(
     report["dense"] = dense_json;
     report["speedup_decode"] = json!(decode_tok_s / dense.decode_tok_s);
     report["memory_ratio"] = json!(dense.gpu_bytes as f64 / gpu_bytes);
+    report["energy_ternary_over_dense"] =
+        energy::ratios(&report["energy"], &dense.energy, &report["energy_estimate"]);
     Ok(())
 }
 
@@ -204,6 +227,7 @@ pub async fn sweep(ctx: &Arc<Context>, run: Run) -> anyhow::Result<Value> {
                 shape.vocab
             ),
             "parameters": shape.parameters(),
+            "energy_estimate": energy::estimate(Dims::of_shape(shape)),
         });
         for kind in [ProjectionKind::Ternary, ProjectionKind::Dense] {
             let key = match kind {
@@ -228,6 +252,8 @@ pub async fn sweep(ctx: &Arc<Context>, run: Run) -> anyhow::Result<Value> {
             let ratio = |a: &Value, b: &Value| a.as_f64().zip(b.as_f64()).map(|(a, b)| a / b);
             entry["speedup_decode"] = json!(ratio(&t["decode_tok_s"], &d["decode_tok_s"]));
             entry["memory_ratio"] = json!(ratio(&d["gpu_bytes"], &t["gpu_bytes"]));
+            entry["energy_ternary_over_dense"] =
+                energy::ratios(&t["energy"], &d["energy"], &entry["energy_estimate"]);
         }
         sizes.push(entry);
     }
@@ -277,20 +303,40 @@ fn available_host_bytes() -> Option<u64> {
     crate::bench::proc_kib_field("/proc/meminfo", "MemAvailable:")
 }
 
-/// The sweep as a table, one row per size.
+/// The sweep as a table, one row per size, then why energy was not measured where it was not.
 pub fn print_sweep(report: &Value) {
     println!("adapter: {}", report["adapter"].as_str().unwrap_or("?"));
     println!(
-        "{:<6} {:>14} {:>14} {:>8} {:>11} {:>11} {:>8}",
-        "size", "ternary ms/tok", "dense ms/tok", "speedup", "ternary GB", "dense GB", "memory"
+        "{:<6} {:>14} {:>14} {:>8} {:>11} {:>11} {:>8} {:>13} {:>13} {:>13} {:>13}",
+        "size",
+        "ternary ms/tok",
+        "dense ms/tok",
+        "speedup",
+        "ternary GB",
+        "dense GB",
+        "memory",
+        "est. t mJ/tok",
+        "est. d mJ/tok",
+        "meas. t J/tok",
+        "meas. d J/tok"
     );
     let empty = Vec::new();
+    let mut no_counter = None;
     for entry in report["sizes"].as_array().unwrap_or(&empty) {
         let field = |kind: &str, name: &str| entry[kind][name].as_f64();
         let show =
             |v: Option<f64>, scale: f64| v.map_or("-".into(), |v| format!("{:.2}", v * scale));
+        let estimate = |kind: &str| entry["energy_estimate"][kind]["j_per_token"].as_f64();
+        let mut measured = |kind: &str| {
+            let energy = &entry[kind]["energy"];
+            if let Some(reason) = energy["no_counter"].as_str() {
+                no_counter = Some(reason.to_string());
+                return "no counter".to_string();
+            }
+            show(energy["decode"]["j_per_token"].as_f64(), 1.0)
+        };
         println!(
-            "{:<6} {:>14} {:>14} {:>8} {:>11} {:>11} {:>8}",
+            "{:<6} {:>14} {:>14} {:>8} {:>11} {:>11} {:>8} {:>13} {:>13} {:>13} {:>13}",
             entry["size"].as_str().unwrap_or("?"),
             show(field("ternary", "decode_ms_per_token"), 1.0),
             show(field("dense", "decode_ms_per_token"), 1.0),
@@ -298,6 +344,14 @@ pub fn print_sweep(report: &Value) {
             show(field("ternary", "gpu_bytes"), 1e-9),
             show(field("dense", "gpu_bytes"), 1e-9),
             show(entry["memory_ratio"].as_f64(), 1.0),
+            show(estimate("ternary"), 1e3),
+            show(estimate("dense"), 1e3),
+            measured("ternary"),
+            measured("dense"),
         );
+    }
+    println!("est.: estimated decode energy (BitNet b1.58 paper's 7 nm model + weight traffic)");
+    if let Some(reason) = no_counter {
+        println!("energy not measured: {reason}");
     }
 }

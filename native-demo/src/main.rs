@@ -2,6 +2,7 @@
 
 mod bench;
 mod compare;
+mod energy;
 mod generate;
 mod info;
 mod load;

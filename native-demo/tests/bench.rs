@@ -103,6 +103,45 @@ fn bench_json_reports_every_figure() {
         report["kernel_ms_source"].as_str().unwrap_or("missing")
     };
     check_kernel_ms(&report, source);
+    check_energy(&report["energy"], &report);
+    let estimate = &report["energy_estimate"];
+    assert!(
+        estimate["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("estimate")),
+        "{report}"
+    );
+    assert_eq!(estimate["assumptions"]["int8_add_pj"], 0.007);
+    for kind in ["ternary", "dense"] {
+        let joules = estimate[kind]["j_per_token"].as_f64().unwrap_or(f64::NAN);
+        assert!(joules.is_finite() && joules > 0.0, "{kind}: {estimate}");
+    }
+    // The estimate reads the same projection bytes that the report counts.
+    let lm_head = 2.0 * 256.0 * 1024.0;
+    assert_eq!(
+        estimate["ternary"]["weight_bytes_read"].as_f64(),
+        Some(4.0 * per_layer as f64 + lm_head)
+    );
+}
+
+/// `energy` is either a measurement (a counter, the idle draw and both phases, positive and
+/// finite) or `counter: null` with the reason — never a number without a counter.
+fn check_energy(energy: &serde_json::Value, report: &serde_json::Value) {
+    if energy["counter"].is_null() {
+        let reason = energy["no_counter"].as_str().expect("no_counter reason");
+        assert!(!reason.is_empty(), "{report}");
+        assert!(energy.get("decode").is_none(), "{report}");
+        return;
+    }
+    assert!(
+        energy["idle_w"].as_f64().is_some_and(f64::is_finite),
+        "{report}"
+    );
+    for phase in ["prefill", "decode"] {
+        let joules = energy[phase]["joules"].as_f64().unwrap_or(f64::NAN);
+        assert!(joules.is_finite() && joules >= 0.0, "{phase}: {report}");
+        assert!(energy[phase]["j_per_token"].as_f64().is_some(), "{report}");
+    }
 }
 
 #[test]
@@ -155,6 +194,20 @@ fn bench_compare_dense_reports_the_baseline_and_its_ratios() {
     let memory = number(&report, "memory_ratio");
     let want = number(dense, "gpu_bytes") / number(&report, "gpu_bytes");
     assert!((memory - want).abs() <= 1e-9 * want, "{memory} vs {want}");
+    check_energy(&dense["energy"], &report);
+    let energy_ratio = &report["energy_ternary_over_dense"];
+    assert_eq!(
+        energy_ratio["estimate"], report["energy_estimate"]["ternary_over_dense"],
+        "{report}"
+    );
+    let measured = |e: &serde_json::Value| e["decode"]["j_per_token"].as_f64();
+    match (measured(&report["energy"]), measured(&dense["energy"])) {
+        (Some(t), Some(d)) => assert_eq!(
+            energy_ratio["measured"]["decode_j_per_token"].as_f64(),
+            Some(t / d)
+        ),
+        _ => assert!(energy_ratio["no_counter"].is_string(), "{report}"),
+    }
     // The tiny shape's projections (4 layers of 256·384 + 256·256 + 2·768·256 + 256·768 weights)
     // in f16 (2 bytes each) against 2-bit codes (¼ byte): the dense model holds ~1.75 bytes a
     // weight more.
