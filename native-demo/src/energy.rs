@@ -470,6 +470,7 @@ fn pick_gpu(gpus: &[(u32, u32)], adapter_device: u32) -> Option<u32> {
 // ---- RAPL ----------------------------------------------------------------------------------
 
 /// One RAPL zone's counter, unwrapped.
+#[derive(Debug)]
 struct RaplZone {
     name: String,
     energy_file: PathBuf,
@@ -494,7 +495,7 @@ impl RaplZone {
 fn rapl_zones(root: &Path) -> Result<Vec<RaplZone>, String> {
     let entries = std::fs::read_dir(root).map_err(|e| {
         format!(
-            "no RAPL counter: {}: {e} (Linux powercap with intel_rapl, on bare metal)",
+            "no RAPL counter: {}: {e} (needs Linux's powercap intel_rapl driver, usually on bare metal)",
             root.display()
         )
     })?;
