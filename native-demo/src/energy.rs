@@ -101,7 +101,8 @@ pub struct Meter {
 enum Source {
     Rapl(Vec<RaplZone>),
     Nvml {
-        nvml: nvml_wrapper::Nvml,
+        /// Boxed: the library's table of function pointers is ~12 KB.
+        nvml: Box<nvml_wrapper::Nvml>,
         index: u32,
         /// Volta and newer have a millijoule counter; older boards only report power.
         energy_counter: bool,
@@ -390,7 +391,7 @@ fn open_nvml(adapter_device: u32) -> Result<(String, Source), String> {
     Ok((
         counter,
         Source::Nvml {
-            nvml,
+            nvml: Box::new(nvml),
             index,
             energy_counter,
         },

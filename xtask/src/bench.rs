@@ -143,11 +143,14 @@ fn points(report: &Value, kind: &str) -> Vec<Point> {
         .collect()
 }
 
-/// The sweep's decode energy per token for `kind` against parameters (billions): the estimate at
-/// every size, and what the counter measured where there was one.
-fn energy_points(report: &Value, kind: &str) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+/// (parameters in billions, J per decoded token) of each size that has the figure.
+type EnergySeries = Vec<(f64, f64)>;
+
+/// The sweep's decode energy per token for `kind`: the estimate at every size, and what the
+/// counter measured where there was one.
+fn energy_points(report: &Value, kind: &str) -> (EnergySeries, EnergySeries) {
     let sizes = || report["sizes"].as_array().into_iter().flatten();
-    let series = |joules: fn(&Value, &str) -> Option<f64>| -> Vec<(f64, f64)> {
+    let series = |joules: fn(&Value, &str) -> Option<f64>| -> EnergySeries {
         sizes()
             .filter_map(|size| Some((size["parameters"].as_f64()? / 1e9, joules(size, kind)?)))
             .collect()
