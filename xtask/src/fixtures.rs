@@ -2,8 +2,8 @@
 //! the engine reads (DESIGN §4, §7). The Python reference (tests/reference/make_goldens.py) turns
 //! them into goldens.
 
-mod gguf_writer;
-mod quant;
+pub mod gguf_writer;
+pub mod quant;
 mod safetensors_writer;
 mod weights;
 
@@ -623,46 +623,25 @@ fn write_gguf(path: &Path, a: &Arch, flavor: &GgufFlavor, ty: GgmlType) -> Resul
         GgmlType::Tq2_0 => 37,
         _ => bail!("not a ternary type"),
     };
-    g.kv("general.architecture", Value::Str(arch.into()));
-    g.kv("general.name", Value::Str(flavor.name.into()));
-    g.kv(
-        "general.alignment",
-        Value::U32(gguf_writer::ALIGNMENT as u32),
+    add_gguf_model(
+        &mut g,
+        &GgufModel {
+            arch,
+            name: flavor.name,
+            file_type,
+            vocab: a.vocab,
+            context: 256,
+            hidden: a.hidden,
+            layers: a.layers,
+            intermediate: a.inter,
+            head_dim: a.head_dim,
+            heads: a.heads,
+            kv_heads: a.kv_heads,
+            rope_theta: flavor.rope_theta,
+            rms_eps: flavor.rms_eps,
+        },
     );
-    g.kv("general.file_type", Value::U32(file_type));
-    g.kv("general.quantization_version", Value::U32(2));
-    g.kv(format!("{arch}.vocab_size"), Value::U32(a.vocab as u32));
-    g.kv(format!("{arch}.context_length"), Value::U32(256));
-    g.kv(
-        format!("{arch}.embedding_length"),
-        Value::U32(a.hidden as u32),
-    );
-    g.kv(format!("{arch}.block_count"), Value::U32(a.layers as u32));
-    g.kv(
-        format!("{arch}.feed_forward_length"),
-        Value::U32(a.inter as u32),
-    );
-    g.kv(
-        format!("{arch}.rope.dimension_count"),
-        Value::U32(a.head_dim as u32),
-    );
-    g.kv(
-        format!("{arch}.rope.freq_base"),
-        Value::F32(flavor.rope_theta),
-    );
-    g.kv(
-        format!("{arch}.attention.head_count"),
-        Value::U32(a.heads as u32),
-    );
-    g.kv(
-        format!("{arch}.attention.head_count_kv"),
-        Value::U32(a.kv_heads as u32),
-    );
-    g.kv(
-        format!("{arch}.attention.layer_norm_rms_epsilon"),
-        Value::F32(flavor.rms_eps),
-    );
-    add_gguf_tokenizer(&mut g)?;
+    add_gguf_tokenizer(&mut g, &tokenizer_dir())?;
 
     let f32s = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     // HF fixtures store bf16 values: F32 holds them exactly, F16 (bitnet.cpp's choice) nearly.
@@ -759,12 +738,61 @@ fn write_gguf(path: &Path, a: &Arch, flavor: &GgufFlavor, ty: GgmlType) -> Resul
     Ok(())
 }
 
-/// tokenizer.ggml.* (gpt2 BPE) and the chat template, from the committed tokenizer files.
-fn add_gguf_tokenizer(g: &mut GgufWriter) -> Result<()> {
-    let tok: serde_json::Value =
-        serde_json::from_slice(&fs::read(tokenizer_dir().join("tokenizer.json"))?)?;
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&fs::read(tokenizer_dir().join("tokenizer_config.json"))?)?;
+/// A model's hyper-parameters, as GGUF metadata.
+pub struct GgufModel<'a> {
+    pub arch: &'a str,
+    pub name: &'a str,
+    /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`: 40 for I2_S).
+    pub file_type: u32,
+    pub vocab: usize,
+    pub context: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub intermediate: usize,
+    pub head_dim: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+}
+
+/// `general.*` and `<arch>.*` metadata.
+pub fn add_gguf_model(g: &mut GgufWriter, m: &GgufModel) {
+    let arch = m.arch;
+    let count = |n: usize| Value::U32(n as u32);
+    g.kv("general.architecture", Value::Str(arch.into()));
+    g.kv("general.name", Value::Str(m.name.into()));
+    g.kv(
+        "general.alignment",
+        Value::U32(gguf_writer::ALIGNMENT as u32),
+    );
+    g.kv("general.file_type", Value::U32(m.file_type));
+    g.kv("general.quantization_version", Value::U32(2));
+    g.kv(format!("{arch}.vocab_size"), count(m.vocab));
+    g.kv(format!("{arch}.context_length"), count(m.context));
+    g.kv(format!("{arch}.embedding_length"), count(m.hidden));
+    g.kv(format!("{arch}.block_count"), count(m.layers));
+    g.kv(format!("{arch}.feed_forward_length"), count(m.intermediate));
+    g.kv(format!("{arch}.rope.dimension_count"), count(m.head_dim));
+    g.kv(format!("{arch}.rope.freq_base"), Value::F32(m.rope_theta));
+    g.kv(format!("{arch}.attention.head_count"), count(m.heads));
+    g.kv(format!("{arch}.attention.head_count_kv"), count(m.kv_heads));
+    g.kv(
+        format!("{arch}.attention.layer_norm_rms_epsilon"),
+        Value::F32(m.rms_eps),
+    );
+}
+
+/// tokenizer.ggml.* (gpt2 BPE) and the chat template, from a model's tokenizer files: BOS and EOS
+/// are the ids of tokenizer_config.json's `bos_token` and `eos_token`.
+pub fn add_gguf_tokenizer(g: &mut GgufWriter, dir: &Path) -> Result<()> {
+    let read = |name: &str| -> Result<serde_json::Value> {
+        let path = dir.join(name);
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    };
+    let tok = read("tokenizer.json")?;
+    let cfg = read("tokenizer_config.json")?;
     let vocab = tok["model"]["vocab"].as_object().context("model.vocab")?;
     let added = tok["added_tokens"].as_array().context("added_tokens")?;
     let n = vocab.len() + added.len();
@@ -792,14 +820,25 @@ fn add_gguf_tokenizer(g: &mut GgufWriter) -> Result<()> {
             _ => bail!("bad merge entry"),
         })
         .collect::<Result<Vec<_>>>()?;
+    let special_id = |key: &str| -> Result<Value> {
+        let text = cfg[key]
+            .as_str()
+            .with_context(|| format!("tokenizer_config.json: no {key}"))?;
+        let id = tokens
+            .iter()
+            .position(|t| t == text)
+            .with_context(|| format!("tokenizer.json: no token {text:?} ({key})"))?;
+        Ok(Value::U32(id as u32))
+    };
+    let (bos, eos) = (special_id("bos_token")?, special_id("eos_token")?);
     g.kv("tokenizer.ggml.model", Value::Str("gpt2".into()));
     g.kv("tokenizer.ggml.pre", Value::Str("llama-bpe".into()));
     g.kv("tokenizer.ggml.tokens", Value::ArrStr(tokens));
     g.kv("tokenizer.ggml.token_type", Value::ArrI32(types));
     g.kv("tokenizer.ggml.merges", Value::ArrStr(merges));
-    g.kv("tokenizer.ggml.bos_token_id", Value::U32(BOS));
-    g.kv("tokenizer.ggml.eos_token_id", Value::U32(EOT_ID));
-    g.kv("tokenizer.ggml.eot_token_id", Value::U32(EOT_ID));
+    g.kv("tokenizer.ggml.bos_token_id", bos);
+    g.kv("tokenizer.ggml.eos_token_id", eos.clone());
+    g.kv("tokenizer.ggml.eot_token_id", eos);
     g.kv("tokenizer.ggml.add_bos_token", Value::Bool(true));
     let template = cfg["chat_template"].as_str().context("chat_template")?;
     g.kv("tokenizer.chat_template", Value::Str(template.into()));

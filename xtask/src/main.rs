@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fixtures;
+mod gguf;
 mod test;
 mod wasm;
 mod web;
@@ -23,6 +24,8 @@ enum Command {
     Bench(bench::Args),
     /// Write the deterministic random-weight test checkpoints (HF safetensors + GGUF).
     Fixtures(fixtures::Args),
+    /// Convert a model in the 2B-4T packed layout (HF safetensors) to a bitnet.cpp I2_S GGUF.
+    Gguf(gguf::Args),
     /// Build the browser package web/pkg (tern.js, .wasm, .d.ts, package.json).
     Wasm(wasm::Args),
     /// Build the browser package and serve the chat page and local models on 127.0.0.1.
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fixtures(args) => fixtures::run(&args),
+        Command::Gguf(args) => gguf::run(&args),
         Command::Wasm(args) => wasm::run(&args),
         Command::Web(args) => web::run(&args),
     }

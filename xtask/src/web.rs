@@ -21,8 +21,8 @@ pub struct Args {
     /// Port on 127.0.0.1 (0: any free port; the URL is printed).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// A model directory or .gguf file to serve (repeatable; default tests/fixtures/bitnet-2b4t,
-    /// written by `cargo xtask fixtures` when missing).
+    /// A model directory or .gguf file to serve (repeatable; default models/tern-pydoc-6m, the
+    /// trained model Tern ships).
     #[arg(long)]
     model: Vec<PathBuf>,
     /// Serve the web/pkg already built instead of running `cargo xtask wasm` first.
@@ -48,11 +48,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let models = if args.model.is_empty() {
-        let fixture = root.join("tests/fixtures/bitnet-2b4t");
-        if !fixture.join("model.safetensors").is_file() {
-            crate::fixtures::run(&crate::fixtures::Args::default())?;
-        }
-        vec![fixture]
+        vec![root.join("models/tern-pydoc-6m")]
     } else {
         args.model.clone()
     };
@@ -79,7 +75,7 @@ fn router(root: &Path, models: &[PathBuf]) -> anyhow::Result<Router> {
         .route("/", get(|| async { Redirect::temporary("/www/") }))
         .nest_service("/www", ServeDir::new(root.join("web/www")))
         .nest_service("/pkg", ServeDir::new(root.join("web/pkg")));
-    let mut index = Vec::new();
+    let mut index: Vec<serde_json::Value> = Vec::new();
     for model in models {
         let name = model
             .file_name()
@@ -87,7 +83,7 @@ fn router(root: &Path, models: &[PathBuf]) -> anyhow::Result<Router> {
             .with_context(|| format!("{}: not a usable model path", model.display()))?
             .to_string();
         let url = format!("/models/{name}");
-        if index.iter().any(|(_, u)| u == &url) {
+        if index.iter().any(|m| m["url"] == url.as_str()) {
             bail!("two models are named {name}: rename one");
         }
         app = if model.is_dir() {
@@ -98,20 +94,45 @@ fn router(root: &Path, models: &[PathBuf]) -> anyhow::Result<Router> {
             bail!("{}: no such model directory or file", model.display());
         };
         println!("  model {} at {url}", model.display());
-        index.push((name, url));
+        index.push(serde_json::json!({"name": name, "url": url, "description": describe(model)}));
     }
-    let index = serde_json::json!({
-        "models": index
-            .iter()
-            .map(|(name, url)| serde_json::json!({"name": name, "url": url}))
-            .collect::<Vec<_>>(),
-    });
+    let index = serde_json::json!({ "models": index });
     Ok(app
         .route(
             "/models/index.json",
             get(move || async move { Json(index.clone()) }),
         )
         .layer(middleware::from_fn(log_and_revalidate)))
+}
+
+/// What the page says a model is: its size, whether it is one of the random-weight test fixtures,
+/// and the first paragraph of its model card (README.md) when it has one.
+fn describe(model: &Path) -> String {
+    let files: Vec<PathBuf> = if model.is_dir() {
+        std::fs::read_dir(model)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    } else {
+        vec![model.to_path_buf()]
+    };
+    let bytes: u64 = files
+        .iter()
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let size = format!("{:.1} MB", bytes as f64 / 1e6);
+    if model.components().any(|c| c.as_os_str() == "fixtures") {
+        return format!("random-weight test fixture, {size}: its replies are noise");
+    }
+    let card = std::fs::read_to_string(model.join("README.md")).unwrap_or_default();
+    let summary = card
+        .split("\n\n")
+        .map(str::trim)
+        .find(|paragraph| !paragraph.is_empty() && !paragraph.starts_with('#'));
+    match summary {
+        Some(summary) => format!("{size}: {}", summary.replace('\n', " ")),
+        None => size,
+    }
 }
 
 /// Logs each request with its status, and marks every response `no-cache` so a browser revalidates
