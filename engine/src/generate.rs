@@ -16,7 +16,7 @@ use crate::text::chat_template::{ChatMessage, ChatTemplate};
 use crate::text::stream::{StopMatcher, TextStreamer};
 use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{log_softmax_at, Sampler, SamplingParams};
 
 /// Largest top-k served from the GPU's candidate list instead of full logits.
 const GPU_TOP_K: usize = crate::ops::select::MAX_TOP_K;

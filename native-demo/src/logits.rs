@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use safetensors::{tensor::TensorView, Dtype};
+use tern::generate::log_softmax_at;
 
 use crate::load::{session, ModelArgs};
 
@@ -91,10 +92,4 @@ pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<()> {
         (nll / count as f64).exp()
     );
     Ok(())
-}
-
-fn log_softmax_at(row: &[f32], index: usize) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    row[index] as f64 - max - sum.ln()
 }
