@@ -134,6 +134,8 @@ pub struct ChatArgs {
 }
 
 /// Interactive chat: each line is a user turn; `/reset` starts over, `/exit` (or end of input) quits.
+/// When the conversation outgrows the context, its oldest turns are dropped (the system message
+/// stays), with a notice.
 pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
     let mut session: Session = session(&args.model)?;
     let opening: Vec<ChatMessage> = args
@@ -144,7 +146,7 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
     let mut messages = opening.clone();
     eprintln!(
         "chatting with {} — /reset starts over, /exit quits",
-        args.model.model
+        args.model.name()
     );
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -166,10 +168,33 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
             }
             text => messages.push(ChatMessage::new("user", text)),
         }
-        let prompt = session.chat_prompt(&messages)?;
+        let options = args.sampling.options();
+        let max_context = session.model.options.max_context;
+        // Room for the reply: its whole budget when that is small, else a quarter of the context.
+        let reply_room = options.max_new_tokens.min(max_context / 4);
+        let mut prompt = session.chat_prompt(&messages)?;
+        let mut dropped = 0;
+        while prompt.len() + reply_room > max_context && messages.len() > opening.len() + 1 {
+            // The oldest exchange after the opening goes; the system message and this turn stay.
+            let end = (opening.len() + 2).min(messages.len() - 1);
+            messages.drain(opening.len()..end);
+            prompt = session.chat_prompt(&messages)?;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            eprintln!("[context full: the {dropped} oldest turn(s) were dropped]");
+        }
+        if prompt.len() + 1 > max_context {
+            eprintln!(
+                "[this message does not fit the {max_context}-token context ({} tokens): send a shorter one]",
+                prompt.len()
+            );
+            messages.pop();
+            continue;
+        }
         let generation = pollster::block_on(session.generate(
             &prompt,
-            &args.sampling.options(),
+            &options,
             &CancelToken::default(),
             |event| {
                 print!("{}", event.text);

@@ -10,12 +10,20 @@ use tern::generate::Session;
 use tern::gpu::{Context, ContextOptions};
 use tern::model::ModelOptions;
 
+/// The model Tern ships, used when no `--model` is given: a 5.8 M-parameter BitNet b1.58 trained
+/// from scratch on the Python documentation by train/ (models/tern-pydoc-6m/README.md). It lives in
+/// the repository this binary was built from, so the first command works offline.
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/tern-pydoc-6m");
+/// The name the default model goes by (the server's model id).
+pub const DEFAULT_MODEL_NAME: &str = "tern-pydoc-6m";
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// A model directory (config.json + safetensors + tokenizer.json), a .gguf file, or a Hugging Face
     /// repo id such as microsoft/bitnet-b1.58-2B-4T (downloaded into the HF cache on first use).
+    /// Default: tern-pydoc-6m, the small model trained by Tern and shipped in its repository.
     #[arg(long, short = 'm')]
-    pub model: String,
+    pub model: Option<String>,
     /// KV-cache length in tokens (at most the model's max_position_embeddings).
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
@@ -24,8 +32,28 @@ pub struct ModelArgs {
     pub batch: usize,
 }
 
+impl ModelArgs {
+    /// The model's name as the user knows it: the `--model` argument, or the default's name.
+    pub fn name(&self) -> &str {
+        self.model.as_deref().unwrap_or(DEFAULT_MODEL_NAME)
+    }
+}
+
 pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
-    let path = tern::hub::resolve(&args.model, true)?;
+    let path = match &args.model {
+        Some(model) => tern::hub::resolve(model, true)?,
+        None => {
+            let path = std::path::PathBuf::from(DEFAULT_MODEL);
+            anyhow::ensure!(
+                path.is_dir(),
+                "the default model {DEFAULT_MODEL_NAME} is not at {} (this binary was built from a \
+                 Tern checkout that has moved): pass --model DIR|FILE.gguf|REPO-ID, e.g. \
+                 --model microsoft/bitnet-b1.58-2B-4T",
+                path.display()
+            );
+            path
+        }
+    };
     let checkpoint =
         Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let ctx = Arc::new(pollster::block_on(Context::new(

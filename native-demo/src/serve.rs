@@ -44,7 +44,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .name("tern-gpu".into())
         .spawn(move || work(session, queue))?;
     let state = Arc::new(Server {
-        model: args.model.model.clone(),
+        model: args.model.name().to_string(),
         created: unix_seconds(),
         jobs,
         next_id: AtomicU64::new(0),
@@ -64,7 +64,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
             eprintln!(
                 "serving {} on http://{}/v1",
-                args.model.model,
+                args.model.name(),
                 listener.local_addr()?
             );
             axum::serve(listener, app).await?;
@@ -73,7 +73,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 struct Server {
-    /// The id clients name the model by: the `--model` argument.
+    /// The id clients name the model by: the `--model` argument (or the default model's name).
     model: String,
     created: u64,
     jobs: mpsc::Sender<Job>,

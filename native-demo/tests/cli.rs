@@ -191,6 +191,46 @@ fn run_prompt_and_chat_stream_text() {
     );
 }
 
+/// A conversation longer than the context drops its oldest turns and goes on, never exits.
+#[test]
+fn chat_outgrowing_the_context_drops_old_turns() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "chat",
+            "-m",
+            &fixture("bitnet-2b4t"),
+            "-n",
+            "8",
+            "--system",
+            "Be brief.",
+        ])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let turn = "Tell me about the weather in the old village by the river today. ".repeat(4);
+    let mut input = format!("{}\n", turn).repeat(6);
+    input.push_str(&format!("{}\n/exit\n", "word ".repeat(400)));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("oldest turn(s) were dropped"), "{stderr}");
+    assert!(stderr.contains("does not fit"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("> ").count(),
+        8,
+        "a prompt before each of the eight lines"
+    );
+}
+
 #[test]
 fn perplexity_reports_a_number() {
     let dir = tempdir();
@@ -211,6 +251,53 @@ fn perplexity_reports_a_number() {
     ]);
     let value: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(value.is_finite() && value > 1.0, "{out}");
+}
+
+/// The trained model Tern ships is the default: no `--model`, no network.
+#[test]
+fn default_model_runs_offline_and_matches_pytorch_perplexity() {
+    let offline = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .output()
+            .expect("tern runs");
+        assert!(
+            out.status.success(),
+            "tern {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let reply = offline(&[
+        "run",
+        "--chat",
+        "--prompt",
+        "What does os.path.join do?",
+        "-n",
+        "24",
+    ]);
+    assert!(reply.trim().len() > 8, "a reply of some words: {reply:?}");
+
+    let goldens = root().join("tests/reference/goldens");
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(goldens.join("tern-pydoc-6m.json")).unwrap())
+            .unwrap();
+    let reference = figures["excerpt_perplexity"].as_f64().unwrap();
+    let out = offline(&[
+        "perplexity",
+        "--file",
+        goldens.join("tern-pydoc-6m-valid.txt").to_str().unwrap(),
+        "--ctx",
+        "256",
+    ]);
+    let ours: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        (ours / reference - 1.0).abs() <= 0.005,
+        "tern perplexity {ours} vs PyTorch {reference}: more than 0.5 % apart ({out})"
+    );
 }
 
 #[test]
