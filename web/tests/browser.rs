@@ -31,36 +31,43 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-macro_rules! fixture_file {
-    ($file:literal) => {
-        (
-            $file,
-            include_bytes!(concat!("../../tests/fixtures/bitnet-2b4t/", $file)).as_slice(),
-        )
+/// The files of a model directory (config, weights, tokenizer), compiled into the test.
+macro_rules! model_files {
+    ($dir:literal) => {
+        &[
+            model_files!(@file $dir, "config.json"),
+            model_files!(@file $dir, "model.safetensors"),
+            model_files!(@file $dir, "tokenizer.json"),
+            model_files!(@file $dir, "tokenizer_config.json"),
+        ]
+    };
+    (@file $dir:literal, $file:literal) => {
+        ($file, include_bytes!(concat!("../../", $dir, "/", $file)).as_slice())
     };
 }
 
 /// The bitnet-2b4t fixture directory, served from memory.
-const FIXTURE: &[(&str, &[u8])] = &[
-    fixture_file!("config.json"),
-    fixture_file!("model.safetensors"),
-    fixture_file!("tokenizer.json"),
-    fixture_file!("tokenizer_config.json"),
-];
+const FIXTURE: &[(&str, &[u8])] = model_files!("tests/fixtures/bitnet-2b4t");
 const GOLDENS: &[u8] = include_bytes!("../../tests/reference/goldens/bitnet-2b4t.safetensors");
 const FIXTURE_BASE: &str = "mem://bitnet-2b4t";
+/// The trained model Tern ships, and PyTorch's figures for it (train/evaluate.py).
+const TRAINED: &[(&str, &[u8])] = model_files!("models/tern-pydoc-6m");
+const TRAINED_GOLDENS: &[u8] =
+    include_bytes!("../../tests/reference/goldens/tern-pydoc-6m.safetensors");
+const TRAINED_BASE: &str = "mem://tern-pydoc-6m";
 
+/// Model directories served from memory under `mem://<name>/`.
 struct MemoryFetcher;
 
 impl Fetcher for MemoryFetcher {
     async fn fetch(&mut self, url: &str) -> tern::Result<Option<Vec<u8>>> {
-        let file = url
-            .strip_prefix(FIXTURE_BASE)
-            .and_then(|f| f.strip_prefix('/'));
-        Ok(FIXTURE
+        let found = [(FIXTURE_BASE, FIXTURE), (TRAINED_BASE, TRAINED)]
             .iter()
-            .find(|(name, _)| Some(*name) == file)
-            .map(|(_, bytes)| bytes.to_vec()))
+            .find_map(|(base, files)| {
+                let file = url.strip_prefix(base)?.strip_prefix('/')?;
+                files.iter().find(|(name, _)| *name == file)
+            });
+        Ok(found.map(|(_, bytes)| bytes.to_vec()))
     }
 
     async fn open(&mut self, url: &str) -> tern::Result<Option<Box<dyn TensorSource>>> {
@@ -80,9 +87,11 @@ async fn context() -> Arc<Context> {
 }
 
 async fn fixture_engine() -> Engine {
-    let location = ModelLocation::Directory {
-        base: FIXTURE_BASE.into(),
-    };
+    memory_engine(FIXTURE_BASE).await
+}
+
+async fn memory_engine(base: &str) -> Engine {
+    let location = ModelLocation::Directory { base: base.into() };
     let checkpoint = load_checkpoint(&mut MemoryFetcher, &location)
         .await
         .unwrap();
@@ -336,6 +345,43 @@ async fn bitnet_2b4t_matches_reference_goldens() {
             );
         }
     }
+}
+
+/// The trained default model in the browser: its perplexity over the held-out excerpt (256-token
+/// windows, each from an empty context) agrees with PyTorch's within 0.5 %, as natively.
+#[wasm_bindgen_test]
+async fn trained_model_perplexity_matches_pytorch() {
+    let engine = memory_engine(TRAINED_BASE).await;
+    let st = SafeTensors::deserialize(TRAINED_GOLDENS).unwrap();
+    let tensor = |key: &str| st.tensor(key).unwrap().data().to_vec();
+    let ids: Vec<u32> = tensor("eval.ids")
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
+    let window = i64::from_le_bytes(tensor("eval.window")[..8].try_into().unwrap()) as usize;
+    let reference = f64::from(f32::from_le_bytes(
+        tensor("eval.perplexity")[..4].try_into().unwrap(),
+    ));
+    let (mut nll, mut count) = (0f64, 0usize);
+    for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
+        let logits: Float32Array = resolve(engine.logits(chunk.to_vec()))
+            .await
+            .unchecked_into();
+        let logits = logits.to_vec();
+        let vocab = logits.len() / chunk.len();
+        for (row, &next) in logits.chunks_exact(vocab).zip(&chunk[1..]) {
+            nll -= tern::generate::log_softmax_at(row, next as usize);
+            count += 1;
+        }
+    }
+    let ours = (nll / count as f64).exp();
+    web_sys::console::log_1(
+        &format!("tern-pydoc-6m perplexity {ours:.4} vs PyTorch {reference:.4}").into(),
+    );
+    assert!(
+        (ours / reference - 1.0).abs() <= 0.005,
+        "perplexity {ours} vs PyTorch {reference}"
+    );
 }
 
 /// `chat` streams pieces whose concatenation is the reply, stops at once when its signal is

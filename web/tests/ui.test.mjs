@@ -162,7 +162,8 @@ for (const [message, kind] of [
 
 const broken = writeBrokenModels();
 const expected = nativeReply();
-const { server, base, log } = await startServer([fixture, broken.truncated, broken["not-a-model"]]);
+const shipped = join(root, "models/tern-pydoc-6m");
+const { server, base, log } = await startServer([shipped, fixture, broken.truncated, broken["not-a-model"]]);
 process.on("exit", () => server.kill());
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...CHROMIUM_FLAGS, "--enable-unsafe-webgpu"] });
 let pageTokensPerSecond = null;
@@ -174,6 +175,16 @@ try {
   // 1. Load the fixture through the model chooser, watching the progress bar.
   await page.goto(`${base}/www/?temperature=0&topP=1&maxTokens=${REPLY_TOKENS}`);
   await page.waitForFunction(() => document.getElementById("model-input").value.startsWith("/models/"));
+  // The trained model Tern ships is offered first and described; a test fixture is labelled as one.
+  const offered = await page.evaluate(() => ({
+    input: document.getElementById("model-input").value,
+    labels: Object.fromEntries([...document.querySelectorAll("#model-suggestions option")].map((o) => [o.value, o.textContent])),
+  }));
+  check(offered.input === "/models/tern-pydoc-6m", "the shipped trained model is offered first", offered.input);
+  check(/trained from scratch/.test(offered.labels["/models/tern-pydoc-6m"] ?? ""), "the shipped model says what it is",
+    offered.labels["/models/tern-pydoc-6m"]);
+  check(/test fixture/.test(offered.labels["/models/bitnet-2b4t"] ?? ""), "the random-weight fixture is labelled as a test fixture",
+    offered.labels["/models/bitnet-2b4t"]);
   await page.fill("#model-input", "/models/bitnet-2b4t");
   await page.evaluate(() => {
     window.progressSeen = [];
@@ -182,6 +193,8 @@ try {
   });
   await page.click("#load");
   await waitReady(page);
+  const about = await page.textContent("#model-about");
+  check(/test fixture/.test(about), "the loaded fixture is described as a test fixture", about);
   const progressSeen = await page.evaluate(() => window.progressSeen);
   check(progressSeen.some((t) => / of /.test(t)), "download progress shown (bytes of total)", progressSeen.at(-1));
   const firstDownloads = modelRequests(log, "/models/bitnet-2b4t");

@@ -22,6 +22,7 @@ const ui = {
   modelForm: $("model-form"),
   modelInput: $("model-input"),
   suggestions: $("model-suggestions"),
+  modelAbout: $("model-about"),
   changeModel: $("change-model"),
   cache: $("cache"),
   cacheText: $("cache-text"),
@@ -52,6 +53,8 @@ let worker = null;
 let messages = []; // the conversation sent to the engine: [{role, content}]
 let reply = null; // the assistant message being streamed: {element, text}
 let modelName = "";
+// What each locally served model is (from the server's index), shown once it is loaded.
+const descriptions = new Map();
 
 // ---------------------------------------------------------------------------------------------
 // State and small DOM helpers
@@ -165,6 +168,9 @@ const handlers = {
     ui.status.textContent = `${modelName} · ${gpu} on ${info.adapter || "WebGPU"}`;
     ui.status.title = `${info.model.numLayers} layers, hidden ${info.model.hiddenSize}, vocabulary ${info.model.vocabSize}, context ${info.maxContext} tokens; ${info.backend}${info.shaderF16 ? ", f16" : ""}${info.subgroups ? ", subgroups" : ""}`;
     document.body.dataset.model = modelName;
+    const about = descriptions.get(modelName);
+    ui.modelAbout.textContent = about ? `${modelName}: ${about}` : "";
+    ui.modelAbout.hidden = !about;
     setState("ready");
     ui.prompt.focus();
   },
@@ -334,10 +340,11 @@ async function start() {
   });
 
   const local = await servedModels();
+  for (const model of local) descriptions.set(model.url, model.description);
   for (const model of local.toReversed()) {
     const option = document.createElement("option");
     option.value = model.url;
-    option.textContent = `${model.name} (served locally)`;
+    option.textContent = model.description ? `${model.name} — ${model.description}` : `${model.name} (served locally)`;
     ui.suggestions.prepend(option);
   }
   const requested = params.get("model");
