@@ -170,7 +170,8 @@ def main() -> None:
             export.write_hf(model, tok_dir, out, cfg)
             exported = export.load_hf(out)
             report["valid_perplexity_exported"], _ = perplexity(exported, valid_ids, window)
-            report["export_dir"] = str(out)
+            out = out.resolve()
+            report["export_dir"] = str(out.relative_to(ROOT.parent) if out.is_relative_to(ROOT.parent) else out)
         (args.work / f"{name}-{variant}.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2), flush=True)
 

@@ -26,32 +26,40 @@ pub struct GoldenPrompt {
     pub greedy_margin: Vec<f32>,
 }
 
-pub fn load_goldens(name: &str) -> Vec<GoldenPrompt> {
-    let path = repo_root()
+fn golden_path(name: &str) -> PathBuf {
+    repo_root()
         .join("tests/reference/goldens")
-        .join(format!("{name}.safetensors"));
+        .join(format!("{name}.safetensors"))
+}
+
+fn int_tensor(st: &SafeTensors, name: &str, key: &str) -> Vec<u32> {
+    let t = st
+        .tensor(key)
+        .unwrap_or_else(|_| panic!("{name}: no {key}"));
+    assert_eq!(t.dtype(), Dtype::I64, "{name}: {key}");
+    t.data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect()
+}
+
+fn float_tensor(st: &SafeTensors, name: &str, key: &str) -> Vec<f32> {
+    let t = st
+        .tensor(key)
+        .unwrap_or_else(|_| panic!("{name}: no {key}"));
+    assert_eq!(t.dtype(), Dtype::F32, "{name}: {key}");
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+pub fn load_goldens(name: &str) -> Vec<GoldenPrompt> {
+    let path = golden_path(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).expect("golden file parses");
-    let ids = |key: &str| -> Vec<u32> {
-        let t = st
-            .tensor(key)
-            .unwrap_or_else(|_| panic!("{name}: no {key}"));
-        assert_eq!(t.dtype(), Dtype::I64);
-        t.data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-            .collect()
-    };
-    let floats = |key: &str| -> Vec<f32> {
-        let t = st
-            .tensor(key)
-            .unwrap_or_else(|_| panic!("{name}: no {key}"));
-        assert_eq!(t.dtype(), Dtype::F32);
-        t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
+    let ids = |key: &str| -> Vec<u32> { int_tensor(&st, name, key) };
+    let floats = |key: &str| -> Vec<f32> { float_tensor(&st, name, key) };
     (0..)
         .take_while(|p| st.tensor(&format!("p{p}.ids")).is_ok())
         .map(|p| GoldenPrompt {
@@ -61,6 +69,81 @@ pub fn load_goldens(name: &str) -> Vec<GoldenPrompt> {
             greedy_margin: floats(&format!("p{p}.greedy_margin")),
         })
         .collect()
+}
+
+/// PyTorch's figures over a held-out excerpt (train/evaluate.py), in non-overlapping windows that
+/// each start from an empty context, as `tern perplexity` computes them.
+pub struct EvalGolden {
+    pub ids: Vec<u32>,
+    pub window: usize,
+    /// Per predicted position (every window position but the last): PyTorch's top-1 id and top-2 margin.
+    pub top1: Vec<u32>,
+    pub margin: Vec<f32>,
+    pub perplexity: f64,
+}
+
+impl EvalGolden {
+    /// (positions where PyTorch's top-2 margin is ≥ `min_margin`, of those where our top-1 agrees).
+    pub fn decisive_top1_agreement(
+        &self,
+        window_logits: &[Vec<f32>],
+        vocab: usize,
+        min_margin: f32,
+    ) -> (usize, usize) {
+        let ours = window_logits
+            .iter()
+            .flat_map(|logits| {
+                let rows = logits.len() / vocab;
+                logits.chunks_exact(vocab).take(rows - 1).map(argmax)
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(ours.len(), self.top1.len(), "predicted positions");
+        let decisive = (0..ours.len()).filter(|&i| self.margin[i] >= min_margin);
+        let (mut count, mut agree) = (0, 0);
+        for i in decisive {
+            count += 1;
+            agree += usize::from(ours[i] == self.top1[i] as usize);
+        }
+        (count, agree)
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
+/// exp(mean NLL of each token given the ones before it in its window).
+pub fn window_perplexity(
+    ids: &[u32],
+    window: usize,
+    window_logits: &[Vec<f32>],
+    vocab: usize,
+) -> f64 {
+    let (mut nll, mut count) = (0f64, 0usize);
+    for (chunk, logits) in ids.chunks(window).zip(window_logits) {
+        for (row, &next) in logits.chunks_exact(vocab).zip(&chunk[1..]) {
+            nll -= tern::generate::log_softmax_at(row, next as usize);
+            count += 1;
+        }
+    }
+    (nll / count as f64).exp()
+}
+
+pub fn load_eval_golden(name: &str) -> EvalGolden {
+    let path = golden_path(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("golden file parses");
+    let ids = |key: &str| -> Vec<u32> { int_tensor(&st, name, key) };
+    let floats = |key: &str| -> Vec<f32> { float_tensor(&st, name, key) };
+    EvalGolden {
+        ids: ids("eval.ids"),
+        window: ids("eval.window")[0] as usize,
+        top1: ids("eval.top1"),
+        margin: floats("eval.margin"),
+        perplexity: f64::from(floats("eval.perplexity")[0]),
+    }
 }
 
 /// Teacher-forced comparison figures.
@@ -73,11 +156,6 @@ pub struct LogitParity {
 
 pub fn compare_logits(ours: &[f32], reference: &[f32], vocab: usize) -> LogitParity {
     assert_eq!(ours.len(), reference.len(), "logit count");
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
-    };
     let rows = ours.len() / vocab;
     let agree = ours
         .chunks_exact(vocab)

@@ -1,7 +1,10 @@
 //! The whole model against the reference goldens (tests/reference), for every checkpoint format, in
 //! both teacher-forced modes (one prefill batch; token by token through the decode path) and for the
-//! 32-token greedy continuation. Criteria: DESIGN §6 (see `tern_tests::goldens`).
+//! 32-token greedy continuation. Criteria: DESIGN §6 (see `tern_tests::goldens`). The trained
+//! default model (models/) is held to the same criteria against PyTorch, and its perplexity over a
+//! held-out excerpt must agree with PyTorch's within 0.5 %.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tern::format::checkpoint::Checkpoint;
@@ -10,12 +13,13 @@ use tern::gpu::Context;
 use tern::model::ModelOptions;
 use tern_tests::contexts;
 use tern_tests::goldens::{
-    assert_greedy_parity, assert_logit_parity, compare_logits, fixture, load_goldens,
+    assert_greedy_parity, assert_logit_parity, compare_logits, fixture, load_eval_golden,
+    load_goldens, repo_root, window_perplexity,
 };
 
-fn session(ctx: &Context, fixture_name: &str) -> Session {
-    let checkpoint =
-        Checkpoint::open(&fixture(fixture_name)).unwrap_or_else(|e| panic!("{fixture_name}: {e}"));
+fn session(ctx: &Context, path: &Path) -> Session {
+    let what = path.display();
+    let checkpoint = Checkpoint::open(path).unwrap_or_else(|e| panic!("{what}: {e}"));
     // A context sharing the device: Session wants an Arc, the harness keeps the Context itself.
     let ctx = Arc::new(Context {
         device: ctx.device.clone(),
@@ -30,14 +34,19 @@ fn session(ctx: &Context, fixture_name: &str) -> Session {
         ..ModelOptions::default()
     };
     pollster::block_on(Session::load(ctx, &checkpoint, options, &mut |_, _| {}))
-        .unwrap_or_else(|e| panic!("{fixture_name}: {e}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 fn check_fixture(fixture_name: &str, golden_name: &str) {
+    check_model(&fixture(fixture_name), golden_name);
+}
+
+fn check_model(path: &Path, golden_name: &str) {
+    let fixture_name = path.file_name().unwrap().to_string_lossy();
     let goldens = load_goldens(golden_name);
     for ctx in contexts() {
         let adapter = ctx.adapter_name();
-        let mut session = session(ctx, fixture_name);
+        let mut session = session(ctx, path);
         let vocab = session.model.config.vocab_size;
         for mode in ["prefill", "decode"] {
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
@@ -120,4 +129,44 @@ fn plain_bitnet_divide_convention() {
 #[test]
 fn gguf_llama_rope_permuted() {
     check_fixture("plain-bitnet-i2s.gguf", "plain-bitnet");
+}
+
+/// The trained model Tern ships (models/tern-pydoc-6m, exported by train/) and its I2_S GGUF twin
+/// (written by `cargo xtask gguf`), against PyTorch's evaluation of the same exported weights
+/// (train/evaluate.py): the golden prompts as above; over a held-out excerpt in 256-token windows,
+/// perplexity within 0.5 % and top-1 agreement ≥ 99 % where PyTorch's top-2 margin is ≥ 0.25.
+#[test]
+fn trained_default_model() {
+    let golden = load_eval_golden("tern-pydoc-6m");
+    for model in ["tern-pydoc-6m", "tern-pydoc-6m-i2_s.gguf"] {
+        let path = repo_root().join("models").join(model);
+        check_model(&path, "tern-pydoc-6m");
+        for ctx in contexts() {
+            let adapter = ctx.adapter_name();
+            let mut session = session(ctx, &path);
+            let vocab = session.model.config.vocab_size;
+            let logits: Vec<Vec<f32>> = golden
+                .ids
+                .chunks(golden.window)
+                .map(|window| pollster::block_on(session.logits(window, false)).unwrap())
+                .collect();
+            let ours = window_perplexity(&golden.ids, golden.window, &logits, vocab);
+            let (decisive, agree) = golden.decisive_top1_agreement(&logits, vocab, 0.25);
+            eprintln!(
+                "{model} on {adapter}: perplexity {ours:.4} vs PyTorch {:.4}; top-1 {agree}/{decisive} where the margin is ≥ 0.25",
+                golden.perplexity
+            );
+            let relative = (ours / golden.perplexity - 1.0).abs();
+            assert!(
+                relative <= 0.005,
+                "{model} on {adapter}: perplexity {ours} vs PyTorch {} ({:.3} % apart)",
+                golden.perplexity,
+                100.0 * relative
+            );
+            assert!(
+                agree as f64 >= 0.99 * decisive as f64,
+                "{model} on {adapter}: top-1 agreement {agree}/{decisive} < 99 % where PyTorch's margin is ≥ 0.25"
+            );
+        }
+    }
 }

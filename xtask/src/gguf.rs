@@ -167,3 +167,48 @@ fn write(g: &GgufWriter, path: &Path) -> Result<()> {
     w.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert(model: &Path) -> Result<Vec<u8>> {
+        let out = std::env::temp_dir().join(format!(
+            "tern-xtask-gguf-{}-{}.gguf",
+            std::process::id(),
+            model.file_name().unwrap().to_string_lossy()
+        ));
+        let result = run(&Args {
+            model: model.to_path_buf(),
+            out: out.clone(),
+        })
+        .and_then(|()| Ok(fs::read(&out)?));
+        fs::remove_file(&out).ok();
+        result
+    }
+
+    /// The committed GGUF twin of the shipped model is exactly what this converter writes.
+    #[test]
+    fn shipped_model_twin_is_the_converters_output() {
+        let root = crate::wasm::workspace_root();
+        let ours = convert(&root.join("models/tern-pydoc-6m")).unwrap();
+        let committed = fs::read(root.join("models/tern-pydoc-6m-i2_s.gguf")).unwrap();
+        assert!(
+            ours == committed,
+            "models/tern-pydoc-6m-i2_s.gguf is stale: regenerate it with `cargo xtask gguf`"
+        );
+    }
+
+    /// Latent (online) weights are not the packed layout: a clear error naming the file.
+    #[test]
+    fn other_layouts_are_refused_by_name() {
+        let root = crate::wasm::workspace_root();
+        let error = convert(&root.join("tests/fixtures/bitnet-2b4t-bf16"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("config.json") && error.contains("packed layout"),
+            "{error}"
+        );
+    }
+}
