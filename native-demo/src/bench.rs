@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 use tern::format::checkpoint::Checkpoint;
 use tern::gpu::{Context, ContextOptions, KernelProfile, KernelTiming};
 use tern::model::synthetic::{self, Shape};
-use tern::model::{Model, ModelOptions, Output, StepResult};
+use tern::model::{Model, ModelOptions};
 use tern::ops::bandwidth;
 
 use crate::compare::{self, Baseline};
-use crate::energy::{self, Dims, Phase};
+use crate::energy::{self, Dims};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -150,32 +150,16 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
         );
     }
 
-    // Ids spread over the vocabulary; the values do not change the work a step does.
-    let prompt: Vec<u32> = (0..args.prompt_tokens)
-        .map(|i| ((i * 7919 + 1) % config.vocab_size) as u32)
-        .collect();
-    let energy = energy::Recorder::start(&ctx);
-    let prefill_start = Instant::now();
-    let mut token = next_token(model.forward(&prompt, Output::Argmax).await?)?;
-    let decode_start = Instant::now();
-    for _ in 0..args.gen_tokens {
-        token = next_token(model.forward(&[token], Output::Argmax).await?)?;
-    }
-    let decode_end = Instant::now();
-    let ttft_s = (decode_start - prefill_start).as_secs_f64();
-    let decode_s = (decode_end - decode_start).as_secs_f64();
-    let energy = energy.report(
-        Phase {
-            start: prefill_start,
-            end: decode_start,
-            tokens: args.prompt_tokens,
-        },
-        Phase {
-            start: decode_start,
-            end: decode_end,
-            tokens: args.gen_tokens,
-        },
-    );
+    let timed = compare::timed_generation(
+        &ctx,
+        &mut model,
+        config.vocab_size,
+        args.prompt_tokens,
+        args.gen_tokens,
+    )
+    .await?;
+    let (mut token, ttft_s, decode_s, energy) =
+        (timed.token, timed.ttft_s, timed.decode_s, timed.energy);
     let decode_tok_s = args.gen_tokens as f64 / decode_s;
     // Outside the timed steps: a profiled step runs a pass (or a submit) per kernel.
     let timing = args.kernel_timing.resolve(&ctx);
@@ -237,13 +221,6 @@ fn kernel_ms(profile: &KernelProfile) -> Value {
             .map(|k| (k.name.to_string(), json!(k.ms)))
             .collect(),
     )
-}
-
-fn next_token(result: StepResult) -> anyhow::Result<u32> {
-    match result {
-        StepResult::Token(t) => Ok(t),
-        other => bail!("an argmax step returned {other:?}"),
-    }
 }
 
 /// The process's peak resident set (VmHWM) in bytes, where the OS reports it.

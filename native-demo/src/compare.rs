@@ -114,41 +114,68 @@ pub async fn measure(
     let load_s = start.elapsed().as_secs_f64();
     let vocab = checkpoint.config.vocab_size;
     drop(checkpoint);
-    let prompt: Vec<u32> = (0..run.prompt_tokens)
+    let timed = timed_generation(ctx, &mut model, vocab, run.prompt_tokens, run.gen_tokens).await?;
+    let (_, kernel_ms) = model
+        .profile_decode(timed.token, KernelTiming::for_adapter(ctx))
+        .await?;
+    Ok(Figures {
+        load_s,
+        ttft_ms: timed.ttft_s * 1e3,
+        prefill_tok_s: run.prompt_tokens as f64 / timed.ttft_s,
+        decode_tok_s: run.gen_tokens as f64 / timed.decode_s,
+        gpu_bytes: model.gpu_bytes(),
+        kernel_ms,
+        energy: timed.energy,
+    })
+}
+
+/// What the timed part of a benchmark measured.
+pub struct TimedGeneration {
+    /// The last token decoded: the input of the profiled steps that follow.
+    pub token: u32,
+    pub ttft_s: f64,
+    pub decode_s: f64,
+    /// The energy counter's report over the two phases (or why there is none).
+    pub energy: Value,
+}
+
+/// The timed part of every benchmark: a prefill of `prompt_tokens` ids spread over the vocabulary
+/// (the values do not change the work a step does), then `gen_tokens` greedy decode steps, with the
+/// energy counter running across both.
+pub async fn timed_generation(
+    ctx: &Context,
+    model: &mut Model,
+    vocab: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> anyhow::Result<TimedGeneration> {
+    let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|i| ((i * 7919 + 1) % vocab) as u32)
         .collect();
     let energy = energy::Recorder::start(ctx);
     let prefill_start = Instant::now();
     let mut token = next_token(model.forward(&prompt, Output::Argmax).await?)?;
     let decode_start = Instant::now();
-    for _ in 0..run.gen_tokens {
+    for _ in 0..gen_tokens {
         token = next_token(model.forward(&[token], Output::Argmax).await?)?;
     }
     let decode_end = Instant::now();
-    let ttft_s = (decode_start - prefill_start).as_secs_f64();
-    let decode_s = (decode_end - decode_start).as_secs_f64();
     let energy = energy.report(
         Phase {
             start: prefill_start,
             end: decode_start,
-            tokens: run.prompt_tokens,
+            tokens: prompt_tokens,
         },
         Phase {
             start: decode_start,
             end: decode_end,
-            tokens: run.gen_tokens,
+            tokens: gen_tokens,
         },
     );
-    let (_, kernel_ms) = model
-        .profile_decode(token, KernelTiming::for_adapter(ctx))
-        .await?;
-    Ok(Figures {
-        load_s,
-        ttft_ms: ttft_s * 1e3,
-        prefill_tok_s: run.prompt_tokens as f64 / ttft_s,
-        decode_tok_s: run.gen_tokens as f64 / decode_s,
-        gpu_bytes: model.gpu_bytes(),
-        kernel_ms,
+    Ok(TimedGeneration {
+        token,
+        ttft_s: (decode_start - prefill_start).as_secs_f64(),
+        decode_s: (decode_end - decode_start).as_secs_f64(),
         energy,
     })
 }
