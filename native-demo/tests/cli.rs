@@ -156,28 +156,7 @@ fn run_prompt_and_chat_stream_text() {
         "12",
     ]);
     assert!(!out.trim().is_empty());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args([
-            "chat",
-            "-m",
-            &fixture("bitnet-2b4t"),
-            "-n",
-            "8",
-            "--system",
-            "Be brief.",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Hello there\n/reset\nWhat now?\n/exit\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = chat_on_fixture("Hello there\n/reset\nWhat now?\n/exit\n");
     assert!(
         out.status.success(),
         "{}",
@@ -191,9 +170,8 @@ fn run_prompt_and_chat_stream_text() {
     );
 }
 
-/// A conversation longer than the context drops its oldest turns and goes on, never exits.
-#[test]
-fn chat_outgrowing_the_context_drops_old_turns() {
+/// `tern chat` on the bitnet-2b4t fixture (context 256, system message, 8-token replies) fed `input`.
+fn chat_on_fixture(input: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args([
             "chat",
@@ -210,16 +188,22 @@ fn chat_outgrowing_the_context_drops_old_turns() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let turn = "Tell me about the weather in the old village by the river today. ".repeat(4);
-    let mut input = format!("{}\n", turn).repeat(6);
-    input.push_str(&format!("{}\n/exit\n", "word ".repeat(400)));
     child
         .stdin
         .take()
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A conversation longer than the context drops its oldest turns and goes on, never exits.
+#[test]
+fn chat_outgrowing_the_context_drops_old_turns() {
+    let turn = "Tell me about the weather in the old village by the river today. ".repeat(4);
+    let mut input = format!("{turn}\n").repeat(6);
+    input.push_str(&format!("{}\n/exit\n", "word ".repeat(400)));
+    let out = chat_on_fixture(&input);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("oldest turn(s) were dropped"), "{stderr}");
