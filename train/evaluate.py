@@ -14,7 +14,6 @@ Prints the perplexity over the whole held-out split (windows of the model's cont
 
 import argparse
 import json
-import math
 import pathlib
 
 import torch

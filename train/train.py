@@ -102,7 +102,7 @@ def perplexity(model: BitNet, ids: list[int], window: int) -> tuple[float, int]:
     return math.exp(nll / count), count
 
 
-def train_variant(cfg: dict, variant: str, stream: np.ndarray, valid_ids: list[int], steps: int) -> BitNet:
+def train_variant(cfg: dict, variant: str, stream: np.ndarray, steps: int) -> BitNet:
     train = cfg["train"]
     torch.manual_seed(train["seed"])
     shape = Shape(**cfg["model"])
@@ -153,7 +153,7 @@ def main() -> None:
     print(f"corpus: {len(stream)} training tokens, {len(valid_ids)} validation tokens", flush=True)
 
     for variant in (["ternary", "fp"] if args.variant == "both" else [args.variant]):
-        model = train_variant(cfg, variant, stream, valid_ids, steps)
+        model = train_variant(cfg, variant, stream, steps)
         model.eval()
         report = {
             "config": name, "variant": variant, "steps": steps,
