@@ -1,6 +1,6 @@
 //! The whole model against the reference goldens (tests/reference), for every checkpoint format, in
 //! both teacher-forced modes (one prefill batch; token by token through the decode path) and for the
-//! 32-token greedy continuation. Criteria: DESIGN §6 (see `tern_tests::goldens`). The trained
+//! 32-token greedy continuation. Criteria: `tern_tests::goldens` (TESTING.md §2). The trained
 //! default model (models/) is held to the same criteria against PyTorch, and its perplexity over a
 //! held-out excerpt must agree with PyTorch's within 0.5 %.
 
