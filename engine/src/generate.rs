@@ -141,18 +141,19 @@ impl Session {
         end_ids.extend(&checkpoint.config.eos_token_ids);
         end_ids.sort_unstable();
         end_ids.dedup();
-        let model = Model::load(ctx, checkpoint, options, progress).await?;
-        if tokenizer.vocab_size() > model.config.vocab_size {
+        // The largest id, not the count: a vocabulary with gaps can name rows past the end.
+        let rows = checkpoint.config.vocab_size;
+        if let Some(max_id) = tokenizer.max_id().filter(|&id| id as usize >= rows) {
             return Err(Error::format(
                 text_file(checkpoint, "tokenizer.json"),
                 "vocab",
                 format!(
-                    "the tokenizer has {} tokens but the model's embedding only {} rows",
-                    tokenizer.vocab_size(),
-                    model.config.vocab_size
+                    "the tokenizer uses ids up to {max_id} but the model's embedding has only \
+                     {rows} rows: the tokenizer does not belong to this model"
                 ),
             ));
         }
+        let model = Model::load(ctx, checkpoint, options, progress).await?;
         Ok(Session {
             model,
             tokenizer,
@@ -173,8 +174,20 @@ impl Session {
         let bos = self.tokenizer.bos_token().unwrap_or_default();
         let eos = self.tokenizer.eos_token().unwrap_or_default();
         let rendered = self.template.render(messages, true, &bos, &eos)?;
-        self.tokenizer
-            .encode(&rendered.text, !rendered.starts_with_bos)
+        for (index, (message, span)) in messages.iter().zip(&rendered.content_spans).enumerate() {
+            if span.is_none() && self.tokenizer.contains_special_text(&message.content) {
+                return Err(Error::Template(format!(
+                    "message {index} holds control-token text (such as <|eot_id|>) and the chat \
+                     template rewrites its content, so it cannot be kept as plain text"
+                )));
+            }
+        }
+        let literal: Vec<_> = rendered.content_spans.into_iter().flatten().collect();
+        self.tokenizer.encode_with_literal_spans(
+            &rendered.text,
+            &literal,
+            !rendered.starts_with_bos,
+        )
     }
 
     /// Teacher-forced logits [ids.len(), vocab] from an empty cache. `one_at_a_time` feeds the

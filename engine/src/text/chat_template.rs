@@ -7,6 +7,9 @@
 //! Not provided: `strftime_now` (templates that use it test `is defined` and fall back to a
 //! fixed date), so renders are reproducible and need no clock (there is none on wasm32).
 
+use std::io::Write;
+use std::ops::Range;
+
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -38,13 +41,17 @@ impl ChatMessage {
     }
 }
 
-/// A rendered prompt. Tokenize it with `encode(text, !starts_with_bos)`: templates that write
+/// A rendered prompt. Tokenize it with [`Tokenizer::encode_prompt`]: templates that write
 /// `bos_token` themselves (2B-4T's HF template) must not get a second one from the tokenizer,
-/// templates that do not (its GGUF template) need the tokenizer's.
+/// templates that do not (its GGUF template) need the tokenizer's; and control-token text a user
+/// typed (`<|eot_id|>` inside a message) must stay text, or a user could forge a turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderedPrompt {
     pub text: String,
     pub starts_with_bos: bool,
+    /// For each message, the byte range of `text` that is its content (`None` when the
+    /// template rewrote the content or it is empty).
+    pub content_spans: Vec<Option<Range<usize>>>,
 }
 
 /// A compiled chat template.
@@ -55,11 +62,19 @@ pub struct ChatTemplate {
 
 const NAME: &str = "chat";
 
+/// Instructions one render may execute. Real templates over long conversations use well under a
+/// million; a template that loops without end (nested `range(100000)`) stops here.
+const RENDER_FUEL: u64 = 20_000_000;
+
+/// The most text one render may produce. A prompt that fits any context window is far smaller.
+pub const MAX_RENDERED_BYTES: usize = 32 << 20;
+
 impl ChatTemplate {
     /// Compiles `source` (the `chat_template` of `tokenizer_config.json` or GGUF
     /// `tokenizer.chat_template`).
     pub fn new(source: &str) -> Result<Self> {
         let mut env = Environment::new();
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -94,14 +109,68 @@ impl ChatTemplate {
         eos_token: &str,
     ) -> Result<RenderedPrompt> {
         let template = self.env.get_template(NAME).map_err(template_error)?;
-        let text = template
-            .render(minijinja::context! { messages, add_generation_prompt, bos_token, eos_token })
-            .map_err(template_error)?;
+        let mut out = BoundedWriter::default();
+        template
+            .render_to_write(
+                minijinja::context! { messages, add_generation_prompt, bos_token, eos_token },
+                &mut out,
+            )
+            .map_err(|e| match e.kind() {
+                ErrorKind::WriteFailure => Error::Template(format!(
+                    "the chat template wrote more than {} MiB: refusing a template that grows \
+                     without bound",
+                    MAX_RENDERED_BYTES >> 20
+                )),
+                ErrorKind::OutOfFuel => Error::Template(format!(
+                    "the chat template ran more than {RENDER_FUEL} instructions: refusing a \
+                     template that loops without bound"
+                )),
+                _ => template_error(e),
+            })?;
+        let text = String::from_utf8(out.bytes)
+            .map_err(|_| Error::Template("the chat template wrote invalid UTF-8".into()))?;
         let starts_with_bos = !bos_token.is_empty() && text.starts_with(bos_token);
+        let content_spans = locate_contents(&text, messages);
         Ok(RenderedPrompt {
             text,
             starts_with_bos,
+            content_spans,
         })
+    }
+}
+
+/// Where each message's content landed in the rendered text, searched in order (templates
+/// commonly trim it). A content the template rewrote is not found.
+fn locate_contents(text: &str, messages: &[ChatMessage]) -> Vec<Option<Range<usize>>> {
+    let mut cursor = 0;
+    messages
+        .iter()
+        .map(|message| {
+            let needle = message.content.trim();
+            let start = cursor + text[cursor..].find(needle).filter(|_| !needle.is_empty())?;
+            cursor = start + needle.len();
+            Some(start..cursor)
+        })
+        .collect()
+}
+
+/// Collects the render, failing once it exceeds [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct BoundedWriter {
+    bytes: Vec<u8>,
+}
+
+impl Write for BoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -416,5 +485,57 @@ mod tests {
             "[0.0, 1.0, -2.5, 1e-05, 0.0001, 1e+16, 123456789.125]|\"é\u{7f}<>&'\"|\
              \"\\u00e9\\ud83d\\ude00\"|[1,[2]]|[]"
         );
+    }
+
+    #[test]
+    fn runaway_templates_stop_with_a_clear_error() {
+        let msgs = [ChatMessage::new("user", "x")];
+        let endless = ChatTemplate::new(
+            "{% for i in range(50000) %}{% for j in range(50000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        match endless.render(&msgs, false, "", "") {
+            Err(Error::Template(msg)) => assert!(msg.contains("loops without bound"), "{msg}"),
+            other => panic!("expected the fuel to run out, got {other:?}"),
+        }
+        // Output that doubles each round stops at the size limit, long before memory runs out.
+        let doubling = ChatTemplate::new(
+            "{% set ns = namespace(s='ab') %}{% for i in range(64) %}\
+             {% set ns.s = ns.s ~ ns.s %}{{ ns.s }}{% endfor %}",
+        )
+        .unwrap();
+        match doubling.render(&msgs, false, "", "") {
+            Err(Error::Template(msg)) => assert!(msg.contains("grows without bound"), "{msg}"),
+            other => panic!("expected the size limit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn content_spans_locate_each_message() {
+        let msgs = [
+            ChatMessage::new("system", "  Be brief. "),
+            ChatMessage::new("user", "Be brief."),
+            ChatMessage::new("assistant", ""),
+        ];
+        let p = ChatTemplate::new(CHATML_TEMPLATE)
+            .unwrap()
+            .render(&msgs, true, "", "")
+            .unwrap();
+        let spans = &p.content_spans;
+        assert_eq!(spans.len(), 3);
+        let first = spans[0].clone().unwrap();
+        let second = spans[1].clone().unwrap();
+        assert_eq!(
+            (&p.text[first.clone()], &p.text[second.clone()]),
+            ("Be brief.", "Be brief.")
+        );
+        assert!(first.end <= second.start);
+        assert_eq!(spans[2], None);
+        // A content the template rewrites is not claimed.
+        let upper = ChatTemplate::new("{% for m in messages %}{{ m.content | upper }}{% endfor %}")
+            .unwrap()
+            .render(&msgs[1..2], false, "", "")
+            .unwrap();
+        assert_eq!(upper.content_spans, vec![None]);
     }
 }
