@@ -18,7 +18,7 @@ use tern::reference::attention::attention;
 use tern::reference::dense::{dense_project, matvec};
 use tern::reference::embedding::embed;
 use tern::reference::norm::rmsnorm;
-use tern::reference::rope::{inv_freq, rope_append};
+use tern::reference::rope::rope_append;
 use tern_tests::{assert_close, for_each_adapter};
 
 const CONTEXT: usize = 16;
@@ -65,7 +65,7 @@ fn cpu_logits(c: &Checkpoint) -> Vec<f32> {
         head_dim: hd,
         max_seq: CONTEXT,
     };
-    let freqs = inv_freq(cfg.rope_theta, hd);
+    let freqs = cfg.rope_inv_freq();
     let eps = cfg.rms_norm_eps;
     for layer in 0..cfg.num_layers {
         let qkv_w = bytes(c, layer, &[Projection::Q, Projection::K, Projection::V]);

@@ -559,6 +559,8 @@ struct GgufFlavor {
     reciprocal_scale: bool,
     /// q/k rows permuted to the interleaved RoPE layout (llama.cpp's `llama` converter).
     permute_qk: bool,
+    /// `rope.scaling.type = "linear"` with factor 1.0, which llama.cpp's converter writes.
+    linear_rope_scaling: bool,
     embedding: GgmlType,
 }
 
@@ -575,6 +577,7 @@ impl GgufFlavor {
             output: false,
             reciprocal_scale: false,
             permute_qk: false,
+            linear_rope_scaling: false,
             embedding: GgmlType::F16,
         }
     }
@@ -591,6 +594,7 @@ impl GgufFlavor {
             output: true,
             reciprocal_scale: true,
             permute_qk: true,
+            linear_rope_scaling: true,
             embedding: GgmlType::F32,
         }
     }
@@ -641,6 +645,13 @@ fn write_gguf(path: &Path, a: &Arch, flavor: &GgufFlavor, ty: GgmlType) -> Resul
             rms_eps: flavor.rms_eps,
         },
     );
+    if flavor.linear_rope_scaling {
+        g.kv(
+            format!("{arch}.rope.scaling.type"),
+            Value::Str("linear".into()),
+        );
+        g.kv(format!("{arch}.rope.scaling.factor"), Value::F32(1.0));
+    }
     add_gguf_tokenizer(&mut g, &tokenizer_dir())?;
 
     let f32s = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();

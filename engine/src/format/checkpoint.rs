@@ -613,6 +613,22 @@ pub fn chat_template_from_tokenizer_config(file: &str, json: &str) -> Result<Opt
     }
 }
 
+/// True when the file begins with the GGUF magic (a file too short to hold it does not).
+#[cfg(not(target_arch = "wasm32"))]
+async fn starts_with_gguf_magic(src: &dyn TensorSource) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    if src.len() < magic.len() as u64 {
+        return Ok(false);
+    }
+    src.read_at(0, &mut magic).await?;
+    Ok(&magic == b"GGUF")
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn is_safetensors_name(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
 impl Checkpoint {
     /// Resolves a safetensors checkpoint: `headers[i]` is the parsed header of `sources[i]`; `name`
     /// (the file or the shard index) is named when a tensor is missing. Reads the per-tensor scales.
@@ -739,19 +755,24 @@ impl Checkpoint {
     #[cfg(not(target_arch = "wasm32"))]
     async fn open_files(path: &std::path::Path) -> Result<Self> {
         use super::source::FileSource;
-        if path.is_file() {
+        if !path.is_dir() {
             let src = FileSource::open(path)?;
+            // One file of a safetensors checkpoint: the model is the directory around it.
+            if !starts_with_gguf_magic(&src).await? && is_safetensors_name(path) {
+                if let Some(dir) = path.parent().filter(|d| d.join("config.json").exists()) {
+                    return Box::pin(Self::open_files(dir)).await;
+                }
+                return Err(Error::format(
+                    path.display(),
+                    "config.json",
+                    "a safetensors file needs its config.json beside it: pass the model \
+                     directory that holds both",
+                ));
+            }
             let g = super::gguf::read(&src).await?;
             return Self::from_gguf(Box::new(src), g).await;
         }
-        let read_opt = |name: &str| -> Result<Option<String>> {
-            let p = path.join(name);
-            match std::fs::read_to_string(&p) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::io(p.display(), e)),
-            }
-        };
+        let read_opt = |name: &str| super::source::read_side_file(&path.join(name));
         let config_path = path.join("config.json");
         let config_json = read_opt("config.json")?.ok_or_else(|| {
             Error::format(

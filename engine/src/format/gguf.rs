@@ -220,8 +220,10 @@ impl<'a> Cursor<'a> {
                 self.file,
                 what,
                 format!(
-                    "needs {n} bytes at offset {} but the file has {}",
-                    self.pos, self.file_len
+                    "needs {n} bytes at offset {} but the file has {}: {}",
+                    self.pos,
+                    self.file_len,
+                    super::INCOMPLETE
                 ),
             )));
         }
@@ -413,7 +415,10 @@ fn parse_inner(file: &str, prefix: &[u8], file_len: u64) -> PResult<GgufFile> {
         Error::format(
             file,
             "data",
-            format!("data section starts at {data_offset}, past the end ({file_len} bytes)"),
+            format!(
+                "data section starts at {data_offset}, past the end ({file_len} bytes): {}",
+                super::INCOMPLETE
+            ),
         )
     })?;
     let mut names = HashSet::new();
@@ -445,7 +450,10 @@ fn parse_inner(file: &str, prefix: &[u8], file_len: u64) -> PResult<GgufFile> {
             return Err(Error::format(
                 file,
                 &name,
-                format!("data [{offset}, +{len}) outside the data section ({data_len} bytes)"),
+                format!(
+                    "data [{offset}, +{len}) outside the data section ({data_len} bytes): {}",
+                    super::INCOMPLETE
+                ),
             )
             .into());
         }

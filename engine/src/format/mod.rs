@@ -3,6 +3,9 @@
 //! Header parsers take bytes plus the file length and never touch files, so the browser can feed them
 //! fetched ranges; [`source::TensorSource`] abstracts where tensor bytes come from.
 
+/// Said of every range that runs past the end of a file: the usual cause is an interrupted copy.
+pub const INCOMPLETE: &str = "the file is incomplete or damaged: re-download it";
+
 pub mod checkpoint;
 pub mod gguf;
 pub mod safetensors;

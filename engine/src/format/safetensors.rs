@@ -94,7 +94,7 @@ pub fn header_len(file: &str, prefix: &[u8], file_len: u64) -> Result<u64> {
         return Err(Error::format(
             file,
             "header",
-            format!("header length {n} exceeds the file ({file_len} bytes) or the {MAX_HEADER_LEN}-byte limit"),
+            format!("header length {n} exceeds the file ({file_len} bytes) or the {MAX_HEADER_LEN}-byte limit: {}", super::INCOMPLETE),
         ));
     }
     Ok(n)
@@ -103,9 +103,16 @@ pub fn header_len(file: &str, prefix: &[u8], file_len: u64) -> Result<u64> {
 /// Parses and validates the JSON header (the bytes after the 8-byte length).
 pub fn parse_header(file: &str, json: &[u8], file_len: u64) -> Result<Header> {
     let data_start = 8 + json.len() as u64;
-    let data_len = file_len
-        .checked_sub(data_start)
-        .ok_or_else(|| Error::format(file, "header", "header extends past the end of the file"))?;
+    let data_len = file_len.checked_sub(data_start).ok_or_else(|| {
+        Error::format(
+            file,
+            "header",
+            format!(
+                "header extends past the end of the file: {}",
+                super::INCOMPLETE
+            ),
+        )
+    })?;
     let map: serde_json::Map<String, Value> = serde_json::from_slice(json)
         .map_err(|e| Error::format(file, "header", format!("invalid JSON: {e}")))?;
     let mut tensors = Vec::with_capacity(map.len());
@@ -177,7 +184,12 @@ fn parse_tensor(
         .ok_or_else(|| bad("data_offsets is not [begin, end]"))?;
     if begin > end || end > data_len {
         return Err(bad(&format!(
-            "data_offsets [{begin}, {end}] outside the data section ({data_len} bytes)"
+            "data_offsets [{begin}, {end}] outside the data section ({data_len} bytes){}",
+            if begin <= end {
+                format!(": {}", super::INCOMPLETE)
+            } else {
+                String::new()
+            }
         )));
     }
     let bytes = shape

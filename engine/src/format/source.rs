@@ -65,7 +65,10 @@ pub fn check_range(name: &str, offset: u64, len: u64, file_len: u64) -> Result<(
         _ => Err(Error::format(
             name,
             format!("bytes {offset}+{len}"),
-            format!("read past the end of the file ({file_len} bytes)"),
+            format!(
+                "read past the end of the file ({file_len} bytes): {}",
+                super::INCOMPLETE
+            ),
         )),
     }
 }
@@ -113,10 +116,118 @@ pub struct FileSource {
 impl FileSource {
     pub fn open(path: &std::path::Path) -> Result<Self> {
         let name = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(&name, e))?;
+        let file = open_regular(path)?
+            .ok_or_else(|| Error::io(&name, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
         let len = file.metadata().map_err(|e| Error::io(&name, e))?.len();
         Ok(Self { name, file, len })
     }
+}
+
+/// The largest side file (config, tokenizer, template) a model directory may hold, by name.
+/// Real ones are far smaller (a 128k-token `tokenizer.json` is ~9 MiB); a limit keeps a link to
+/// `/dev/zero` or a damaged file from filling memory.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn side_file_limit(file_name: &str) -> u64 {
+    match file_name {
+        "tokenizer.json" => 64 << 20,
+        "tokenizer_config.json" | "model.safetensors.index.json" => 16 << 20,
+        _ => 1 << 20,
+    }
+}
+
+/// Reads a side file of a model directory as UTF-8 text: `None` when it does not exist; an error
+/// naming the path when it is something else than a regular file of at most
+/// [`side_file_limit`] bytes.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_side_file(path: &std::path::Path) -> Result<Option<String>> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let Some(file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    let limit = side_file_limit(&path.file_name().unwrap_or_default().to_string_lossy());
+    let mut text = String::new();
+    // `take` holds even if the file grows after it was checked.
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(&name, e))?;
+    if text.len() as u64 > limit {
+        return Err(Error::format(
+            &name,
+            "(size)",
+            format!(
+                "larger than {} MiB, more than any real one: the file is damaged or not what \
+                 its name says",
+                limit >> 20
+            ),
+        ));
+    }
+    Ok(Some(text))
+}
+
+/// Opens `path` for reading if it is a regular file (following links); `None` when nothing is
+/// there. Directories, FIFOs, devices, sockets, broken links and link loops are errors that say
+/// what they are: a FIFO would block and a device never ends.
+#[cfg(not(target_arch = "wasm32"))]
+fn open_regular(path: &std::path::Path) -> Result<Option<std::fs::File>> {
+    let name = path.display().to_string();
+    let bad = |what: &str| Err(Error::format(&name, "(file type)", what.to_string()));
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match std::fs::symlink_metadata(path) {
+                Ok(_) => bad("a broken symbolic link (its target does not exist)"),
+                Err(_) => Ok(None),
+            };
+        }
+        Err(e) if is_link_loop(&e) => return bad("a symbolic link loop"),
+        Err(e) => return Err(Error::io(&name, e)),
+    };
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return bad("a directory, not a file");
+    }
+    if !kind.is_file() {
+        return bad(&format!("{}, not a regular file", special_file_kind(&kind)));
+    }
+    std::fs::File::open(path)
+        .map(Some)
+        .map_err(|e| Error::io(&name, e))
+}
+
+/// ELOOP, which std has no stable `ErrorKind` for: 40 on Linux, 62 on macOS and the BSDs.
+#[cfg(all(not(target_arch = "wasm32"), unix))]
+fn is_link_loop(e: &std::io::Error) -> bool {
+    let eloop = if cfg!(any(target_os = "linux", target_os = "android")) {
+        40
+    } else {
+        62
+    };
+    e.raw_os_error() == Some(eloop)
+}
+
+#[cfg(all(not(target_arch = "wasm32"), not(unix)))]
+fn is_link_loop(_: &std::io::Error) -> bool {
+    false
+}
+
+#[cfg(all(not(target_arch = "wasm32"), unix))]
+fn special_file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(all(not(target_arch = "wasm32"), not(unix)))]
+fn special_file_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
 }
 
 #[cfg(not(target_arch = "wasm32"))]

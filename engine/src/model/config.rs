@@ -39,6 +39,8 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub rms_norm_eps: f32,
     pub rope_theta: f32,
+    /// Linear RoPE scaling: positions are divided by this factor (1 = no scaling).
+    pub rope_linear_factor: f32,
     pub max_position_embeddings: usize,
     pub activation: Activation,
     pub sub_norms: bool,
@@ -58,6 +60,18 @@ const MAX_VOCAB: usize = 1 << 22;
 const MAX_POSITIONS: usize = 1 << 24;
 
 impl ModelConfig {
+    /// RoPE's per-pair frequencies, linear scaling applied: `angle = position · inv_freq[j]`.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let frequencies = crate::reference::rope::inv_freq(self.rope_theta, self.head_dim);
+        if self.rope_linear_factor == 1.0 {
+            return frequencies;
+        }
+        frequencies
+            .into_iter()
+            .map(|f| f / self.rope_linear_factor)
+            .collect()
+    }
+
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(file_name: &str, json: &str) -> Result<Self> {
         let file = file_name;
@@ -119,6 +133,7 @@ impl ModelConfig {
         };
 
         let rope_params = v.get("rope_parameters").filter(|p| !p.is_null());
+        let mut rope_linear_factor = 1.0;
         for (field, p) in [
             ("rope_scaling", v.get("rope_scaling")),
             ("rope_parameters", rope_params),
@@ -129,12 +144,23 @@ impl ModelConfig {
                     .or_else(|| p.get("type"))
                     .and_then(Value::as_str)
                     .unwrap_or("default");
-                if ty != "default" {
-                    return Err(Error::config(
-                        file,
-                        field,
-                        format!("unsupported RoPE scaling type {ty:?}"),
-                    ));
+                match ty {
+                    "default" => {}
+                    "linear" => {
+                        let factor = p.get("factor").ok_or_else(|| {
+                            Error::config(file, format!("{field}.factor"), "missing")
+                        })?;
+                        rope_linear_factor = hf_f32(factor, file, &format!("{field}.factor"))?;
+                    }
+                    _ => {
+                        return Err(Error::config(
+                            file,
+                            field,
+                            format!(
+                                "unsupported RoPE scaling type {ty:?} (default and linear are)"
+                            ),
+                        ))
+                    }
                 }
             }
         }
@@ -187,6 +213,7 @@ impl ModelConfig {
             vocab_size: hf_usize(&v, file, "vocab_size")?,
             rms_norm_eps,
             rope_theta,
+            rope_linear_factor,
             max_position_embeddings,
             activation,
             sub_norms,
@@ -257,15 +284,21 @@ impl ModelConfig {
                 ));
             }
         }
-        if let Some(s) = g.get(&key("rope.scaling.type")).and_then(MetaValue::as_str) {
-            if s != "none" {
+        // llama.cpp's converter writes `linear` with factor 1.0 for BitNet models.
+        let rope_linear_factor = match g.get(&key("rope.scaling.type")).map(MetaValue::as_str) {
+            None | Some(Some("none")) => 1.0,
+            Some(Some("linear")) => get_f32("rope.scaling.factor")?.unwrap_or(1.0),
+            Some(other) => {
                 return Err(Error::config(
                     file,
                     key("rope.scaling.type"),
-                    format!("unsupported RoPE scaling {s:?}"),
-                ));
+                    format!(
+                        "unsupported RoPE scaling {} (none and linear are)",
+                        other.map_or("(not a string)".into(), |s| format!("{s:?}"))
+                    ),
+                ))
             }
-        }
+        };
         let vocab_size = match get_usize("vocab_size")? {
             Some(n) => n,
             None => g
@@ -309,6 +342,7 @@ impl ModelConfig {
                 Error::config(file, key("attention.layer_norm_rms_epsilon"), "missing")
             })?,
             rope_theta: get_f32("rope.freq_base")?.unwrap_or(10000.0),
+            rope_linear_factor,
             max_position_embeddings: req_usize("context_length")?,
             activation,
             sub_norms,
@@ -378,6 +412,7 @@ impl ModelConfig {
         for (field, v) in [
             ("rms_norm_eps", self.rms_norm_eps),
             ("rope_theta", self.rope_theta),
+            ("rope_scaling.factor", self.rope_linear_factor),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(Error::config(
@@ -717,5 +752,65 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("m.gguf") && e.contains("head_dim"), "{e}");
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_positions() {
+        let config = |edit: &dyn Fn(&mut Writer)| {
+            let mut w = Writer::default();
+            gguf_meta(&mut w, "bitnet-b1.58", 10);
+            edit(&mut w);
+            let g = complete_now(
+                "m.gguf",
+                gguf::read(&BytesSource::new("m.gguf", w.finish())),
+            )
+            .unwrap();
+            ModelConfig::from_gguf("m.gguf", &g)
+        };
+        let plain = config(&|_| {}).unwrap();
+        // What llama.cpp's converter writes for BitNet: linear, factor 1.
+        let converted = config(&|w| {
+            w.kv_str("bitnet-b1.58.rope.scaling.type", "linear")
+                .kv_f32("bitnet-b1.58.rope.scaling.factor", 1.0);
+        })
+        .unwrap();
+        assert_eq!(converted, plain);
+        assert_eq!(converted.rope_inv_freq(), plain.rope_inv_freq());
+        let stretched = config(&|w| {
+            w.kv_str("bitnet-b1.58.rope.scaling.type", "linear")
+                .kv_f32("bitnet-b1.58.rope.scaling.factor", 4.0);
+        })
+        .unwrap();
+        let halved: Vec<f32> = plain.rope_inv_freq().iter().map(|f| f / 4.0).collect();
+        assert_eq!(stretched.rope_inv_freq(), halved);
+        let e = config(&|w| {
+            w.kv_str("bitnet-b1.58.rope.scaling.type", "yarn");
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rope.scaling.type") && e.contains("yarn"), "{e}");
+        let e = config(&|w| {
+            w.kv_str("bitnet-b1.58.rope.scaling.type", "linear")
+                .kv_f32("bitnet-b1.58.rope.scaling.factor", f32::NAN);
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rope_scaling.factor"), "{e}");
+
+        let hf = ModelConfig::from_hf_json(
+            "config.json",
+            &with(B158_2B4T, |m| {
+                m.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"type": "linear", "factor": 2.0}),
+                );
+            }),
+        )
+        .unwrap();
+        assert_eq!(hf.rope_linear_factor, 2.0);
+        let e = err(&with(B158_2B4T, |m| {
+            m.insert("rope_scaling".into(), serde_json::json!({"type": "linear"}));
+        }));
+        assert!(e.contains("rope_scaling.factor"), "{e}");
     }
 }

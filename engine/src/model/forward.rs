@@ -27,7 +27,6 @@ use crate::ops::select::{Argmax, Candidate, SelectBinding, TopK, MAX_TOP_K};
 use crate::ops::ternary_matmul::TernaryMatmul;
 use crate::ops::ternary_matvec::{Epilogue, TernaryBinding, TernaryMatvec, TernaryProjection};
 use crate::ops::{padded_activation_words, ActStats, StepParams};
-use crate::reference::rope::inv_freq;
 use crate::{Error, Result};
 
 /// Sizes chosen at load.
@@ -282,7 +281,7 @@ impl Model {
         let v_cache = (0..config.num_layers)
             .map(|_| cache("v cache"))
             .collect::<Result<Vec<_>>>()?;
-        let frequencies = inv_freq(config.rope_theta, config.head_dim);
+        let frequencies = config.rope_inv_freq();
 
         let mut layers = Vec::with_capacity(config.num_layers);
         let mut sites = SiteBinder {

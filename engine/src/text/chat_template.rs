@@ -111,7 +111,7 @@ impl ChatTemplate {
         let template = self.env.get_template(NAME).map_err(template_error)?;
         let mut out = BoundedWriter::default();
         template
-            .render_to_write(
+            .render_captured_to(
                 minijinja::context! { messages, add_generation_prompt, bos_token, eos_token },
                 &mut out,
             )
