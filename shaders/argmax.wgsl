@@ -1,6 +1,7 @@
 // Greedy decoding on the GPU: out[t] = argmax_v logits[t, v], one workgroup per token row. Ties go to the
 // lowest index and NaN never wins (a comparison with NaN is false); a row with no non-NaN value yields
-// index 0. The (value, index) order is total, so the tree reduction equals a sequential scan.
+// 0xffffffff, which the host reports as an error rather than invent a token. The (value, index) order
+// is total, so the tree reduction equals a sequential scan.
 
 struct Params {
     vocab: u32,
@@ -46,6 +47,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
     if (lid == 0u) {
-        out[wid.x] = select(best_index[0], 0u, best_index[0] == NONE);
+        out[wid.x] = best_index[0];
     }
 }

@@ -42,6 +42,10 @@ pub enum Error {
     Invalid(String),
 }
 
+/// Said when a logit row holds no finite value to choose from: never invent a token.
+pub(crate) const NO_FINITE_LOGIT: &str = "the model's logits are all NaN, so there is no token \
+     to choose: a weight, scale or norm of the checkpoint is probably non-finite or corrupt";
+
 impl Error {
     pub fn format(
         file: impl fmt::Display,

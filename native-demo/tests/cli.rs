@@ -300,6 +300,142 @@ fn bad_model_paths_fail_clearly() {
     );
 }
 
+/// Runs `tern` from the repository root with `env` set and a hub endpoint where nothing listens,
+/// so a download attempt shows in the message.
+fn tern_offline_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tern"));
+    command
+        .args(args)
+        .current_dir(root())
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .env("RUST_BACKTRACE", "0")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.code() != Some(101) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    (out.status.success(), stderr)
+}
+
+#[test]
+fn local_looking_paths_never_start_a_download() {
+    let (ok, err) = tern_offline_env(
+        &["run", "-m", "tests/fixtures/no-such-model", "-p", "hi"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("no such file or directory") && err.contains("`tests` is a local directory"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot reach"), "{err}");
+    let dir = tempdir();
+    let link = dir.join("model");
+    std::os::unix::fs::symlink(dir.join("gone"), &link).unwrap();
+    let (ok, err) = tern_offline_env(&["run", "-m", link.to_str().unwrap(), "-p", "hi"], &[]);
+    assert!(!ok);
+    assert!(err.contains("broken symbolic link"), "{err}");
+}
+
+#[test]
+fn unreachable_hub_says_what_to_do_next() {
+    let home = tempdir();
+    let home = home.to_str().unwrap();
+    let (ok, err) = tern_offline_env(
+        &["run", "-m", "tern-tests/not-cached", "-p", "hi"],
+        &[("HF_HOME", home)],
+    );
+    assert!(!ok);
+    for want in [
+        "tern-tests/not-cached",
+        "cannot reach http://127.0.0.1:9",
+        "HF_ENDPOINT",
+        "local model directory",
+        "HF_HUB_OFFLINE",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from: {err}");
+    }
+    let (ok, err) = tern_offline_env(
+        &["run", "-m", "tern-tests/not-cached", "-p", "hi"],
+        &[("HF_HOME", home), ("HF_HUB_OFFLINE", "1")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("not in the local cache") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn a_safetensors_file_opens_its_model_directory() {
+    let (prompt, greedy) = golden_p0();
+    let file = format!("{}/model.safetensors", fixture("bitnet-2b4t"));
+    let ids = join(&prompt);
+    let args = [
+        "run",
+        "-m",
+        &file,
+        "--ids",
+        &ids,
+        "-n",
+        "32",
+        "--ignore-eos",
+        "--print-ids",
+    ];
+    assert_eq!(success(&args).trim(), join(&greedy));
+    // Alone, it says what is missing.
+    let dir = tempdir();
+    std::fs::copy(&file, dir.join("model.safetensors")).unwrap();
+    let lone = dir.join("model.safetensors");
+    let (ok, err) = tern_offline_env(&["run", "-m", lone.to_str().unwrap(), "-p", "hi"], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("config.json") && err.contains("model directory") && !err.contains("GGUF"),
+        "{err}"
+    );
+}
+
+/// A checkpoint whose every value is finite but whose arithmetic overflows (an output projection
+/// scaled by 3.4e38) makes every logit NaN: greedy and sampled decoding both stop with an error
+/// instead of emitting a token.
+#[test]
+fn all_nan_logits_are_an_error_not_a_token() {
+    let dir = tempdir();
+    for entry in std::fs::read_dir(fixture("bitnet-2b4t")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = header["model.layers.0.self_attn.o_proj.weight_scale"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize
+        + 8
+        + n;
+    // bf16 0x7f7f: the largest finite value.
+    bytes[at..at + 2].copy_from_slice(&0x7f7fu16.to_le_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    let model = dir.to_str().unwrap();
+    for sampling in [
+        &["--temperature", "0"][..],
+        &["--temperature", "0.8", "--seed", "3"],
+    ] {
+        let mut args = vec!["run", "-m", model, "-p", "Hello", "-n", "4"];
+        args.extend_from_slice(sampling);
+        let (ok, err) = tern_offline_env(&args, &[]);
+        assert!(!ok, "{sampling:?} succeeded");
+        assert!(err.contains("all NaN"), "{sampling:?}: {err}");
+    }
+}
+
 #[test]
 fn downloads_a_repo_id_from_a_hub_compatible_server() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -339,6 +475,20 @@ fn downloads_a_repo_id_from_a_hub_compatible_server() {
         snapshot.exists(),
         "downloaded into the standard HF cache layout"
     );
+    // Offline, with nothing listening, the cached repo still runs.
+    let (ok, err) = tern_offline_env(
+        &[
+            "run",
+            "-m",
+            "tern-tests/bitnet-tiny",
+            "--ids",
+            &join(&prompt),
+            "-n",
+            "4",
+        ],
+        &[("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")],
+    );
+    assert!(ok, "{err}");
 
     // `tern pull` prints the snapshot directory, and `tern run` takes it as a local model.
     let pull = |model: &str| {

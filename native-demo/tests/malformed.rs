@@ -197,12 +197,17 @@ fn corpus() -> Vec<Case> {
         case(
             "st-truncated-header",
             raw_safetensors("st-truncated-header", full[..200].to_vec()),
-            &[st, "header"],
+            &[st, "header", "re-download"],
         ),
         case(
             "st-truncated-data",
             raw_safetensors("st-truncated-data", full[..full.len() / 2].to_vec()),
-            &[st, "data_offsets", "outside the data section"],
+            &[
+                st,
+                "data_offsets",
+                "outside the data section",
+                "re-download",
+            ],
         ),
         case(
             "st-header-length-2^62",
@@ -296,6 +301,24 @@ fn corpus() -> Vec<Case> {
                 data[at..at + 2].copy_from_slice(&BF16_INF.to_le_bytes());
             }),
             &[st, "down_proj.weight_scale", "inf"],
+        ),
+        case(
+            "st-inf-norm",
+            edited_safetensors("st-inf-norm", |h, data| {
+                let at = h["model.norm.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+                data[at + 6..at + 8].copy_from_slice(&BF16_INF.to_le_bytes());
+            }),
+            &[st, "model.norm.weight", "[0, 3]", "NaN or infinite"],
+        ),
+        case(
+            "st-nan-embedding",
+            edited_safetensors("st-nan-embedding", |h, data| {
+                let t = &h["model.embed_tokens.weight"];
+                let cols = t["shape"][1].as_u64().unwrap() as usize;
+                let at = t["data_offsets"][0].as_u64().unwrap() as usize + (5 * cols + 2) * 2;
+                data[at..at + 2].copy_from_slice(&BF16_NAN.to_le_bytes());
+            }),
+            &[st, "model.embed_tokens.weight", "[5, 2]", "NaN or infinite"],
         ),
         case(
             "st-missing-tensor",
@@ -429,7 +452,7 @@ fn corpus() -> Vec<Case> {
                 }
                 serde_json::to_vec(&t).unwrap()
             }),
-            &["tokenizer.json", "vocab", "embedding only 1024 rows"],
+            &["tokenizer.json", "vocab", "1024 rows"],
         ),
         case(
             "tokenizer-config-bad-template",
@@ -461,12 +484,16 @@ fn corpus() -> Vec<Case> {
         case(
             "gguf-truncated-header",
             edited_gguf("gguf-truncated-header", |b| b.truncate(20000)),
-            &["gguf-truncated-header.gguf"],
+            &["gguf-truncated-header.gguf", "re-download"],
         ),
         case(
             "gguf-truncated-data",
             edited_gguf("gguf-truncated-data", |b| b.truncate(gguf_len / 2)),
-            &["gguf-truncated-data.gguf", "outside the data section"],
+            &[
+                "gguf-truncated-data.gguf",
+                "outside the data section",
+                "re-download",
+            ],
         ),
         case(
             "gguf-tensor-count-2^60",
@@ -533,7 +560,115 @@ fn corpus() -> Vec<Case> {
             }),
             &["gguf-nan-scale.gguf", "blk.0.attn_q.weight", "NaN"],
         ),
+        case(
+            "gguf-rope-scaling-yarn",
+            {
+                // The llama flavor carries llama.cpp's `linear`; "yarnyy" keeps the string length.
+                let mut bytes = std::fs::read(fixture("plain-bitnet-i2s.gguf")).unwrap();
+                let needle = b"\x06\0\0\0\0\0\0\0linear";
+                let at = bytes
+                    .windows(needle.len())
+                    .position(|w| w == needle)
+                    .expect("the llama fixture has linear RoPE scaling");
+                bytes[at + 8..at + 14].copy_from_slice(b"yarnyy");
+                let path = corpus_dir().join("gguf-rope-scaling-yarn.gguf");
+                std::fs::write(&path, bytes).unwrap();
+                path
+            },
+            &["rope.scaling.type", "unsupported RoPE scaling \"yarnyy\""],
+        ),
     ]
+    .into_iter()
+    .chain(side_file_cases())
+    .collect()
+}
+
+/// Side files (config, tokenizer) that are not what their names say: each is reported as what it
+/// is, and none is read without a size limit.
+#[cfg(unix)]
+fn side_file_cases() -> Vec<Case> {
+    use std::os::unix::fs::symlink;
+    let with = |case: &'static str, file: &str, make: &dyn Fn(&Path)| {
+        let dir = model_dir(case);
+        let path = dir.join(file);
+        std::fs::remove_file(&path).unwrap();
+        make(&path);
+        dir
+    };
+    vec![
+        case(
+            "side-tokenizer-dev-zero",
+            with("side-tokenizer-dev-zero", "tokenizer.json", &|p| {
+                symlink("/dev/zero", p).unwrap()
+            }),
+            &["tokenizer.json", "a device, not a regular file"],
+        ),
+        case(
+            "side-config-fifo",
+            with("side-config-fifo", "config.json", &|p| {
+                let made = Command::new("mkfifo").arg(p).status().unwrap();
+                assert!(made.success());
+            }),
+            &["config.json", "FIFO"],
+        ),
+        case(
+            "side-tokenizer-config-directory",
+            with(
+                "side-tokenizer-config-directory",
+                "tokenizer_config.json",
+                &|p| std::fs::create_dir(p).unwrap(),
+            ),
+            &["tokenizer_config.json", "a directory"],
+        ),
+        case(
+            "side-tokenizer-link-loop",
+            with("side-tokenizer-link-loop", "tokenizer.json", &|p| {
+                symlink(p.file_name().unwrap(), p).unwrap()
+            }),
+            &["tokenizer.json", "symbolic link loop"],
+        ),
+        case(
+            "side-config-broken-link",
+            with("side-config-broken-link", "config.json", &|p| {
+                symlink("/no/such/config.json", p).unwrap()
+            }),
+            &["config.json", "broken symbolic link"],
+        ),
+        case(
+            "side-tokenizer-huge",
+            with("side-tokenizer-huge", "tokenizer.json", &|p| {
+                // Sparse: 100 MiB that take no disk.
+                let file = std::fs::File::create(p).unwrap();
+                file.set_len(100 << 20).unwrap();
+            }),
+            &["tokenizer.json", "larger than 64 MiB"],
+        ),
+        case(
+            "tokenizer-id-past-embedding",
+            replaced("tokenizer-id-past-embedding", "tokenizer.json", {
+                // As many ids as rows, but one of them past the last row.
+                let mut t: Value = serde_json::from_slice(
+                    &std::fs::read(fixture("bitnet-2b4t/tokenizer.json")).unwrap(),
+                )
+                .unwrap();
+                let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+                let name = vocab
+                    .iter()
+                    .find(|(_, id)| id == &&json!(7))
+                    .unwrap()
+                    .0
+                    .clone();
+                vocab.insert(name, json!(5000));
+                serde_json::to_vec(&t).unwrap()
+            }),
+            &["tokenizer.json", "ids up to 5000", "1024 rows"],
+        ),
+    ]
+}
+
+#[cfg(not(unix))]
+fn side_file_cases() -> Vec<Case> {
+    Vec::new()
 }
 
 const BF16_NAN: u16 = 0x7fc0;

@@ -84,11 +84,11 @@ fn full_vocabulary() {
 #[test]
 fn degenerate_rows() {
     for_each_adapter(|ctx| {
-        // All NaN: argmax 0, top-k all empty. All equal: lowest indices win. A single element.
+        // All NaN: argmax u32::MAX (nothing to choose), top-k all empty. All equal: lowest indices win. A single element.
         let vocab = 300;
         let mut values = vec![f32::NAN; vocab];
         values.extend(vec![1.5f32; vocab]);
-        assert_eq!(run_argmax(ctx, &values, vocab), vec![0, 0]);
+        assert_eq!(run_argmax(ctx, &values, vocab), vec![u32::MAX, 0]);
         let top = run_top_k(ctx, &values, vocab, 5);
         assert!(top[..5]
             .iter()

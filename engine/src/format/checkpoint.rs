@@ -38,6 +38,42 @@ impl FloatDType {
             Self::F16 | Self::BF16 => 2,
         }
     }
+
+    /// The element index of the first NaN or infinity in `bytes` (little-endian), if any: all
+    /// exponent bits set. One pass over the bytes that loading reads anyway.
+    pub fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Self::F32 => bytes.chunks_exact(4).position(|b| {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+            }),
+            Self::F16 => bytes
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+            Self::BF16 => bytes
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        }
+    }
+}
+
+/// A float tensor must hold finite values: one NaN or infinity in a norm, the embedding or the
+/// head makes every later logit NaN, and generation would have nothing to choose from.
+pub fn check_finite(r: &FloatRef, first_element: usize, bytes: &[u8]) -> Result<()> {
+    match r.dtype.first_non_finite(bytes) {
+        None => Ok(()),
+        Some(i) => {
+            let at = first_element + i;
+            let (row, col) = (at / r.cols.max(1), at % r.cols.max(1));
+            Err(Error::format(
+                &r.file,
+                &r.name,
+                format!(
+                    "element [{row}, {col}] is NaN or infinite: the checkpoint is damaged \
+                     (re-download it) or was written by a broken converter"
+                ),
+            ))
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -893,10 +929,9 @@ impl Checkpoint {
                 "byte length does not match the shape",
             ));
         }
-        Ok(to_f32(
-            r.dtype,
-            &read_range(src.as_ref(), r.offset, r.len).await?,
-        ))
+        let bytes = read_range(src.as_ref(), r.offset, r.len).await?;
+        check_finite(r, 0, &bytes)?;
+        Ok(to_f32(r.dtype, &bytes))
     }
 }
 

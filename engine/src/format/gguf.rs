@@ -264,8 +264,9 @@ impl<'a> Cursor<'a> {
                 self.file,
                 what,
                 format!(
-                    "count {count} cannot fit in the {} bytes left in the file",
-                    self.left_in_file()
+                    "count {count} cannot fit in the {} bytes left in the file: {}",
+                    self.left_in_file(),
+                    super::INCOMPLETE
                 ),
             ))),
         }

@@ -137,9 +137,7 @@ impl Sampler {
         // -inf (a masked token) is never a valid choice.
         cands.retain(|&(_, l)| l > f32::NEG_INFINITY);
         if cands.is_empty() {
-            return Err(Error::Invalid(
-                "sampling: no finite logit to choose from".into(),
-            ));
+            return Err(Error::Invalid(crate::error::NO_FINITE_LOGIT.into()));
         }
         if self.params.is_greedy() {
             let best = cands

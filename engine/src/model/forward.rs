@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::error::NO_FINITE_LOGIT;
 use crate::format::checkpoint::Checkpoint;
 use crate::gpu::{
     read_buffer, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming, StepRecorder,
@@ -592,7 +593,10 @@ impl Model {
         let result = match output {
             Output::Argmax => {
                 let bytes = read_buffer(&ctx, &self.act.argmax.buffer, 0, 4).await?;
-                StepResult::Token(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")))
+                match u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) {
+                    u32::MAX => return Err(Error::Invalid(NO_FINITE_LOGIT.into())),
+                    token => StepResult::Token(token),
+                }
             }
             Output::TopK(k) => {
                 let bytes = read_buffer(

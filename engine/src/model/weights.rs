@@ -3,7 +3,8 @@
 //! The host holds at most one tensor's bytes at a time.
 
 use crate::format::checkpoint::{
-    Checkpoint, FloatRef, NormWeight, Projection, TernaryLayout, WeightData, WeightRef,
+    check_finite, Checkpoint, FloatRef, NormWeight, Projection, TernaryLayout, WeightData,
+    WeightRef,
 };
 use crate::format::gguf::unpermute_rope_rows;
 use crate::format::source::read_range;
@@ -237,6 +238,7 @@ impl Loader<'_> {
                     (rows * row_bytes) as u64,
                 )
                 .await?;
+            check_finite(r, row * r.cols, &bytes)?;
             table.write_rows(self.ctx, row, &bytes)?;
             row += rows;
         }

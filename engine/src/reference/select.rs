@@ -7,7 +7,8 @@ fn better(a: Candidate, b: Candidate) -> bool {
     a.value > b.value || (a.value == b.value && a.index < b.index)
 }
 
-/// Index of the largest value; ties to the lowest index; NaN never wins; 0 if every value is NaN.
+/// Index of the largest value; ties to the lowest index; NaN never wins; `u32::MAX` if every value
+/// is NaN.
 pub fn argmax(logits: &[f32]) -> u32 {
     let none = Candidate {
         index: u32::MAX,
@@ -21,11 +22,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
             value,
         })
         .fold(none, |best, c| if better(c, best) { c } else { best });
-    if best.index == u32::MAX {
-        0
-    } else {
-        best.index
-    }
+    best.index
 }
 
 /// The `k` best (index, value) pairs, value descending, ties to the lower index, NaN excluded; missing
