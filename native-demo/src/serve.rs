@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -380,15 +380,19 @@ async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(key) = &access.api_key {
+    let Some(key) = access.api_key.as_deref() else {
+        return next.run(request).await;
+    };
+    if request.uri().path().starts_with("/v1") {
         let given = request
             .headers()
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        let matches: bool = given.trim().as_bytes().ct_eq(key.as_bytes()).into();
-        if request.uri().path().starts_with("/v1") && !matches {
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        // Constant time, so that response timing does not reveal how much of a guess was right.
+        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
             return ApiError {
                 code: Some("invalid_api_key"),
                 ..ApiError::new(
@@ -612,6 +616,12 @@ impl Fields {
                 format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
             )
         };
+        let declared_length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+        if declared_length.is_some_and(|length| length > MAX_BODY_BYTES) {
+            return Err(too_large());
+        }
         let read = async {
             let mut bytes = Vec::new();
             let mut chunks = body.into_data_stream();
