@@ -745,3 +745,22 @@ fn busy_port_fails_before_loading_the_model() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_interface_accepts_ip_hosts_but_not_names() {
+    let server = Server::start_with(&["--host", "0.0.0.0"], &[]);
+    let models = |host: &str| {
+        server
+            .raw(&format!("GET /v1/models HTTP/1.1\r\nHost: {host}"), "")
+            .0
+    };
+    for host in [
+        "192.0.2.7:8080",
+        "10.1.2.3",
+        "[2001:db8::1]:80",
+        "localhost:1",
+    ] {
+        assert_eq!(models(host), 200, "{host}");
+    }
+    assert_eq!(models("evil.example"), 403);
+}
