@@ -640,7 +640,7 @@ impl Fields {
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_request_error",
                 format!(
-                    "the request body did not arrive within {:.0} s",
+                    "the request body did not arrive within {} s",
                     timeout.as_secs_f64()
                 ),
             )
@@ -651,8 +651,9 @@ impl Fields {
                 "the request body must be a JSON object",
                 None,
             )),
-            Err(_) => Err(ApiError::invalid(
-                "the request body is not valid JSON",
+            // Syntax errors only (parsing into `Value` has no types to mismatch): safe to show.
+            Err(error) => Err(ApiError::invalid(
+                format!("the request body is not valid JSON: {error}"),
                 None,
             )),
         }
