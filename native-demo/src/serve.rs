@@ -1,28 +1,48 @@
 //! `tern serve`: an OpenAI-compatible HTTP server (chat and text completions, streaming over SSE).
 //!
 //! The GPU holds one model and one KV cache, so one worker thread owns the [`Session`] and takes
-//! requests from a channel in arrival order: requests never interleave, and each streams its events
-//! back over its own channel. A client that goes away drops the receiving end; the worker sees the
-//! send fail and cancels that generation. Consecutive requests that share a prompt prefix (a growing
-//! chat) reuse the cached keys and values.
+//! jobs from a bounded queue in arrival order: requests never interleave, and each streams its
+//! events back over its own channel. Request handlers validate, render and tokenize the prompt
+//! before queueing, so the worker only ever sees token ids that fit the context, and a full queue
+//! is refused at once (503). A client that goes away drops the receiving end; the worker sees the
+//! send fail and cancels that generation. Consecutive requests that share a prompt prefix (a
+//! growing chat) reuse the cached keys and values.
+//!
+//! Browsers are kept out unless invited: only loopback (or explicitly allowed) `Host` names are
+//! served, which defeats DNS rebinding; requests with an `Origin` need `--cors-origin`; and POST
+//! bodies must be `application/json`, which a cross-site form or `text/plain` fetch cannot send
+//! without a CORS preflight.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session, StopReason};
-use tern::text::chat_template::ChatMessage;
+use tern::text::chat_template::{ChatMessage, ChatTemplate};
+use tern::text::tokenizer::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::load::{session, ModelArgs};
 
@@ -35,18 +55,67 @@ pub struct ServeArgs {
     /// 0 picks a free port (the address is printed once the server listens).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 route (/health stays open). Default: the
+    /// TERN_API_KEY environment variable, if set.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// More `Host` names to serve besides loopback ones and the bound address (comma-separated).
+    /// `*` accepts any Host: dangerous, it lets web pages read replies through DNS rebinding.
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    allowed_hosts: Vec<String>,
+    /// A web origin (e.g. http://localhost:3000) allowed to call the API from a browser (CORS);
+    /// repeatable or comma-separated, `*` allows any. Requests from other origins get 403.
+    #[arg(long = "cors-origin", value_delimiter = ',', value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+    /// Requests that may wait for the model; more are refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    queue: u16,
+    /// Open connections at most; more wait in the listen backlog.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a client has to send a request's headers; also how long an idle kept-alive
+    /// connection stays open.
+    #[arg(long, default_value = "30", value_parser = seconds, value_name = "SECONDS")]
+    header_timeout: Duration,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value = "60", value_parser = seconds, value_name = "SECONDS")]
+    body_timeout: Duration,
+    /// On SIGTERM or Ctrl-C, seconds that running generations get to finish before they are
+    /// cancelled.
+    #[arg(long, default_value = "5", value_parser = seconds, value_name = "SECONDS")]
+    shutdown_grace: Duration,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds"))
 }
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    // Bind before the slow model load, so that a busy port fails at once.
+    let listener = bind(&args.host, args.port)?;
+    let access = Arc::new(Access::new(args, listener.local_addr()?));
     let session = session(&args.model)?;
-    let (jobs, queue) = mpsc::channel();
+    let prompter = Arc::new(Prompter {
+        tokenizer: session.tokenizer.clone(),
+        template: session.template.clone(),
+        context: session.model.options.max_context,
+    });
+    let (jobs, queue) = mpsc::sync_channel(args.queue.into());
+    // Set when shutdown's grace period ends: the worker cancels what it is running and what waits.
+    let stopping = CancelToken::default();
+    let worker_stopping = stopping.clone();
     std::thread::Builder::new()
         .name("tern-gpu".into())
-        .spawn(move || work(session, queue))?;
+        .spawn(move || work(session, queue, worker_stopping))?;
     let state = Arc::new(Server {
         model: args.model.name().to_string(),
         created: unix_seconds(),
         jobs,
+        prompter,
+        body_timeout: args.body_timeout,
         next_id: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -56,27 +125,297 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .fallback(not_found)
-        .with_state(state);
-    tokio::runtime::Builder::new_multi_thread()
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&access),
+            require_api_key,
+        ))
+        // Inside the origin check, so that only allowed origins get preflight answers.
+        .layer(access.cors())
+        .layer(middleware::from_fn_with_state(
+            access,
+            check_host_and_origin,
+        ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(async {
-            let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
-            eprintln!(
-                "serving {} on http://{}/v1",
-                args.model.name(),
-                listener.local_addr()?
-            );
-            axum::serve(listener, app).await?;
-            Ok(())
-        })
+        .build()?;
+    runtime.block_on(async {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        eprintln!(
+            "serving {} on http://{}/v1",
+            args.model.name(),
+            listener.local_addr()?
+        );
+        run(listener, app, args, &stopping).await
+    })?;
+    // Tokenizing tasks are short; do not wait on one stuck behind a vanished client.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("stopped");
+    Ok(())
 }
+
+fn bind(host: &str, port: u16) -> anyhow::Result<std::net::TcpListener> {
+    let address = match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    };
+    std::net::TcpListener::bind((host, port)).map_err(|error| match error.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "cannot listen on {address}: address already in use — pass --port to pick another \
+             (0 picks a free one)"
+        ),
+        _ => anyhow::anyhow!("cannot listen on {address}: {error}"),
+    })
+}
+
+/// Serves connections until SIGTERM or Ctrl-C, then stops accepting, lets requests in flight end
+/// (cancelling generations that outlast `--shutdown-grace`) and returns.
+async fn run(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    args: &ServeArgs,
+    stopping: &CancelToken,
+) -> anyhow::Result<()> {
+    let connections = Arc::new(Semaphore::new(args.max_connections as usize));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    // hyper's header timer also runs while a kept-alive connection waits for its next request.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(args.header_timeout);
+    let mut signal = std::pin::pin!(shutdown_signal());
+    loop {
+        let permit = tokio::select! {
+            _ = &mut signal => break,
+            permit = Arc::clone(&connections).acquire_owned() => permit?,
+        };
+        let stream = tokio::select! {
+            _ = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    eprintln!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    eprintln!(
+        "shutting down: finishing requests in flight (generations are cancelled after {:.1} s)",
+        args.shutdown_grace.as_secs_f64()
+    );
+    let stopping = stopping.clone();
+    let grace = args.shutdown_grace;
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        stopping.cancel();
+    });
+    // A cancelled generation ends within a token; past that, give up on clients that stopped
+    // reading.
+    if tokio::time::timeout(grace + Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("closing the connections that did not finish");
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+// ---- Access: Host, Origin, API key ----
+
+/// Who may talk to the server: see the module docs.
+struct Access {
+    /// Lower-case Host names without port.
+    hosts: Vec<String>,
+    any_host: bool,
+    /// Bound to every interface: any IP-literal Host is safe (DNS rebinding needs a name).
+    any_ip_host: bool,
+    origins: Vec<String>,
+    any_origin: bool,
+    api_key: Option<String>,
+}
+
+impl Access {
+    fn new(args: &ServeArgs, bound: SocketAddr) -> Access {
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .map(String::from)
+            .to_vec();
+        if !bound.ip().is_loopback() {
+            hosts.push(match bound.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            });
+            hosts.push(args.host.to_ascii_lowercase());
+        }
+        hosts.extend(
+            args.allowed_hosts
+                .iter()
+                .map(|host| host.trim().to_ascii_lowercase()),
+        );
+        let origins: Vec<String> = args
+            .cors_origins
+            .iter()
+            .map(|origin| origin.trim().trim_end_matches('/').to_string())
+            .collect();
+        Access {
+            any_host: hosts.iter().any(|host| host == "*"),
+            any_ip_host: bound.ip().is_unspecified(),
+            hosts,
+            any_origin: origins.iter().any(|origin| origin == "*"),
+            origins,
+            api_key: args
+                .api_key
+                .clone()
+                .or_else(|| std::env::var("TERN_API_KEY").ok())
+                .filter(|key| !key.is_empty()),
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            Some(rest) => format!("[{}]", rest.split(']').next().unwrap_or_default()),
+            None => host.split(':').next().unwrap_or_default().to_string(),
+        }
+        .to_ascii_lowercase();
+        self.any_host
+            || self.hosts.contains(&name)
+            || (self.any_ip_host
+                && name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok())
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        self.any_origin
+            || self
+                .origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
+
+    fn cors(&self) -> CorsLayer {
+        let origins = match self.any_origin {
+            true => AllowOrigin::any(),
+            false => AllowOrigin::list(
+                self.origins
+                    .iter()
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            ),
+        };
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([AUTHORIZATION, CONTENT_TYPE])
+    }
+}
+
+async fn check_host_and_origin(
+    State(access): State<Arc<Access>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|host| host.to_str().ok())
+        .or(request.uri().host());
+    match host {
+        Some(host) if access.host_allowed(host) => {}
+        _ => {
+            return ApiError::forbidden(format!(
+                "the Host `{}` is not served here: pass --allowed-hosts to allow it",
+                host.unwrap_or_default()
+            ))
+            .into_response()
+        }
+    }
+    if let Some(origin) = request.headers().get(ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !access.origin_allowed(origin) {
+            return ApiError::forbidden(format!(
+                "requests from the web origin `{origin}` are not allowed: pass --cors-origin to \
+                 allow them"
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn require_api_key(
+    State(access): State<Arc<Access>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(key) = access.api_key.as_deref() else {
+        return next.run(request).await;
+    };
+    if request.uri().path().starts_with("/v1") {
+        let given = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        // Constant time, so that response timing does not reveal how much of a guess was right.
+        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            return ApiError {
+                code: Some("invalid_api_key"),
+                ..ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    "a valid API key is required: send `Authorization: Bearer KEY`",
+                )
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+// ---- The queue and the GPU worker ----
 
 struct Server {
     /// The id clients name the model by: the `--model` argument (or the default model's name).
     model: String,
     created: u64,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
+    prompter: Arc<Prompter>,
+    body_timeout: Duration,
     next_id: AtomicU64,
 }
 
@@ -88,21 +427,37 @@ impl Server {
         }
     }
 
+    /// The prompt's ids, computed on a blocking thread (templates and tokenizers take a while on
+    /// long prompts).
+    async fn tokenize(&self, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+        let prompter = Arc::clone(&self.prompter);
+        tokio::task::spawn_blocking(move || prompter.ids(prompt))
+            .await
+            .map_err(|_| ApiError::server("tokenizing the prompt failed"))?
+    }
+
     /// Queues a generation; its events arrive on the returned channel.
     fn submit(
         &self,
-        prompt: Prompt,
+        prompt: Vec<u32>,
         options: GenerateOptions,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let (events, receiver) = unbounded_channel();
-        self.jobs
-            .send(Job {
-                prompt,
-                options,
-                events,
-            })
-            .map_err(|_| ApiError::server("the model worker has stopped"))?;
-        Ok(receiver)
+        let job = Job {
+            prompt,
+            options,
+            events,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => Err(ApiError {
+                retry_after_seconds: Some(1),
+                ..ApiError::server("the server is busy: too many requests are waiting, retry later")
+            }),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(ApiError::server("the model worker has stopped"))
+            }
+        }
     }
 
     fn response_id(&self, prefix: &str) -> String {
@@ -117,8 +472,45 @@ enum Prompt {
     Ids(Vec<u32>),
 }
 
+/// What turns prompts into ids, shared with the request handlers.
+struct Prompter {
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    /// The KV cache's length in tokens.
+    context: usize,
+}
+
+impl Prompter {
+    /// The ids of `prompt`, refused if they leave no room in the context for a reply.
+    fn ids(&self, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+        let ids = match prompt {
+            // As `Session::chat_prompt`: a template that writes BOS itself gets no second one.
+            Prompt::Chat(messages) => {
+                let bos = self.tokenizer.bos_token().unwrap_or_default();
+                let eos = self.tokenizer.eos_token().unwrap_or_default();
+                let rendered = self.template.render(&messages, true, &bos, &eos)?;
+                self.tokenizer
+                    .encode(&rendered.text, !rendered.starts_with_bos)?
+            }
+            Prompt::Text(text) => self.tokenizer.encode(&text, true)?,
+            Prompt::Ids(ids) => ids,
+        };
+        if ids.is_empty() {
+            return Err(ApiError::invalid("the prompt is empty", "prompt"));
+        }
+        if ids.len() >= self.context {
+            return Err(tern::Error::ContextOverflow {
+                needed: ids.len() + 1,
+                limit: self.context,
+            }
+            .into());
+        }
+        Ok(ids)
+    }
+}
+
 struct Job {
-    prompt: Prompt,
+    prompt: Vec<u32>,
     options: GenerateOptions,
     events: UnboundedSender<Event>,
 }
@@ -135,14 +527,15 @@ struct Summary {
     finish_reason: &'static str,
 }
 
-/// The GPU worker: runs queued jobs one at a time until the server goes away.
-fn work(mut session: Session, queue: mpsc::Receiver<Job>) {
+/// The GPU worker: runs queued jobs one at a time until the server goes away. Once `stopping` is
+/// set it cancels the running generation and answers the waiting jobs without generating.
+fn work(mut session: Session, queue: mpsc::Receiver<Job>, stopping: CancelToken) {
     for job in queue {
         if job.events.is_closed() {
             continue;
         }
-        let started = std::time::Instant::now();
-        let event = match generate(&mut session, &job) {
+        let started = Instant::now();
+        let event = match generate(&mut session, &job, &stopping) {
             Ok(summary) => {
                 eprintln!(
                     "{} prompt + {} completion tokens in {:.2} s, finish: {}",
@@ -159,24 +552,28 @@ fn work(mut session: Session, queue: mpsc::Receiver<Job>) {
     }
 }
 
-fn generate(session: &mut Session, job: &Job) -> tern::Result<Summary> {
-    let prompt = match &job.prompt {
-        Prompt::Chat(messages) => session.chat_prompt(messages)?,
-        Prompt::Text(text) => session.tokenizer.encode(text, true)?,
-        Prompt::Ids(ids) => ids.clone(),
-    };
+fn generate(session: &mut Session, job: &Job, stopping: &CancelToken) -> tern::Result<Summary> {
+    if stopping.is_cancelled() {
+        return Ok(Summary {
+            prompt_tokens: job.prompt.len(),
+            completion_tokens: 0,
+            finish_reason: "cancelled",
+        });
+    }
     let cancel = CancelToken::default();
     let generation =
-        pollster::block_on(session.generate(&prompt, &job.options, &cancel, |token| {
-            let gone = if token.text.is_empty() {
-                job.events.is_closed()
-            } else {
-                job.events.send(Event::Text(token.text.into())).is_err()
-            };
-            if gone {
-                cancel.cancel();
-            }
-        }))?;
+        pollster::block_on(
+            session.generate(&job.prompt, &job.options, &cancel, |token| {
+                let gone = if token.text.is_empty() {
+                    job.events.is_closed()
+                } else {
+                    job.events.send(Event::Text(token.text.into())).is_err()
+                };
+                if gone || stopping.is_cancelled() {
+                    cancel.cancel();
+                }
+            }),
+        )?;
     Ok(Summary {
         prompt_tokens: generation.prompt_tokens,
         completion_tokens: generation.ids.len(),
@@ -190,12 +587,96 @@ fn generate(session: &mut Session, job: &Job) -> tern::Result<Summary> {
 
 // ---- Requests ----
 
-#[derive(Deserialize)]
-struct ChatRequest {
-    model: Option<String>,
-    messages: Vec<RequestMessage>,
-    #[serde(flatten)]
-    params: Params,
+/// The most a request body may weigh: far more than any prompt that fits a context.
+const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// A request's JSON fields. A field set to null counts as absent, as in OpenAI's API.
+struct Fields(serde_json::Map<String, Value>);
+
+impl Fields {
+    /// Reads the body of a POST: JSON only (a cross-site page cannot send that without CORS), at
+    /// most [`MAX_BODY_BYTES`], within `timeout`.
+    async fn read(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Fields, ApiError> {
+        let is_json = headers
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "the request body must be JSON, sent with `Content-Type: application/json`",
+            ));
+        }
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        };
+        let declared_length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+        if declared_length.is_some_and(|length| length > MAX_BODY_BYTES) {
+            return Err(too_large());
+        }
+        let read = async {
+            let mut bytes = Vec::new();
+            let mut chunks = body.into_data_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk
+                    .map_err(|_| ApiError::invalid("the request body could not be read", None))?;
+                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(bytes)
+        };
+        let bytes = tokio::time::timeout(timeout, read).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+            )
+        })??;
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(fields)) => Ok(Fields(fields)),
+            Ok(_) => Err(ApiError::invalid(
+                "the request body must be a JSON object",
+                None,
+            )),
+            // Syntax errors only (parsing into `Value` has no types to mismatch): safe to show.
+            Err(error) => Err(ApiError::invalid(
+                format!("the request body is not valid JSON: {error}"),
+                None,
+            )),
+        }
+    }
+
+    /// The field `name` as a `T`, or an error saying what it `must_be` in plain words (serde's
+    /// own messages name Rust types).
+    fn get<T: DeserializeOwned>(
+        &self,
+        name: &'static str,
+        must_be: &str,
+    ) -> Result<Option<T>, ApiError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => T::deserialize(value)
+                .map(Some)
+                .map_err(|_| ApiError::invalid(format!("`{name}` must be {must_be}"), name)),
+        }
+    }
+
+    fn model(&self) -> Result<Option<String>, ApiError> {
+        self.get("model", "a string")
+    }
 }
 
 #[derive(Deserialize)]
@@ -219,34 +700,11 @@ struct ContentPart {
 }
 
 #[derive(Deserialize)]
-struct CompletionRequest {
-    model: Option<String>,
-    prompt: PromptInput,
-    #[serde(flatten)]
-    params: Params,
-}
-
-#[derive(Deserialize)]
 #[serde(untagged)]
 enum PromptInput {
     Text(String),
     Texts(Vec<String>),
     Ids(Vec<u32>),
-}
-
-/// Sampling and streaming fields shared by both endpoints; unknown fields are ignored.
-#[derive(Deserialize)]
-struct Params {
-    max_tokens: Option<usize>,
-    max_completion_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<StopInput>,
-    n: Option<u32>,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
 }
 
 #[derive(Deserialize)]
@@ -258,68 +716,95 @@ enum StopInput {
 
 #[derive(Deserialize)]
 struct StreamOptions {
-    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// The sampling and streaming fields shared by both endpoints; unknown fields are ignored.
+struct Params {
+    options: GenerateOptions,
+    stream: bool,
     include_usage: bool,
 }
 
 impl Params {
     /// OpenAI's defaults: temperature 1, no token limit for chat, 16 tokens for text completions.
-    fn options(&self, default_max_tokens: usize) -> Result<GenerateOptions, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
+    fn of(fields: &Fields, default_max_tokens: usize) -> Result<Params, ApiError> {
+        const COUNT: &str = "a non-negative integer";
+        if fields.get::<u64>("n", COUNT)?.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("only n = 1 is supported", "n"));
         }
-        let max_new_tokens = self
-            .max_completion_tokens
-            .or(self.max_tokens)
+        let max_new_tokens = fields
+            .get("max_completion_tokens", COUNT)?
+            .or(fields.get("max_tokens", COUNT)?)
             .unwrap_or(default_max_tokens);
-        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-            return Err(ApiError::invalid(
-                "temperature must be in [0, 2]",
-                "temperature",
-            ));
-        }
         if max_new_tokens == 0 {
             return Err(ApiError::invalid(
                 "max_tokens must be at least 1",
                 "max_tokens",
             ));
         }
-        Ok(GenerateOptions {
-            max_new_tokens,
-            sampling: SamplingParams {
-                temperature: self.temperature.unwrap_or(1.0),
-                top_p: self.top_p.unwrap_or(1.0),
-                seed: self.seed,
-                ..SamplingParams::default()
+        let temperature: Option<f32> = fields.get("temperature", "a number")?;
+        if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(ApiError::invalid(
+                "temperature must be in [0, 2]",
+                "temperature",
+            ));
+        }
+        let stop = match fields.get("stop", "a string or an array of strings")? {
+            None => Vec::new(),
+            Some(StopInput::One(stop)) => vec![stop],
+            Some(StopInput::Many(stops)) => stops,
+        };
+        let stream_options: Option<StreamOptions> = fields.get(
+            "stream_options",
+            "an object such as {\"include_usage\": true}",
+        )?;
+        Ok(Params {
+            options: GenerateOptions {
+                max_new_tokens,
+                sampling: SamplingParams {
+                    temperature: temperature.unwrap_or(1.0),
+                    top_p: fields.get("top_p", "a number")?.unwrap_or(1.0),
+                    seed: fields.get("seed", COUNT)?,
+                    ..SamplingParams::default()
+                },
+                stop,
+                ignore_eos: false,
             },
-            stop: match &self.stop {
-                None => Vec::new(),
-                Some(StopInput::One(stop)) => vec![stop.clone()],
-                Some(StopInput::Many(stops)) => stops.clone(),
-            },
-            ignore_eos: false,
+            stream: fields.get("stream", "true or false")?.unwrap_or(false),
+            include_usage: stream_options.and_then(|o| o.include_usage) == Some(true),
         })
     }
-
-    fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
-    }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))
-}
-
-fn chat_messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+fn chat_messages(fields: &Fields) -> Result<Vec<ChatMessage>, ApiError> {
+    let messages: Vec<RequestMessage> = fields
+        .get(
+            "messages",
+            "an array of messages, each an object with a string `role` and a `content` that is a \
+             string or an array of text parts",
+        )?
+        .ok_or_else(|| ApiError::invalid("`messages` is required", "messages"))?;
     if messages.is_empty() {
         return Err(ApiError::invalid("messages is empty", "messages"));
     }
     messages
         .into_iter()
         .map(|message| {
+            // OpenAI's `developer` messages are what chat templates call `system`.
+            let role = match message.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "unsupported role `{other}`: use system, developer, user or assistant"
+                        ),
+                        "messages",
+                    ))
+                }
+            };
             let content = match message.content {
                 None => String::new(),
                 Some(Content::Text(text)) => text,
@@ -334,9 +819,27 @@ fn chat_messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiE
                     })
                     .collect::<Result<String, _>>()?,
             };
-            Ok(ChatMessage::new(message.role, content))
+            Ok(ChatMessage::new(role, content))
         })
         .collect()
+}
+
+fn completion_prompt(fields: &Fields) -> Result<Prompt, ApiError> {
+    let prompt = fields
+        .get(
+            "prompt",
+            "a string, an array holding one string, or an array of token ids",
+        )?
+        .ok_or_else(|| ApiError::invalid("`prompt` is required", "prompt"))?;
+    match prompt {
+        PromptInput::Text(text) => Ok(Prompt::Text(text)),
+        PromptInput::Texts(mut texts) if texts.len() == 1 => Ok(Prompt::Text(texts.remove(0))),
+        PromptInput::Texts(_) => Err(ApiError::invalid(
+            "only one prompt per request is supported",
+            "prompt",
+        )),
+        PromptInput::Ids(ids) => Ok(Prompt::Ids(ids)),
+    }
 }
 
 // ---- Handlers ----
@@ -362,63 +865,66 @@ fn model_object(server: &Server) -> Value {
 }
 
 async fn not_found() -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        message: "no such endpoint".into(),
-        kind: "invalid_request_error",
-        param: None,
-        code: None,
-    }
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such endpoint",
+    )
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("this endpoint does not accept {method} requests"),
+    )
 }
 
 async fn chat_completions(
     State(server): State<Arc<Server>>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let request: ChatRequest = parse(&body)?;
-    server.check_model(request.model.as_deref())?;
-    let options = request.params.options(usize::MAX)?;
-    let prompt = Prompt::Chat(chat_messages(request.messages)?);
+    let fields = Fields::read(&headers, body, server.body_timeout).await?;
+    server.check_model(fields.model()?.as_deref())?;
+    let params = Params::of(&fields, usize::MAX)?;
+    let prompt = server
+        .tokenize(Prompt::Chat(chat_messages(&fields)?))
+        .await?;
     let shape = Shape {
         id: server.response_id("chatcmpl"),
         model: server.model.clone(),
         created: unix_seconds(),
         chat: true,
-        include_usage: request.params.include_usage(),
+        include_usage: params.include_usage,
     };
-    respond(&server, prompt, options, request.params.stream, shape).await
+    respond(&server, prompt, params.options, params.stream, shape).await
 }
 
-async fn completions(State(server): State<Arc<Server>>, body: Bytes) -> Result<Response, ApiError> {
-    let request: CompletionRequest = parse(&body)?;
-    server.check_model(request.model.as_deref())?;
-    let options = request.params.options(16)?;
-    let prompt = match request.prompt {
-        PromptInput::Text(text) => Prompt::Text(text),
-        PromptInput::Texts(mut texts) if texts.len() == 1 => Prompt::Text(texts.remove(0)),
-        PromptInput::Texts(_) => {
-            return Err(ApiError::invalid(
-                "only one prompt per request is supported",
-                "prompt",
-            ))
-        }
-        PromptInput::Ids(ids) => Prompt::Ids(ids),
-    };
+async fn completions(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let fields = Fields::read(&headers, body, server.body_timeout).await?;
+    server.check_model(fields.model()?.as_deref())?;
+    let params = Params::of(&fields, 16)?;
+    let prompt = server.tokenize(completion_prompt(&fields)?).await?;
     let shape = Shape {
         id: server.response_id("cmpl"),
         model: server.model.clone(),
         created: unix_seconds(),
         chat: false,
-        include_usage: request.params.include_usage(),
+        include_usage: params.include_usage,
     };
-    respond(&server, prompt, options, request.params.stream, shape).await
+    respond(&server, prompt, params.options, params.stream, shape).await
 }
 
-/// Queues the job and waits for its first event, so that a request the worker rejects (context
-/// overflow, bad sampling parameters) gets an HTTP error instead of a stream.
+/// Queues the job and waits for its first event, so that a request the worker rejects (bad
+/// sampling parameters) gets an HTTP error instead of a stream.
 async fn respond(
     server: &Server,
-    prompt: Prompt,
+    prompt: Vec<u32>,
     options: GenerateOptions,
     stream: bool,
     shape: Shape,
@@ -557,27 +1063,35 @@ struct ApiError {
     kind: &'static str,
     param: Option<&'static str>,
     code: Option<&'static str>,
+    /// Sent as `Retry-After` when the server is too busy.
+    retry_after_seconds: Option<u32>,
 }
 
 impl ApiError {
-    fn invalid(message: impl Into<String>, param: impl Into<Option<&'static str>>) -> Self {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.into(),
-            kind: "invalid_request_error",
-            param: param.into(),
+            kind,
+            param: None,
             code: None,
+            retry_after_seconds: None,
         }
     }
 
-    fn server(message: &str) -> Self {
+    fn invalid(message: impl Into<String>, param: impl Into<Option<&'static str>>) -> Self {
         ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-            kind: "server_error",
-            param: None,
-            code: None,
+            param: param.into(),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
         }
+    }
+
+    fn forbidden(message: String) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+    }
+
+    fn server(message: &str) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
     }
 
     fn body(&self) -> Value {
@@ -587,11 +1101,13 @@ impl ApiError {
 
 fn unknown_model(name: &str) -> ApiError {
     ApiError {
-        status: StatusCode::NOT_FOUND,
-        message: format!("the model `{name}` does not exist"),
-        kind: "invalid_request_error",
         param: Some("model"),
         code: Some("model_not_found"),
+        ..ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("the model `{name}` does not exist"),
+        )
     }
 }
 
@@ -606,19 +1122,17 @@ impl From<tern::Error> for ApiError {
             tern::Error::Invalid(_) | tern::Error::Template(_) | tern::Error::Tokenizer(_) => {
                 ApiError::invalid(message, None)
             }
-            _ => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message,
-                kind: "server_error",
-                param: None,
-                code: None,
-            },
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.body() }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.body() }))).into_response();
+        if let Some(seconds) = self.retry_after_seconds {
+            response.headers_mut().insert(RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

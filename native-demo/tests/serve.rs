@@ -1,7 +1,9 @@
 //! `tern serve` end to end on the bitnet-2b4t fixture: an OpenAI-compatible client's view of the
-//! responses, the error shapes, and concurrent streams with clients that disconnect midway.
+//! responses, the error shapes, concurrent streams with clients that disconnect midway, and the
+//! hardening: Host/Origin/API-key checks, the bounded queue, timeouts, shutdown and binding.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -28,9 +30,23 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[], &[])
+    }
+
+    /// A server with more command-line arguments and environment variables; the context is 256
+    /// tokens unless `args` say otherwise.
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let context: &[&str] = match args.contains(&"--context") {
+            true => &[],
+            false => &["--context", "256"],
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["serve", "-m", &fixture(), "--port", "0", "--context", "256"])
+            .args(["serve", "-m", &fixture(), "--port", "0"])
+            .args(context)
+            .args(args)
             .env("XDG_RUNTIME_DIR", "/tmp")
+            .env_remove("TERN_API_KEY")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -76,6 +92,23 @@ impl Server {
         self.post_raw(path, &body.to_string())
     }
 
+    /// A chat that the server may refuse: the status, the `Retry-After` header and the body.
+    fn post_refusable(&self, body: &Value) -> (u16, Option<String>, Value) {
+        let response = match ureq::post(&format!("{}/v1/chat/completions", self.base))
+            .set("content-type", "application/json")
+            .send_string(&body.to_string())
+        {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let retry_after = response.header("retry-after").map(str::to_string);
+        (
+            response.status(),
+            retry_after,
+            response.into_json().unwrap(),
+        )
+    }
+
     /// Opens a streaming request; the caller reads its SSE lines.
     fn open_stream(&self, path: &str, body: &Value) -> impl BufRead {
         let response = ureq::post(&format!("{}{path}", self.base))
@@ -96,6 +129,37 @@ impl Server {
             chunks.push(serde_json::from_str(&event).expect("chunk is JSON"));
         }
         panic!("the stream ended without [DONE] after {chunks:?}");
+    }
+
+    /// Sends `head` (request line and headers, without the blank line) and `body` over a fresh
+    /// connection with `Connection: close`, and returns the status, the headers (lower-case
+    /// names) and the body as JSON.
+    fn raw(&self, head: &str, body: &str) -> (u16, String, Value) {
+        let request = format!(
+            "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.exchange(request.as_bytes())
+    }
+
+    /// Sends `request` as it is over a fresh connection; returns what [`Server::raw`] does.
+    fn exchange(&self, request: &[u8]) -> (u16, String, Value) {
+        let mut connection = self.connect();
+        connection.write_all(request).unwrap();
+        let mut response = String::new();
+        connection.read_to_string(&mut response).unwrap();
+        let (headers, body) = response.split_once("\r\n\r\n").expect("a whole response");
+        let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = serde_json::from_str(body).unwrap_or(Value::Null);
+        (status, headers.to_ascii_lowercase(), body)
+    }
+
+    fn connect(&self) -> TcpStream {
+        let connection = TcpStream::connect(self.base.trim_start_matches("http://")).unwrap();
+        connection
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        connection
     }
 
     fn cancelled_generations(&self) -> usize {
@@ -317,4 +381,386 @@ fn concurrent_streams_are_independent_and_disconnects_cancel() {
         server.log.lock().unwrap()
     );
     assert_eq!(server.get("/health").0, 200);
+}
+
+/// Checks that `reply` is an OpenAI error: `{"error": {"message", "type", "param", "code"}}`.
+fn assert_openai_error(reply: &Value) {
+    let error = &reply["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{reply}"
+    );
+    assert!(error["type"].is_string(), "{reply}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "{reply}"
+    );
+}
+
+#[test]
+fn requests_are_validated_in_plain_words() {
+    let server = Server::start();
+    let hello = [json!({ "role": "user", "content": "Hi" })];
+    let cases = [
+        (
+            json!({ "messages": [{ "role": "tool", "content": "Hi" }] }),
+            "`tool`",
+        ),
+        (
+            json!({ "messages": hello, "max_tokens": -1 }),
+            "`max_tokens` must be a non-negative integer",
+        ),
+        (
+            json!({ "messages": hello, "max_tokens": "many" }),
+            "`max_tokens` must be a non-negative integer",
+        ),
+        (
+            json!({ "messages": hello, "stop": 3 }),
+            "`stop` must be a string or an array of strings",
+        ),
+        (json!({ "messages": "Hi" }), "`messages` must be an array"),
+        (json!({ "messages": hello, "stream": "yes" }), "`stream`"),
+    ];
+    for (body, expected) in cases {
+        let (status, reply) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 400, "{reply}");
+        assert_openai_error(&reply);
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{message}");
+        for rust_words in ["usize", "u32", "untagged", "enum", "variant"] {
+            assert!(!message.contains(rust_words), "{message}");
+        }
+    }
+
+    // Nullable OpenAI fields set to null count as absent; `developer` is a system message.
+    let request = json!({
+        "messages": [
+            { "role": "developer", "content": "Be brief." },
+            { "role": "user", "content": "Hi" },
+        ],
+        "max_tokens": 4, "temperature": 0, "stream": null, "stop": null, "seed": null,
+        "top_p": null, "n": null, "stream_options": null, "max_completion_tokens": null,
+    });
+    let (status, reply) = server.post("/v1/chat/completions", &request);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["object"], "chat.completion");
+}
+
+#[test]
+fn http_errors_are_openai_shaped() {
+    let server = Server::start();
+    let chat = r#"{"messages": [{"role": "user", "content": "Hi"}]}"#;
+    let cases = [
+        ("GET /v1/chat/completions HTTP/1.1", "", 405),
+        ("DELETE /v1/models HTTP/1.1", "", 405),
+        ("GET /v1/nothing-here HTTP/1.1", "", 404),
+        ("POST /v1/chat/completions HTTP/1.1", chat, 415),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: text/plain",
+            chat,
+            415,
+        ),
+        (
+            "POST /v1/completions HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded",
+            "prompt=Hi",
+            415,
+        ),
+    ];
+    for (head, body, expected) in cases {
+        let head = format!("{head}\r\nHost: localhost");
+        let (status, _, reply) = server.raw(&head, body);
+        assert_eq!(status, expected, "{head}: {reply}");
+        assert_openai_error(&reply);
+    }
+    // Too large by its declared length, and by what arrives in chunks.
+    let head = "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n\
+                Content-Type: application/json\r\nConnection: close\r\n";
+    let declared = format!("{head}Content-Length: 100000000\r\n\r\n");
+    let size = (2 << 20) + 1;
+    let chunked = format!(
+        "{head}Transfer-Encoding: chunked\r\n\r\n{size:x}\r\n{}\r\n0\r\n\r\n",
+        " ".repeat(size)
+    );
+    for request in [declared, chunked] {
+        let (status, _, reply) = server.exchange(request.as_bytes());
+        assert_eq!(status, 413, "{reply}");
+        assert_openai_error(&reply);
+    }
+}
+
+#[test]
+fn host_and_origin_are_checked() {
+    let server = Server::start_with(
+        &[
+            "--cors-origin",
+            "http://app.example",
+            "--allowed-hosts",
+            "tern.lan",
+        ],
+        &[],
+    );
+    let models = |host: &str, extra: &str| {
+        server.raw(
+            &format!("GET /v1/models HTTP/1.1\r\nHost: {host}{extra}"),
+            "",
+        )
+    };
+    for host in [
+        "localhost:8080",
+        "127.0.0.1",
+        "[::1]:9",
+        "LOCALHOST",
+        "tern.lan:80",
+    ] {
+        assert_eq!(models(host, "").0, 200, "{host}");
+    }
+    // DNS rebinding: a page on evil.example whose name now points at 127.0.0.1.
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+    ] {
+        let (status, _, reply) = models(host, "");
+        assert_eq!(status, 403, "{host}: {reply}");
+        assert_openai_error(&reply);
+    }
+
+    let chat =
+        json!({ "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 2 }).to_string();
+    let post = |origin: &str, content_type: &str| {
+        server.raw(
+            &format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nOrigin: {origin}\r\n\
+                 Content-Type: {content_type}"
+            ),
+            &chat,
+        )
+    };
+    let (status, _, reply) = post("http://evil.example", "text/plain");
+    assert_eq!(status, 403, "{reply}");
+    assert_openai_error(&reply);
+    let (status, _, reply) = post("http://evil.example", "application/json");
+    assert_eq!(status, 403, "{reply}");
+    let (status, headers, reply) = post("http://app.example", "application/json");
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        headers.contains("access-control-allow-origin: http://app.example"),
+        "{headers}"
+    );
+
+    let preflight = |origin: &str| {
+        server.raw(
+            &format!(
+                "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nOrigin: {origin}\r\n\
+                 Access-Control-Request-Method: POST\r\n\
+                 Access-Control-Request-Headers: content-type, authorization"
+            ),
+            "",
+        )
+    };
+    let (status, headers, _) = preflight("http://app.example");
+    assert_eq!(status, 200, "{headers}");
+    assert!(
+        headers.contains("access-control-allow-origin: http://app.example"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("access-control-allow-methods: "),
+        "{headers}"
+    );
+    assert!(headers.contains("content-type"), "{headers}");
+    assert_eq!(preflight("http://evil.example").0, 403);
+}
+
+#[test]
+fn api_key_guards_every_v1_route_but_not_health() {
+    let server = Server::start_with(&[], &[("TERN_API_KEY", "sesame")]);
+    let models = |authorization: &str| {
+        server.raw(
+            &format!("GET /v1/models HTTP/1.1\r\nHost: localhost{authorization}"),
+            "",
+        )
+    };
+    for authorization in [
+        "",
+        "\r\nAuthorization: Bearer sesam",
+        "\r\nAuthorization: sesame",
+    ] {
+        let (status, _, reply) = models(authorization);
+        assert_eq!(status, 401, "{authorization:?}: {reply}");
+        assert_openai_error(&reply);
+        assert_eq!(reply["error"]["code"], "invalid_api_key");
+    }
+    let (status, _, reply) = server.raw(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json",
+        r#"{"messages": [{"role": "user", "content": "Hi"}]}"#,
+    );
+    assert_eq!(status, 401, "{reply}");
+    assert_eq!(models("\r\nAuthorization: Bearer sesame").0, 200);
+    assert_eq!(models("\r\nAuthorization: bearer sesame").0, 200);
+    let (status, _, reply) = server.raw("GET /health HTTP/1.1\r\nHost: localhost", "");
+    assert_eq!((status, &reply["status"]), (200, &json!("ok")));
+}
+
+#[test]
+fn queue_is_bounded_and_long_prompts_are_refused_before_it() {
+    let server = Arc::new(Server::start_with(&["--queue", "1"], &[]));
+    // The worker is busy with this one for a second or more; everything below takes milliseconds.
+    let busy = server.open_stream(
+        "/v1/chat/completions",
+        &chat_request("Tell me a long story", 240, true),
+    );
+    let (replies, replied) = mpsc::channel();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, replies) = (Arc::clone(&server), replies.clone());
+            std::thread::spawn(move || {
+                let _ = replies.send(server.post_refusable(&chat_request("Hi", 2, false)));
+            })
+        })
+        .collect();
+    // One of the four waits in the queue; the other three are refused at once.
+    for _ in 0..3 {
+        let (status, retry_after, reply) = replied.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(status, 503, "{reply}");
+        assert!(retry_after.is_some(), "no Retry-After");
+        assert_openai_error(&reply);
+    }
+
+    // Refused although the queue is full, so checked before queueing.
+    let oversized = json!({ "prompt": "word ".repeat(400), "max_tokens": 1 });
+    let (status, reply) = server.post("/v1/completions", &oversized);
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], "context_length_exceeded");
+    let (status, _, reply) = server.post_refusable(&chat_request("Hi", 2, false));
+    assert_eq!(status, 503, "the queue was not full: {reply}");
+
+    drop(busy);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let (status, _, reply) = replied.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(status, 200, "{reply}");
+}
+
+#[test]
+fn slow_and_idle_connections_are_closed() {
+    let server = Server::start_with(&["--header-timeout", "1", "--body-timeout", "1"], &[]);
+    let closes_within = |mut connection: TcpStream, limit: Duration| {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = connection.read_to_end(&mut rest);
+        let elapsed = started.elapsed();
+        assert!(elapsed < limit, "open for {elapsed:?}");
+        String::from_utf8_lossy(&rest).to_string()
+    };
+
+    // Slow loris: half a header, then nothing.
+    let mut connection = server.connect();
+    connection
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: loc")
+        .unwrap();
+    closes_within(connection, Duration::from_secs(5));
+
+    // An idle kept-alive connection after a complete request.
+    let mut connection = server.connect();
+    connection
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let reply = closes_within(connection, Duration::from_secs(5));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    // A body that stops halfway.
+    let mut connection = server.connect();
+    connection
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\":",
+        )
+        .unwrap();
+    let reply = closes_within(connection, Duration::from_secs(5));
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains(r#""error":{"#), "{reply}");
+    assert_eq!(server.get("/health").0, 200);
+}
+
+#[test]
+fn sigterm_ends_streams_with_done_and_exits_zero() {
+    // A grace period shorter than the generation, so that shutdown cancels it.
+    let mut server = Server::start_with(&["--shutdown-grace", "0.2"], &[]);
+    let stream = server.open_stream(
+        "/v1/chat/completions",
+        &chat_request("Tell me a long story", 240, true),
+    );
+    let mut events = sse_events(stream);
+    assert!(events.next().is_some() && events.next().is_some());
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    let rest: Vec<String> = events.collect();
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"), "{rest:?}");
+    let last: Value = serde_json::from_str(&rest[rest.len() - 2]).unwrap();
+    let finish_reason = last["choices"][0]["finish_reason"].as_str();
+    assert!(
+        matches!(finish_reason, Some("cancelled" | "length" | "stop")),
+        "{last}"
+    );
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{status:?}: {:?}",
+        server.log.lock().unwrap()
+    );
+}
+
+#[test]
+fn busy_port_fails_before_loading_the_model() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    // No such model: the port must be refused first, and at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "-m", "/no/such/model", "--port", &port])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port}: address already in use"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_interface_accepts_ip_hosts_but_not_names() {
+    let server = Server::start_with(&["--host", "0.0.0.0"], &[]);
+    let models = |host: &str| {
+        server
+            .raw(&format!("GET /v1/models HTTP/1.1\r\nHost: {host}"), "")
+            .0
+    };
+    for host in [
+        "192.0.2.7:8080",
+        "10.1.2.3",
+        "[2001:db8::1]:80",
+        "localhost:1",
+    ] {
+        assert_eq!(models(host), 200, "{host}");
+    }
+    assert_eq!(models("evil.example"), 403);
 }

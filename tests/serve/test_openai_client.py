@@ -1,7 +1,8 @@
 """`tern serve` driven by the official `openai` Python client.
 
-Starts the server on a free 127.0.0.1 port, then checks non-streaming and streaming chat and text
-completions (usage counts, the stream equal to the whole reply), OpenAI error types, and a load test:
+Starts the server on a free 127.0.0.1 port with an API key, then checks non-streaming and streaming
+chat and text completions (usage counts, the stream equal to the whole reply), OpenAI error types
+(a wrong API key, an unknown role, an unknown model, a prompt too long), and a load test:
 rounds of 32 concurrent streaming chats, some of whose clients hang up midway. Every completed
 stream must equal the same request alone (greedy), the server must stay up, and its resident memory
 must stay flat from round to round. Prints the load-test figures.
@@ -23,12 +24,18 @@ import openai
 
 MESSAGES = ["Hello", "Tell me a story", "What is 2+2?", "Bonjour", "Write a haiku"]
 MAX_TOKENS = 20
+API_KEY = "test-key"
 
 
 def start_server(tern, model):
-    env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    env = dict(
+        os.environ,
+        XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
+        TERN_API_KEY=API_KEY,
+    )
     server = subprocess.Popen(
-        [tern, "serve", "--model", model, "--port", "0", "--context", "256"],
+        # The queue holds every client of the load test.
+        [tern, "serve", "--model", model, "--port", "0", "--context", "256", "--queue", "64"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -136,7 +143,40 @@ def check_basics(client, model):
         raise AssertionError("a prompt longer than the context was accepted")
     except openai.BadRequestError as error:
         assert error.code == "context_length_exceeded", error
+
+    developer = client.chat.completions.create(
+        model=model,
+        messages=[
+            {"role": "developer", "content": "Answer briefly."},
+            {"role": "user", "content": "Hello"},
+        ],
+        max_tokens=4,
+    )
+    assert developer.usage.completion_tokens == 4
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "narrator", "content": "Hello"}], max_tokens=4
+        )
+        raise AssertionError("an unknown role was accepted")
+    except openai.BadRequestError as error:
+        assert "narrator" in error.message, error
     print("openai client: chat, completions, streaming, usage and errors OK")
+
+
+def check_api_key(base, model):
+    for key in ("wrong-key", API_KEY + "x"):
+        stranger = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+        try:
+            stranger.models.list()
+            raise AssertionError(f"the API key {key!r} was accepted")
+        except openai.AuthenticationError as error:
+            assert error.status_code == 401 and error.code == "invalid_api_key", error
+        try:
+            chat(stranger, model, "Hello")
+            raise AssertionError(f"the API key {key!r} was accepted")
+        except openai.AuthenticationError:
+            pass
+    print("openai client: a wrong API key is refused (401)")
 
 
 def load_test(client, model, server, rounds, clients, hang_ups):
@@ -185,7 +225,8 @@ def main():
 
     server, base, log = start_server(args.tern, args.model)
     try:
-        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+        client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0, timeout=300)
+        check_api_key(base, args.model)
         check_basics(client, args.model)
         load_test(client, args.model, server, args.rounds, args.clients, args.hang_ups)
         cancelled = sum("finish: cancelled" in line for line in log)

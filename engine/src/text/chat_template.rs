@@ -55,7 +55,7 @@ pub struct RenderedPrompt {
 }
 
 /// A compiled chat template.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
 }
