@@ -171,23 +171,7 @@ impl Session {
 
     /// The ids of a chat prompt: the template rendered with a generation prompt, without a second BOS.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let bos = self.tokenizer.bos_token().unwrap_or_default();
-        let eos = self.tokenizer.eos_token().unwrap_or_default();
-        let rendered = self.template.render(messages, true, &bos, &eos)?;
-        for (index, (message, span)) in messages.iter().zip(&rendered.content_spans).enumerate() {
-            if span.is_none() && self.tokenizer.contains_special_text(&message.content) {
-                return Err(Error::Template(format!(
-                    "message {index} holds control-token text (such as <|eot_id|>) and the chat \
-                     template rewrites its content, so it cannot be kept as plain text"
-                )));
-            }
-        }
-        let literal: Vec<_> = rendered.content_spans.into_iter().flatten().collect();
-        self.tokenizer.encode_with_literal_spans(
-            &rendered.text,
-            &literal,
-            !rendered.starts_with_bos,
-        )
+        self.template.prompt_ids(&self.tokenizer, messages)
     }
 
     /// Teacher-forced logits [ids.len(), vocab] from an empty cache. `one_at_a_time` feeds the

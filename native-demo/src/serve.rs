@@ -484,14 +484,7 @@ impl Prompter {
     /// The ids of `prompt`, refused if they leave no room in the context for a reply.
     fn ids(&self, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
         let ids = match prompt {
-            // As `Session::chat_prompt`: a template that writes BOS itself gets no second one.
-            Prompt::Chat(messages) => {
-                let bos = self.tokenizer.bos_token().unwrap_or_default();
-                let eos = self.tokenizer.eos_token().unwrap_or_default();
-                let rendered = self.template.render(&messages, true, &bos, &eos)?;
-                self.tokenizer
-                    .encode(&rendered.text, !rendered.starts_with_bos)?
-            }
+            Prompt::Chat(messages) => self.template.prompt_ids(&self.tokenizer, &messages)?,
             Prompt::Text(text) => self.tokenizer.encode(&text, true)?,
             Prompt::Ids(ids) => ids,
         };

@@ -139,6 +139,27 @@ impl ChatTemplate {
     }
 }
 
+impl ChatTemplate {
+    /// The token ids of a chat prompt: the conversation rendered with a generation prompt, BOS
+    /// added only when the template does not write it, and control-token text inside a message
+    /// (`<|eot_id|>` typed by a user) kept as text so no one can forge a turn.
+    pub fn prompt_ids(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let bos = tokenizer.bos_token().unwrap_or_default();
+        let eos = tokenizer.eos_token().unwrap_or_default();
+        let rendered = self.render(messages, true, &bos, &eos)?;
+        for (index, (message, span)) in messages.iter().zip(&rendered.content_spans).enumerate() {
+            if span.is_none() && tokenizer.contains_special_text(&message.content) {
+                return Err(Error::Template(format!(
+                    "message {index} holds control-token text (such as <|eot_id|>) and the chat \
+                     template rewrites its content, so it cannot be kept as plain text"
+                )));
+            }
+        }
+        let literal: Vec<_> = rendered.content_spans.into_iter().flatten().collect();
+        tokenizer.encode_with_literal_spans(&rendered.text, &literal, !rendered.starts_with_bos)
+    }
+}
+
 /// Where each message's content landed in the rendered text, searched in order (templates
 /// commonly trim it). A content the template rewrote is not found.
 fn locate_contents(text: &str, messages: &[ChatMessage]) -> Vec<Option<Range<usize>>> {
