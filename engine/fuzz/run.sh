@@ -10,14 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-30}
-targets=(safetensors gguf config_json tokenizer_config)
+targets=(safetensors gguf config_json tokenizer_config chat_template)
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 
 # Seeds: the fixtures small enough to mutate quickly (libFuzzer also keeps what it finds here).
 fixtures=../../tests/fixtures
-mkdir -p corpus/safetensors corpus/gguf corpus/config_json corpus/tokenizer_config
+mkdir -p corpus/safetensors corpus/gguf corpus/config_json corpus/tokenizer_config corpus/chat_template
 for dir in "$fixtures"/*/; do
   name=$(basename "$dir")
   for file in "$dir"*.safetensors; do
@@ -27,6 +27,12 @@ for dir in "$fixtures"/*/; do
   [ -f "$dir/tokenizer_config.json" ] && cp "$dir/tokenizer_config.json" "corpus/tokenizer_config/$name.json"
 done
 cp "$fixtures"/*.gguf corpus/gguf/
+# Chat templates: every template the golden renders cover, one file each.
+python3 - ../../tests/reference/goldens/chat_templates.json corpus/chat_template <<'PY'
+import json, sys
+for name, source in json.load(open(sys.argv[1]))["templates"].items():
+    open(f"{sys.argv[2]}/{name}.jinja", "w").write(source)
+PY
 
 cargo +nightly fuzz build
 summary=()

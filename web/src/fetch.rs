@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use js_sys::{Array, Function, Reflect, Uint8Array};
-use tern::format::source::TensorSource;
+use tern::format::source::{TensorSource, MAX_SIDE_FILE};
 use tern::{Error, Result};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -256,6 +256,17 @@ impl Fetcher for HttpFetcher {
             None => self.fetch_blob(url).await?,
         };
         let Some(blob) = blob else { return Ok(None) };
+        // A small file is held whole: never allocate what a server claims past any side file.
+        if blob.size() as u64 > MAX_SIDE_FILE {
+            return Err(Error::format(
+                url,
+                "(size)",
+                format!(
+                    "{} bytes, more than any config or tokenizer file",
+                    blob.size()
+                ),
+            ));
+        }
         let mut bytes = vec![0; blob.size() as usize];
         read_blob_into(url, &blob, 0, &mut bytes).await?;
         self.http

@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use tern::format::checkpoint::{chat_template_from_tokenizer_config, Checkpoint};
-use tern::format::source::TensorSource;
+use tern::format::source::{side_file_limit, TensorSource};
 use tern::format::{gguf, safetensors as st};
 use tern::model::config::ModelConfig;
 use tern::{Error, Result};
@@ -29,8 +29,15 @@ async fn open_required(fetcher: &mut impl Fetcher, url: &str) -> Result<Box<dyn 
 }
 
 async fn fetch_text(fetcher: &mut impl Fetcher, url: &str) -> Result<Option<String>> {
+    let name = url.rsplit('/').next().unwrap_or(url);
+    let limit = side_file_limit(name);
     match fetcher.fetch(url).await? {
         None => Ok(None),
+        Some(bytes) if bytes.len() as u64 > limit => Err(Error::format(
+            url,
+            "(size)",
+            format!("larger than {} MiB, more than any real one", limit >> 20),
+        )),
         Some(bytes) => String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| Error::format(url, "(file)", "not UTF-8 text")),

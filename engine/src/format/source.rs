@@ -123,13 +123,15 @@ impl FileSource {
     }
 }
 
+/// The largest limit of [`side_file_limit`].
+pub const MAX_SIDE_FILE: u64 = 64 << 20;
+
 /// The largest side file (config, tokenizer, template) a model directory may hold, by name.
 /// Real ones are far smaller (a 128k-token `tokenizer.json` is ~9 MiB); a limit keeps a link to
 /// `/dev/zero` or a damaged file from filling memory.
-#[cfg(not(target_arch = "wasm32"))]
 pub fn side_file_limit(file_name: &str) -> u64 {
     match file_name {
-        "tokenizer.json" => 64 << 20,
+        "tokenizer.json" => MAX_SIDE_FILE,
         "tokenizer_config.json" | "model.safetensors.index.json" => 16 << 20,
         _ => 1 << 20,
     }
