@@ -77,12 +77,15 @@ pub fn padded_activation_words(k: usize) -> usize {
     k.next_multiple_of(16) / 4
 }
 
-/// WebGPU caps each dispatch dimension at 65535 workgroups: spread larger counts over y.
+/// Workgroups [`dispatch_grid`] puts along x: WebGPU's guaranteed `maxComputeWorkgroupsPerDimension`
+/// (`model::limits` checks the device has it).
+pub const MAX_DISPATCH_X: u32 = 65535;
+
+/// Spreads dispatches larger than [`MAX_DISPATCH_X`] workgroups over y.
 pub fn dispatch_grid(workgroups: u32) -> (u32, u32) {
-    const MAX: u32 = 65535;
-    if workgroups <= MAX {
+    if workgroups <= MAX_DISPATCH_X {
         (workgroups, 1)
     } else {
-        (MAX, workgroups.div_ceil(MAX))
+        (MAX_DISPATCH_X, workgroups.div_ceil(MAX_DISPATCH_X))
     }
 }
