@@ -296,3 +296,172 @@ fn batch_buffers(config: &ModelConfig, projections: ProjectionKind) -> Vec<(&'st
         .map(|(what, bytes)| (what, bytes as u64))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synthetic::{self, Shape};
+
+    const MIB_128: u64 = 128 << 20;
+
+    fn config_of(shape: Shape, max_position_embeddings: usize) -> ModelConfig {
+        synthetic::checkpoint(shape, max_position_embeddings, 0)
+            .expect("synthetic checkpoint")
+            .config
+    }
+
+    fn options(max_context: usize, max_batch: usize) -> ModelOptions {
+        ModelOptions {
+            max_context,
+            max_batch,
+            ..ModelOptions::default()
+        }
+    }
+
+    /// WebGPU's default limits: 128 MiB bindings, 256 MiB buffers, 8 storage buffers per stage.
+    fn webgpu_defaults() -> wgpu::Limits {
+        wgpu::Limits::default()
+    }
+
+    #[test]
+    fn bitnet_2b4t_fits_webgpu_defaults_at_default_options() {
+        let limits = webgpu_defaults();
+        assert_eq!(limits.max_storage_buffer_binding_size, MIB_128);
+        let config = config_of(Shape::BITNET_2B4T, 4096);
+        assert_eq!(check(&limits, &config, &ModelOptions::default()), Ok(()));
+    }
+
+    #[test]
+    fn bitnet_2b4t_batch_is_capped_by_the_all_logits_buffer() {
+        let limits = webgpu_defaults();
+        let config = config_of(Shape::BITNET_2B4T, 4096);
+        // [T, 128256] f32 logits: 513 024 bytes a token, 261 tokens in 128 MiB.
+        let largest = largest_batch(&limits, &config, ProjectionKind::Ternary);
+        assert_eq!(largest, 261);
+        assert_eq!(check(&limits, &config, &options(4096, largest)), Ok(()));
+        let error = check(&limits, &config, &options(4096, 2400)).unwrap_err();
+        assert_eq!(error.limit, "max_storage_buffer_binding_size");
+        assert_eq!(error.available, MIB_128);
+        assert_eq!(error.needed, 2400 * 128_256 * 4);
+        assert!(error.what.contains("all-logits"), "{error}");
+        assert!(error.advice.contains("--batch 261"), "{error}");
+        let message = error.into_error("some GPU").to_string();
+        assert!(message.starts_with("GPU: some GPU: "), "{message}");
+        assert!(message.contains("134217728 bytes"), "{message}");
+    }
+
+    #[test]
+    fn kv_cache_larger_than_a_binding_names_the_largest_context() {
+        let limits = webgpu_defaults();
+        // 2B-4T: 5 KV heads × 128 × 4 bytes = 2 560 bytes a position, 52 428 positions in 128 MiB.
+        let config = config_of(Shape::BITNET_2B4T, 1 << 17);
+        assert_eq!(largest_context(&limits, &config), 52_428);
+        assert_eq!(check(&limits, &config, &options(52_428, 128)), Ok(()));
+        let error = check(&limits, &config, &options(65_536, 128)).unwrap_err();
+        assert_eq!(error.limit, "max_storage_buffer_binding_size");
+        assert_eq!(error.needed, 5 * 65_536 * 128 * 4);
+        assert!(error.what.contains("K (and V) cache"), "{error}");
+        assert!(error.advice.contains("--context 52428"), "{error}");
+
+        // 8 KV heads × head_dim 128 (Llama-3-8B-1.58): exactly 128 MiB at 32k, too much beyond.
+        let llama_8b = Shape {
+            hidden: 4096,
+            layers: 32,
+            heads: 32,
+            kv_heads: 8,
+            intermediate: 14336,
+            vocab: 128_256,
+        };
+        let config = config_of(llama_8b, 1 << 17);
+        assert_eq!(largest_context(&limits, &config), 32_768);
+        assert!(check_context(&limits, &config, 32_769).is_err());
+    }
+
+    #[test]
+    fn the_smaller_of_buffer_and_binding_limit_is_named() {
+        let limits = wgpu::Limits {
+            max_buffer_size: 64 << 20,
+            ..webgpu_defaults()
+        };
+        let config = config_of(Shape::BITNET_2B4T, 4096);
+        let error = check(&limits, &config, &options(4096, 200)).unwrap_err();
+        assert_eq!(error.limit, "max_buffer_size");
+        assert_eq!(error.available, 64 << 20);
+        assert!(error.advice.contains("--batch 130"), "{error}");
+    }
+
+    #[test]
+    fn weights_larger_than_a_binding_are_refused_without_a_batch_or_context_fix() {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 20,
+            ..webgpu_defaults()
+        };
+        // q|k|v: 3 840 rows × 160 code words × 4 bytes = 2.4 MB, bound whole.
+        let error = check(
+            &limits,
+            &config_of(Shape::BITNET_2B4T, 4096),
+            &options(16, 1),
+        )
+        .unwrap_err();
+        assert!(error.what.contains("q|k|v"), "{error}");
+        assert_eq!(error.needed, 3840 * 160 * 4);
+        assert!(error.advice.contains("too large for this GPU"), "{error}");
+    }
+
+    #[test]
+    fn downlevel_limits_lack_storage_buffers_for_the_ternary_matvec() {
+        let limits = wgpu::Limits::downlevel_defaults();
+        let error = check(
+            &limits,
+            &config_of(Shape::TINY, 256),
+            &ModelOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(error.limit, "max_storage_buffers_per_shader_stage");
+        assert_eq!((error.available, error.needed), (4, 5));
+    }
+
+    #[test]
+    fn small_workgroups_and_dispatch_grids_are_refused() {
+        let config = config_of(Shape::TINY, 256);
+        let small_workgroups = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 128,
+            ..webgpu_defaults()
+        };
+        let error = check(&small_workgroups, &config, &ModelOptions::default()).unwrap_err();
+        assert_eq!(error.limit, "max_compute_invocations_per_workgroup");
+        assert_eq!((error.available, error.needed), (128, 256));
+
+        let narrow_x = wgpu::Limits {
+            max_compute_workgroup_size_x: 64,
+            ..webgpu_defaults()
+        };
+        let error = check(&narrow_x, &config, &ModelOptions::default()).unwrap_err();
+        assert_eq!(error.limit, "max_compute_workgroup_size_x");
+
+        let few_workgroups = wgpu::Limits {
+            max_compute_workgroups_per_dimension: 1024,
+            ..webgpu_defaults()
+        };
+        let error = check(&few_workgroups, &config, &ModelOptions::default()).unwrap_err();
+        assert_eq!(error.limit, "max_compute_workgroups_per_dimension");
+    }
+
+    #[test]
+    fn prefill_batches_beyond_the_dispatch_limit_are_refused() {
+        // Huge bindings, so only the prefill attention's one workgroup row per token limits T.
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 40,
+            max_buffer_size: 1 << 40,
+            ..webgpu_defaults()
+        };
+        let config = config_of(Shape::TINY, 256);
+        assert_eq!(
+            largest_batch(&limits, &config, ProjectionKind::Ternary),
+            65_535
+        );
+        let error = check_batch(&limits, &config, ProjectionKind::Ternary, 100_000).unwrap_err();
+        assert_eq!(error.limit, "max_compute_workgroups_per_dimension");
+        assert_eq!(error.needed, 100_000);
+    }
+}
