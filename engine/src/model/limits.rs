@@ -17,6 +17,9 @@ use crate::{Error, Result};
 /// The most invocations in any kernel's workgroup (all are 1-D, so also the largest x size).
 /// tests/tests/shaders_translate.rs checks every kernel against it.
 pub const KERNEL_WORKGROUP_INVOCATIONS: u32 = 256;
+/// The most workgroup memory any kernel declares, in bytes (WebGPU guarantees 16 KiB). Checked
+/// against every kernel by the same test.
+pub const KERNEL_WORKGROUP_STORAGE: u32 = 16 << 10;
 /// The most storage buffers any kernel binds (the ternary matvec: codes, activations, their
 /// statistics, row scales, output). Checked against every kernel by the same test.
 pub const KERNEL_STORAGE_BUFFERS: u32 = 5;
@@ -94,6 +97,12 @@ pub fn check_kernels(limits: &wgpu::Limits) -> Result<(), LimitExceeded> {
             limits.max_storage_buffers_per_shader_stage,
             KERNEL_STORAGE_BUFFERS,
             "the ternary matvec's storage buffers",
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            limits.max_compute_workgroup_storage_size,
+            KERNEL_WORKGROUP_STORAGE,
+            "a kernel's workgroup memory",
         ),
         (
             "max_compute_workgroups_per_dimension",

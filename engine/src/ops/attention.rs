@@ -6,7 +6,7 @@
 //! head-major so one head's sequence is contiguous. [`super::rope`] appends to it.
 //! head_dim must be a multiple of 4 (K and V are read as `vec4<f32>`) and at most [`MAX_HEAD_DIM`].
 
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
 
@@ -121,13 +121,13 @@ impl AttentionDecode {
         AttentionDecode {
             partial: ctx.pipeline(
                 "attention_decode",
-                shader!("attention_decode", "step", "attention"),
+                sources::ATTENTION_DECODE,
                 "main",
                 &[],
             ),
             combine: ctx.pipeline(
                 "attention_combine",
-                shader!("attention_combine", "step"),
+                sources::ATTENTION_COMBINE,
                 "main",
                 &[],
             ),
@@ -214,7 +214,7 @@ impl AttentionPrefill {
         AttentionPrefill {
             pipeline: ctx.pipeline(
                 "attention_prefill",
-                shader!("attention_prefill", "step", "attention"),
+                sources::ATTENTION_PREFILL,
                 "main",
                 &[],
             ),

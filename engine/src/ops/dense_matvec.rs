@@ -2,7 +2,7 @@
 //! `shaders/dense_matvec.wgsl`. CPU twin: [`crate::reference::dense::matvec`].
 
 use super::embedding::{DenseTable, FloatDType};
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
 
@@ -73,7 +73,7 @@ impl DenseMatvec {
         ];
         let pipeline = ctx.pipeline(
             "dense_matvec",
-            shader!("dense_matvec", "step"),
+            sources::DENSE_MATVEC,
             entry,
             &constants,
         );
