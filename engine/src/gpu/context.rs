@@ -80,7 +80,9 @@ pub struct Capabilities {
     pub max_workgroup_invocations: u32,
 }
 
-/// Owns the device. Everything on the GPU is created through it.
+/// Owns the device. Everything on the GPU is created through it. A clone shares the device (and
+/// its error state).
+#[derive(Clone)]
 pub struct Context {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
