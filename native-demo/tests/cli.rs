@@ -468,7 +468,11 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
         .expect("tern runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "tern {args:?} succeeded");
-    assert_ne!(out.status.code(), Some(101), "tern {args:?} panicked:\n{stderr}");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "tern {args:?} panicked:\n{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "tern {args:?}:\n{stderr}");
     stderr
 }
@@ -477,7 +481,9 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
 fn a_batch_beyond_the_binding_limit_is_refused_naming_the_limit() {
     let model = fixture("bitnet-2b4t");
     let stderr = refused(
-        &["run", "-m", &model, "--prompt", "hi", "-n", "1", "--batch", "100000"],
+        &[
+            "run", "-m", &model, "--prompt", "hi", "-n", "1", "--batch", "100000",
+        ],
         &[],
     );
     // [100000, 1024] f32 logits: 409.6 MB, more than any adapter's binding limit in CI.
@@ -504,7 +510,17 @@ fn a_kv_cache_beyond_the_binding_limit_is_refused_naming_the_limit() {
     std::fs::write(&config_path, config.to_string()).unwrap();
 
     let model = dir.display().to_string();
-    let args = ["run", "-m", &model, "--prompt", "hi", "-n", "1", "--context", "1048576"];
+    let args = [
+        "run",
+        "-m",
+        &model,
+        "--prompt",
+        "hi",
+        "-n",
+        "1",
+        "--context",
+        "1048576",
+    ];
     let stderr = refused(&args, &[("TERN_MAX_STORAGE_BINDING", "134217728")]);
     for expected in [
         "max_storage_buffer_binding_size",

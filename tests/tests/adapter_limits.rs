@@ -45,14 +45,25 @@ fn a_smaller_binding_limit_refuses_the_kv_cache_and_runs_what_fits() {
         assert_eq!(ctx.limits.max_storage_buffer_binding_size, BINDING);
 
         // The tiny shape's K cache: 2 KV heads × 32 × 4 bytes = 256 bytes a position.
-        let error = load(ctx, 2048, 16).err().expect("a 512 KiB K cache is refused");
+        let error = load(ctx, 2048, 16)
+            .err()
+            .expect("a 512 KiB K cache is refused");
         let message = error.to_string();
-        for expected in ["max_storage_buffer_binding_size", "262144", "--context 1024"] {
+        for expected in [
+            "max_storage_buffer_binding_size",
+            "262144",
+            "--context 1024",
+        ] {
             assert!(message.contains(expected), "{adapter}: {message}");
         }
         // [T, 1024] f32 logits: 4 KiB a token, 64 tokens in 256 KiB.
-        let error = load(ctx, 1024, 65).err().expect("a 65-token batch is refused");
-        assert!(error.to_string().contains("--batch 64"), "{adapter}: {error}");
+        let error = load(ctx, 1024, 65)
+            .err()
+            .expect("a 65-token batch is refused");
+        assert!(
+            error.to_string().contains("--batch 64"),
+            "{adapter}: {error}"
+        );
 
         let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 1024).collect();
         let mut constrained = load(ctx, 1024, 16).expect("what fits loads");

@@ -32,7 +32,11 @@ fn compile(name: &str, source: &str) -> Result<(Module, ModuleInfo), String> {
         .validate(&module)
         .map_err(|e| format!("validation: {}", e.emit_to_string(source)))?;
     let mut constants = naga::back::PipelineConstants::default();
-    if module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some("WG")) {
+    if module
+        .overrides
+        .iter()
+        .any(|(_, o)| o.name.as_deref() == Some("WG"))
+    {
         constants.insert("WG".into(), f64::from(KERNEL_WORKGROUP_INVOCATIONS));
     }
     let (module, info) =

@@ -127,10 +127,7 @@ pub fn check_kernels(limits: &wgpu::Limits) -> Result<(), LimitExceeded> {
 
 /// The ternary projection weights, each bound whole (the embedding and LM head are split into
 /// row chunks that fit any binding, see `ops::embedding::DenseTable`).
-pub fn check_weights(
-    limits: &wgpu::Limits,
-    config: &ModelConfig,
-) -> Result<(), LimitExceeded> {
+pub fn check_weights(limits: &wgpu::Limits, config: &ModelConfig) -> Result<(), LimitExceeded> {
     let c = config;
     let attention_width = c.num_heads * c.head_dim;
     let qkv_rows = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
@@ -148,7 +145,9 @@ pub fn check_weights(
                 limit,
                 available,
                 needed,
-                what: format!("the {name} projection weight ({rows} × {cols} ternary, bound whole)"),
+                what: format!(
+                    "the {name} projection weight ({rows} × {cols} ternary, bound whole)"
+                ),
                 advice: "this model is too large for this GPU; use a GPU with a larger limit"
                     .into(),
             });
@@ -199,8 +198,7 @@ pub fn check_batch(
     batch: usize,
 ) -> Result<(), LimitExceeded> {
     let largest = largest_batch(limits, config, projections);
-    let advice =
-        || format!("use a prefill batch of {largest} tokens or fewer (--batch {largest})");
+    let advice = || format!("use a prefill batch of {largest} tokens or fewer (--batch {largest})");
     let (limit, available) = whole_binding(limits);
     for (what, per_token) in batch_buffers(config, projections) {
         let needed = per_token.saturating_mul(batch as u64);
@@ -255,8 +253,8 @@ pub fn largest_batch(
         .map(|&(_, bytes)| bytes)
         .max()
         .unwrap_or(1);
-    (available / widest_per_token.max(1))
-        .min(limits.max_compute_workgroups_per_dimension.into()) as usize
+    (available / widest_per_token.max(1)).min(limits.max_compute_workgroups_per_dimension.into())
+        as usize
 }
 
 /// A buffer bound whole must fit both the binding and the buffer limit: the smaller one, named.

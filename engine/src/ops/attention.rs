@@ -119,18 +119,8 @@ pub struct AttentionDecodeBinding {
 impl AttentionDecode {
     pub fn new(ctx: &Context) -> Self {
         AttentionDecode {
-            partial: ctx.pipeline(
-                "attention_decode",
-                sources::ATTENTION_DECODE,
-                "main",
-                &[],
-            ),
-            combine: ctx.pipeline(
-                "attention_combine",
-                sources::ATTENTION_COMBINE,
-                "main",
-                &[],
-            ),
+            partial: ctx.pipeline("attention_decode", sources::ATTENTION_DECODE, "main", &[]),
+            combine: ctx.pipeline("attention_combine", sources::ATTENTION_COMBINE, "main", &[]),
         }
     }
 
@@ -212,12 +202,7 @@ pub struct AttentionPrefillBinding {
 impl AttentionPrefill {
     pub fn new(ctx: &Context) -> Self {
         AttentionPrefill {
-            pipeline: ctx.pipeline(
-                "attention_prefill",
-                sources::ATTENTION_PREFILL,
-                "main",
-                &[],
-            ),
+            pipeline: ctx.pipeline("attention_prefill", sources::ATTENTION_PREFILL, "main", &[]),
         }
     }
 

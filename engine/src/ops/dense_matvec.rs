@@ -71,12 +71,7 @@ impl DenseMatvec {
             ("ALIGNED", f64::from(u8::from(aligned))),
             ("WG", f64::from(workgroup)),
         ];
-        let pipeline = ctx.pipeline(
-            "dense_matvec",
-            sources::DENSE_MATVEC,
-            entry,
-            &constants,
-        );
+        let pipeline = ctx.pipeline("dense_matvec", sources::DENSE_MATVEC, entry, &constants);
         DenseMatvec {
             pipeline,
             layout,

@@ -81,13 +81,7 @@ impl Quantizer {
         let dtypes = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
         Quantizer {
             sum: dtypes.map(|d| build("absmean_sum", sources::ABSMEAN_SUM, d)),
-            quantize: dtypes.map(|d| {
-                build(
-                    "absmean_quantize",
-                    sources::ABSMEAN_QUANTIZE,
-                    d,
-                )
-            }),
+            quantize: dtypes.map(|d| build("absmean_quantize", sources::ABSMEAN_QUANTIZE, d)),
             max_window: ctx.caps.max_binding_bytes,
         }
     }

@@ -96,25 +96,10 @@ pub struct Repacker {
 impl Repacker {
     pub fn new(ctx: &Context) -> Self {
         Repacker {
-            hf_packed: ctx.pipeline(
-                "repack_hf_packed",
-                sources::REPACK_HF_PACKED,
-                "main",
-                &[],
-            ),
+            hf_packed: ctx.pipeline("repack_hf_packed", sources::REPACK_HF_PACKED, "main", &[]),
             i2s: ctx.pipeline("repack_i2s", sources::REPACK_I2S, "main", &[]),
-            tq2_0: ctx.pipeline(
-                "repack_tq2_0",
-                sources::REPACK_TQ2_0,
-                "main",
-                &[],
-            ),
-            tq1_0: ctx.pipeline(
-                "repack_tq1_0",
-                sources::REPACK_TQ1_0,
-                "main",
-                &[],
-            ),
+            tq2_0: ctx.pipeline("repack_tq2_0", sources::REPACK_TQ2_0, "main", &[]),
+            tq1_0: ctx.pipeline("repack_tq1_0", sources::REPACK_TQ1_0, "main", &[]),
         }
     }
 
