@@ -1,5 +1,5 @@
-//! Does a model fit the device? Every buffer the model binds whole, the kernels' workgroup size and
-//! storage buffers per stage, and the dispatches that grow with the batch or the context, checked
+//! Does a model fit the device? Every buffer the model binds whole, the kernels' workgroup size,
+//! workgroup memory and storage buffers per stage, and the dispatches that grow with the batch or the context, checked
 //! against the device's [`wgpu::Limits`] before anything is allocated — so that a GPU whose limits
 //! are smaller than the test adapters' refuses a model with an error naming the limit, the adapter's
 //! value, what was needed and what to do, instead of a wgpu validation error mid-load.
