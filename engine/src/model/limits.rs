@@ -269,12 +269,19 @@ fn whole_binding(limits: &wgpu::Limits) -> (&'static str, u64) {
 
 /// Bytes of the buffers that grow with the context; the K/V cache first.
 fn context_buffers(config: &ModelConfig, context: usize) -> [(&'static str, u64); 2] {
-    let c = config;
-    let cache = c.num_kv_heads * context * c.head_dim * 4;
-    let partials = c.num_heads * context.div_ceil(DECODE_CHUNK) * (c.head_dim + 2) * 4;
+    // In u64: a long context's cache passes 4 GiB, which wraps a wasm32 usize.
+    let [kv_heads, heads, head_dim] =
+        [config.num_kv_heads, config.num_heads, config.head_dim].map(|n| n as u64);
+    let chunks = context.div_ceil(DECODE_CHUNK) as u64;
     [
-        ("one layer's K (and V) cache", cache as u64),
-        ("the decode attention's partial results", partials as u64),
+        (
+            "one layer's K (and V) cache",
+            kv_heads * context as u64 * head_dim * 4,
+        ),
+        (
+            "the decode attention's partial results",
+            heads * chunks * (head_dim + 2) * 4,
+        ),
     ]
 }
 
