@@ -2,10 +2,7 @@ use tern::gpu::{Context, ContextOptions};
 
 /// Prints every adapter the platform offers, then the one `ContextOptions::from_env()` selects.
 pub fn run() -> anyhow::Result<()> {
-    let all = ContextOptions {
-        backend: None,
-        adapter_name: None,
-    };
+    let all = ContextOptions::default();
     let reports = pollster::block_on(Context::adapter_reports(&all))?;
     if reports.is_empty() {
         println!("no GPU adapters found (install a Vulkan driver, e.g. mesa-vulkan-drivers, or try TERN_BACKEND=gl)");

@@ -606,3 +606,78 @@ fn full_size_2b4t_checkpoint_loads_and_generates() {
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|&id| id < 128256));
 }
+
+/// Runs `tern` with extra environment variables; asserts it failed cleanly (an error, not a panic)
+/// and returns its stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .envs(env.iter().copied())
+        .output()
+        .expect("tern runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "tern {args:?} succeeded");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "tern {args:?} panicked:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "tern {args:?}:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn a_batch_beyond_the_binding_limit_is_refused_naming_the_limit() {
+    let model = fixture("bitnet-2b4t");
+    let stderr = refused(
+        &[
+            "run", "-m", &model, "--prompt", "hi", "-n", "1", "--batch", "100000",
+        ],
+        &[],
+    );
+    // [100000, 1024] f32 logits: 409.6 MB, more than any adapter's binding limit in CI.
+    for expected in ["max_storage_buffer_binding_size", "409600000", "--batch"] {
+        assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_kv_cache_beyond_the_binding_limit_is_refused_naming_the_limit() {
+    // The fixture with a context of 2^20 positions: its K cache per layer is 2 KV heads × 2^20 ×
+    // 32 × 4 bytes = 256 MiB, more than WebGPU's (and lavapipe's) 128 MiB binding limit, which
+    // TERN_MAX_STORAGE_BINDING imposes on any adapter.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("long-context-fixture");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture("bitnet-2b4t")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["max_position_embeddings"] = (1u64 << 20).into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let model = dir.display().to_string();
+    let args = [
+        "run",
+        "-m",
+        &model,
+        "--prompt",
+        "hi",
+        "-n",
+        "1",
+        "--context",
+        "1048576",
+    ];
+    let stderr = refused(&args, &[("TERN_MAX_STORAGE_BINDING", "134217728")]);
+    for expected in [
+        "max_storage_buffer_binding_size",
+        "134217728",
+        "K (and V) cache",
+        "--context 524288",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+    }
+}

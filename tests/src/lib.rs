@@ -42,6 +42,29 @@ pub fn contexts() -> &'static [Context] {
     })
 }
 
+/// A second device on each adapter under test, created with the adapter's limits as `lower`
+/// changes them: a model loaded there meets the limits of a smaller GPU.
+pub fn contexts_with_limits(lower: impl Fn(&mut wgpu::Limits)) -> Vec<Context> {
+    contexts()
+        .iter()
+        .map(|ctx| {
+            let options = ContextOptions {
+                backend: Some(format!("{:?}", ctx.info.backend).to_lowercase()),
+                adapter_name: Some(ctx.info.name.clone()),
+                ..ContextOptions::default()
+            };
+            let adapter = pollster::block_on(Context::adapters(&options))
+                .expect("listing adapters")
+                .into_iter()
+                .next()
+                .expect("the adapter under test");
+            let mut limits = adapter.limits();
+            lower(&mut limits);
+            pollster::block_on(Context::with_limits(adapter, limits)).expect("creating a device")
+        })
+        .collect()
+}
+
 fn native_backend() -> &'static str {
     if cfg!(target_os = "macos") {
         "metal"

@@ -120,13 +120,7 @@ fn cpu_logits(c: &Checkpoint) -> Vec<f32> {
 
 /// An owned handle on the harness's context for `Model::load`.
 fn shared(ctx: &Context) -> Arc<Context> {
-    Arc::new(Context {
-        device: ctx.device.clone(),
-        queue: ctx.queue.clone(),
-        info: ctx.info.clone(),
-        limits: ctx.limits.clone(),
-        caps: ctx.caps.clone(),
-    })
+    Arc::new(ctx.clone())
 }
 
 fn logits(result: StepResult) -> Vec<f32> {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use safetensors::SafeTensors;
 use tern::format::checkpoint::Checkpoint;
-use tern::gpu::Context;
 use tern::model::{Model, ModelOptions, Output};
 use tern_tests::goldens::{fixture, repo_root};
 use tern_tests::{assert_close, contexts};
@@ -31,13 +30,7 @@ fn check(fixture_name: &str, golden_name: &str) {
     for ctx in contexts() {
         let mut checkpoint = Checkpoint::open(&fixture(fixture_name)).unwrap();
         checkpoint.config.num_layers = 1;
-        let ctx = Arc::new(Context {
-            device: ctx.device.clone(),
-            queue: ctx.queue.clone(),
-            info: ctx.info.clone(),
-            limits: ctx.limits.clone(),
-            caps: ctx.caps.clone(),
-        });
+        let ctx = Arc::new(ctx.clone());
         let options = ModelOptions {
             max_context: 64,
             max_batch: 64,

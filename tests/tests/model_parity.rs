@@ -21,13 +21,7 @@ fn session(ctx: &Context, path: &Path) -> Session {
     let what = path.display();
     let checkpoint = Checkpoint::open(path).unwrap_or_else(|e| panic!("{what}: {e}"));
     // A context sharing the device: Session wants an Arc, the harness keeps the Context itself.
-    let ctx = Arc::new(Context {
-        device: ctx.device.clone(),
-        queue: ctx.queue.clone(),
-        info: ctx.info.clone(),
-        limits: ctx.limits.clone(),
-        caps: ctx.caps.clone(),
-    });
+    let ctx = Arc::new(ctx.clone());
     let options = ModelOptions {
         max_context: 256,
         max_batch: 64,

@@ -1,3 +1,5 @@
+use std::sync::{Arc, Mutex};
+
 use crate::{Error, Result};
 
 /// How to pick the adapter. Empty options mean: the best real GPU, else whatever the platform has.
@@ -7,16 +9,36 @@ pub struct ContextOptions {
     pub backend: Option<String>,
     /// Case-insensitive substring of the adapter name, e.g. `llvmpipe` or `swiftshader`.
     pub adapter_name: Option<String>,
+    /// A `max_storage_buffer_binding_size` in bytes to request instead of the adapter's own, if
+    /// smaller: to check on a large GPU that a model fits a smaller one (WebGPU's default is
+    /// 134217728).
+    pub max_storage_binding: Option<String>,
 }
 
 impl ContextOptions {
-    /// Options from `TERN_BACKEND` and `TERN_ADAPTER`.
+    /// Options from `TERN_BACKEND`, `TERN_ADAPTER` and `TERN_MAX_STORAGE_BINDING`.
     pub fn from_env() -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         ContextOptions {
             backend: var("TERN_BACKEND"),
             adapter_name: var("TERN_ADAPTER"),
+            max_storage_binding: var("TERN_MAX_STORAGE_BINDING"),
         }
+    }
+
+    /// The adapter's limits, lowered as asked.
+    fn limits(&self, adapter: &wgpu::Adapter) -> Result<wgpu::Limits> {
+        let mut limits = adapter.limits();
+        if let Some(bytes) = &self.max_storage_binding {
+            let bytes: u64 = bytes.parse().map_err(|_| {
+                Error::Invalid(format!(
+                    "TERN_MAX_STORAGE_BINDING={bytes}: expected a number of bytes"
+                ))
+            })?;
+            limits.max_storage_buffer_binding_size =
+                bytes.min(limits.max_storage_buffer_binding_size);
+        }
+        Ok(limits)
     }
 
     fn backends(&self) -> Result<wgpu::Backends> {
@@ -58,13 +80,19 @@ pub struct Capabilities {
     pub max_workgroup_invocations: u32,
 }
 
-/// Owns the device. Everything on the GPU is created through it.
+/// Owns the device. Everything on the GPU is created through it. A clone shares the device (and
+/// its error state).
+#[derive(Clone)]
 pub struct Context {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
+    /// The limits the device was created with (what it enforces).
     pub limits: wgpu::Limits,
     pub caps: Capabilities,
+    /// The first wgpu error no error scope caught, until [`Context::check_errors`] returns it
+    /// (wgpu's default handler would panic).
+    uncaptured: Arc<Mutex<Option<String>>>,
 }
 
 /// One adapter as `tern info` prints it.
@@ -103,7 +131,8 @@ impl Context {
         let backends = options.backends()?;
         let instance = instance(backends);
         let adapter = Self::choose_adapter(&instance, backends, options).await?;
-        Self::from_adapter(adapter).await
+        let limits = options.limits(&adapter)?;
+        Self::with_limits(adapter, limits).await
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -156,8 +185,14 @@ impl Context {
 
     /// Creates the device with the adapter's own maxima and every optional feature it has.
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
-        let info = adapter.get_info();
         let limits = adapter.limits();
+        Self::with_limits(adapter, limits).await
+    }
+
+    /// Creates the device with `limits` (at most the adapter's: lower ones make a large GPU
+    /// behave like a smaller one) and every optional feature the adapter has.
+    pub async fn with_limits(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Self> {
+        let info = adapter.get_info();
         let features = adapter.features() & OPTIONAL_FEATURES;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -168,6 +203,12 @@ impl Context {
             })
             .await
             .map_err(|e| Error::Gpu(format!("{}: device creation failed: {e}", info.name)))?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let first_error = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert_with(|| error.to_string());
+        }));
         let caps = Capabilities {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -189,7 +230,19 @@ impl Context {
             info,
             limits,
             caps,
+            uncaptured,
         })
+    }
+
+    /// The first wgpu error (validation, out of memory) since the last call, as an [`Error`].
+    /// Checked whenever the engine waits for the device, so a failure surfaces as an error of the
+    /// load or step that caused it.
+    pub fn check_errors(&self) -> Result<()> {
+        let mut first = self.uncaptured.lock().unwrap_or_else(|e| e.into_inner());
+        match first.take() {
+            Some(error) => Err(Error::Gpu(format!("{}: {error}", self.adapter_name()))),
+            None => Ok(()),
+        }
     }
 
     /// Every adapter the platform offers, for `tern info` and for tests that cover all of them.
@@ -299,6 +352,6 @@ impl Context {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
-        Ok(())
+        self.check_errors()
     }
 }

@@ -11,6 +11,7 @@ use crate::gpu::{
     read_buffer, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming, StepRecorder,
 };
 use crate::model::config::{Activation, ModelConfig};
+use crate::model::limits;
 use crate::model::weights::{
     self, LoadProgress, ProjectionKind, ProjectionWeight, TernaryWeight, Weights,
 };
@@ -33,9 +34,13 @@ use crate::{Error, Result};
 /// Sizes chosen at load.
 #[derive(Clone, Debug)]
 pub struct ModelOptions {
-    /// KV-cache length in tokens (capped at the model's `max_position_embeddings`).
+    /// KV-cache length in tokens (capped at the model's `max_position_embeddings`). A cache larger
+    /// than the device's binding limit fails the load, naming the largest that fits
+    /// ([`super::limits::largest_context`]).
     pub max_context: usize,
-    /// Tokens per prefill batch; longer prompts run in several batches.
+    /// Tokens per prefill batch; longer prompts run in several batches. A batch whose buffers
+    /// exceed the device's limits fails the load, naming the largest that fits
+    /// ([`super::limits::largest_batch`]).
     pub max_batch: usize,
     /// Ternary (BitNet b1.58) or dense projections (the baseline; needs float latent weights).
     pub projections: ProjectionKind,
@@ -196,6 +201,8 @@ impl Model {
             max_batch: options.max_batch.max(1),
             projections: options.projections,
         };
+        limits::check(&ctx.limits, &config, &options)
+            .map_err(|exceeded| exceeded.into_error(&ctx.adapter_name()))?;
         let weights = weights::load(&ctx, checkpoint, options.projections, progress).await?;
         let c = &ctx;
         let kernels = Kernels {
@@ -377,6 +384,8 @@ impl Model {
         let top_k = kernels
             .top_k
             .bind(c, v, top_k_len, &act.logits, &act.top_k)?;
+        // Pipelines and bind groups report validation errors asynchronously: surface them here.
+        ctx.wait().await?;
         Ok(Model {
             ctx,
             config,

@@ -6,7 +6,7 @@
 //! head-major so one head's sequence is contiguous. [`super::rope`] appends to it.
 //! head_dim must be a multiple of 4 (K and V are read as `vec4<f32>`) and at most [`MAX_HEAD_DIM`].
 
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
 
@@ -119,18 +119,8 @@ pub struct AttentionDecodeBinding {
 impl AttentionDecode {
     pub fn new(ctx: &Context) -> Self {
         AttentionDecode {
-            partial: ctx.pipeline(
-                "attention_decode",
-                shader!("attention_decode", "step", "attention"),
-                "main",
-                &[],
-            ),
-            combine: ctx.pipeline(
-                "attention_combine",
-                shader!("attention_combine", "step"),
-                "main",
-                &[],
-            ),
+            partial: ctx.pipeline("attention_decode", sources::ATTENTION_DECODE, "main", &[]),
+            combine: ctx.pipeline("attention_combine", sources::ATTENTION_COMBINE, "main", &[]),
         }
     }
 
@@ -212,12 +202,7 @@ pub struct AttentionPrefillBinding {
 impl AttentionPrefill {
     pub fn new(ctx: &Context) -> Self {
         AttentionPrefill {
-            pipeline: ctx.pipeline(
-                "attention_prefill",
-                shader!("attention_prefill", "step", "attention"),
-                "main",
-                &[],
-            ),
+            pipeline: ctx.pipeline("attention_prefill", sources::ATTENTION_PREFILL, "main", &[]),
         }
     }
 

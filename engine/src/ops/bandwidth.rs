@@ -2,7 +2,7 @@
 //! into binding-sized chunks (one buffer and one binding each). CPU twin of the read kernel's checksum:
 //! [`crate::reference::bandwidth::checksum`].
 
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::reference::bandwidth::checksum;
 use crate::{Error, Result};
@@ -62,13 +62,13 @@ impl CopyBandwidth {
         CopyBandwidth {
             read: ctx.pipeline(
                 "copy_bandwidth.read",
-                shader!("copy_bandwidth"),
+                sources::COPY_BANDWIDTH,
                 "read_all",
                 &[],
             ),
             copy: ctx.pipeline(
                 "copy_bandwidth.copy",
-                shader!("copy_bandwidth"),
+                sources::COPY_BANDWIDTH,
                 "copy_all",
                 &[],
             ),

@@ -2,7 +2,7 @@
 //! `shaders/dense_matvec.wgsl`. CPU twin: [`crate::reference::dense::matvec`].
 
 use super::embedding::{DenseTable, FloatDType};
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
 
@@ -71,12 +71,7 @@ impl DenseMatvec {
             ("ALIGNED", f64::from(u8::from(aligned))),
             ("WG", f64::from(workgroup)),
         ];
-        let pipeline = ctx.pipeline(
-            "dense_matvec",
-            shader!("dense_matvec", "step"),
-            entry,
-            &constants,
-        );
+        let pipeline = ctx.pipeline("dense_matvec", sources::DENSE_MATVEC, entry, &constants);
         DenseMatvec {
             pipeline,
             layout,

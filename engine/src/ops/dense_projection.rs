@@ -3,7 +3,7 @@
 //! (`tern bench --compare dense`). CPU twin: [`crate::reference::dense::dense_project`].
 
 use super::embedding::{DenseTable, FloatDType};
-use super::shader;
+use super::sources;
 use super::ternary_matvec::Epilogue;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
@@ -104,7 +104,7 @@ impl DenseProjection {
             ];
             ctx.pipeline(
                 "dense_projection",
-                shader!("dense_projection", "step", "epilogue"),
+                sources::DENSE_PROJECTION,
                 entry,
                 &constants,
             )

@@ -3,7 +3,7 @@
 //! Also defines [`DenseTable`], the row-chunked f32/f16/bf16 matrix shared by the embedding and the
 //! LM head ([`super::dense_matvec`]): a tied head reads the embedding's own buffers.
 
-use super::shader;
+use super::sources;
 pub use crate::format::checkpoint::FloatDType;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
@@ -164,7 +164,7 @@ impl Embedding {
     pub fn new(ctx: &Context, dtype: FloatDType) -> Self {
         let pipeline = ctx.pipeline(
             "embedding",
-            shader!("embedding", "step"),
+            sources::EMBEDDING,
             "main",
             &[("DTYPE", dtype.shader_code())],
         );

@@ -37,7 +37,65 @@ macro_rules! shader {
         )
     };
 }
-pub(crate) use shader;
+/// Every kernel's WGSL as its wrapper compiles it (the kernel file with its shared declarations
+/// appended; natively, so without the browser's `enable subgroups;`). The wrappers take their
+/// source from here, so a test that translates these translates exactly what runs.
+pub mod sources {
+    pub const ABSMEAN_QUANTIZE: &str = shader!("absmean_quantize", "float_load");
+    pub const ABSMEAN_SUM: &str = shader!("absmean_sum", "float_load");
+    pub const ARGMAX: &str = shader!("argmax");
+    pub const ATTENTION_COMBINE: &str = shader!("attention_combine", "step");
+    pub const ATTENTION_DECODE: &str = shader!("attention_decode", "step", "attention");
+    pub const ATTENTION_PREFILL: &str = shader!("attention_prefill", "step", "attention");
+    pub const COPY_BANDWIDTH: &str = shader!("copy_bandwidth");
+    pub const DENSE_MATVEC: &str = shader!("dense_matvec", "step");
+    pub const DENSE_PROJECTION: &str = shader!("dense_projection", "step", "epilogue");
+    pub const EMBEDDING: &str = shader!("embedding", "step");
+    pub const REPACK_HF_PACKED: &str = shader!("repack_hf_packed", "repack");
+    pub const REPACK_I2S: &str = shader!("repack_i2s", "repack");
+    pub const REPACK_TQ1_0: &str = shader!("repack_tq1_0", "repack");
+    pub const REPACK_TQ2_0: &str = shader!("repack_tq2_0", "repack");
+    pub const RMSNORM: &str = shader!("rmsnorm");
+    pub const RMSNORM_QUANT: &str = shader!("rmsnorm_quant");
+    pub const ROPE: &str = shader!("rope", "step");
+    pub const TOPK: &str = shader!("topk");
+    pub const TERNARY_MATVEC: &str = shader!("ternary_matvec", "step", "epilogue");
+    /// The matmul reuses the matvec's bindings and row helpers.
+    pub const TERNARY_MATMUL: &str = concat!(
+        shader!("ternary_matvec", "step", "epilogue"),
+        shader!("ternary_matmul")
+    );
+    /// Needs the `SUBGROUP` feature; prepended to the matvec, whose bindings it uses.
+    pub const SUBGROUP_TERNARY_MATVEC: &str = concat!(
+        shader!("subgroup/ternary_matvec"),
+        shader!("ternary_matvec", "step", "epilogue")
+    );
+
+    /// `(name, source)` of every kernel above.
+    pub const ALL: &[(&str, &str)] = &[
+        ("absmean_quantize", ABSMEAN_QUANTIZE),
+        ("absmean_sum", ABSMEAN_SUM),
+        ("argmax", ARGMAX),
+        ("attention_combine", ATTENTION_COMBINE),
+        ("attention_decode", ATTENTION_DECODE),
+        ("attention_prefill", ATTENTION_PREFILL),
+        ("copy_bandwidth", COPY_BANDWIDTH),
+        ("dense_matvec", DENSE_MATVEC),
+        ("dense_projection", DENSE_PROJECTION),
+        ("embedding", EMBEDDING),
+        ("repack_hf_packed", REPACK_HF_PACKED),
+        ("repack_i2s", REPACK_I2S),
+        ("repack_tq1_0", REPACK_TQ1_0),
+        ("repack_tq2_0", REPACK_TQ2_0),
+        ("rmsnorm", RMSNORM),
+        ("rmsnorm_quant", RMSNORM_QUANT),
+        ("rope", ROPE),
+        ("topk", TOPK),
+        ("ternary_matvec", TERNARY_MATVEC),
+        ("ternary_matmul", TERNARY_MATMUL),
+        ("subgroup/ternary_matvec", SUBGROUP_TERNARY_MATVEC),
+    ];
+}
 
 impl crate::format::checkpoint::FloatDType {
     /// The `DTYPE` override constant of the kernels that read raw float tensors (tables, quantizer).
@@ -77,12 +135,15 @@ pub fn padded_activation_words(k: usize) -> usize {
     k.next_multiple_of(16) / 4
 }
 
-/// WebGPU caps each dispatch dimension at 65535 workgroups: spread larger counts over y.
+/// Workgroups [`dispatch_grid`] puts along x: WebGPU's guaranteed `maxComputeWorkgroupsPerDimension`
+/// (`model::limits` checks the device has it).
+pub const MAX_DISPATCH_X: u32 = 65535;
+
+/// Spreads dispatches larger than [`MAX_DISPATCH_X`] workgroups over y.
 pub fn dispatch_grid(workgroups: u32) -> (u32, u32) {
-    const MAX: u32 = 65535;
-    if workgroups <= MAX {
+    if workgroups <= MAX_DISPATCH_X {
         (workgroups, 1)
     } else {
-        (MAX, workgroups.div_ceil(MAX))
+        (MAX_DISPATCH_X, workgroups.div_ceil(MAX_DISPATCH_X))
     }
 }

@@ -7,7 +7,7 @@
 //! Tensors larger than the binding limit (7B-class fp32 latents) are read through windows of the one
 //! raw buffer bound at aligned offsets: whole 4096-value blocks for the sum, whole rows for the pack.
 
-use super::{dispatch_grid, shader};
+use super::{dispatch_grid, sources};
 pub use crate::format::checkpoint::FloatDType;
 use crate::gpu::{read_buffer, BufferUsage, Context, GpuBuffer};
 use crate::reference::ternary::words_per_row;
@@ -80,14 +80,8 @@ impl Quantizer {
         };
         let dtypes = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
         Quantizer {
-            sum: dtypes.map(|d| build("absmean_sum", shader!("absmean_sum", "float_load"), d)),
-            quantize: dtypes.map(|d| {
-                build(
-                    "absmean_quantize",
-                    shader!("absmean_quantize", "float_load"),
-                    d,
-                )
-            }),
+            sum: dtypes.map(|d| build("absmean_sum", sources::ABSMEAN_SUM, d)),
+            quantize: dtypes.map(|d| build("absmean_quantize", sources::ABSMEAN_QUANTIZE, d)),
             max_window: ctx.caps.max_binding_bytes,
         }
     }

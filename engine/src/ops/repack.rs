@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::{dispatch_grid, shader};
+use super::{dispatch_grid, sources};
 pub use crate::format::checkpoint::TernaryLayout;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::reference::repack::{I2S_BLOCK, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK};
@@ -96,25 +96,10 @@ pub struct Repacker {
 impl Repacker {
     pub fn new(ctx: &Context) -> Self {
         Repacker {
-            hf_packed: ctx.pipeline(
-                "repack_hf_packed",
-                shader!("repack_hf_packed", "repack"),
-                "main",
-                &[],
-            ),
-            i2s: ctx.pipeline("repack_i2s", shader!("repack_i2s", "repack"), "main", &[]),
-            tq2_0: ctx.pipeline(
-                "repack_tq2_0",
-                shader!("repack_tq2_0", "repack"),
-                "main",
-                &[],
-            ),
-            tq1_0: ctx.pipeline(
-                "repack_tq1_0",
-                shader!("repack_tq1_0", "repack"),
-                "main",
-                &[],
-            ),
+            hf_packed: ctx.pipeline("repack_hf_packed", sources::REPACK_HF_PACKED, "main", &[]),
+            i2s: ctx.pipeline("repack_i2s", sources::REPACK_I2S, "main", &[]),
+            tq2_0: ctx.pipeline("repack_tq2_0", sources::REPACK_TQ2_0, "main", &[]),
+            tq1_0: ctx.pipeline("repack_tq1_0", sources::REPACK_TQ1_0, "main", &[]),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Plain f32 RMSNorm (the final norm before the LM head): `shaders/rmsnorm.wgsl`.
 //! CPU twin: [`crate::reference::norm::rmsnorm`].
 
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::Result;
 
@@ -26,7 +26,7 @@ pub struct RmsNormBinding {
 impl RmsNorm {
     pub fn new(ctx: &Context) -> Self {
         RmsNorm {
-            pipeline: ctx.pipeline("rmsnorm", shader!("rmsnorm"), "main", &[]),
+            pipeline: ctx.pipeline("rmsnorm", sources::RMSNORM, "main", &[]),
         }
     }
 

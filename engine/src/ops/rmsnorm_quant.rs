@@ -1,7 +1,7 @@
 //! RMSNorm fused with per-token int8 activation quantization: `shaders/rmsnorm_quant.wgsl`.
 //! CPU twin: [`crate::reference::norm::rmsnorm_quant`].
 
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::Result;
 
@@ -27,7 +27,7 @@ pub struct RmsNormQuantBinding {
 impl RmsNormQuant {
     pub fn new(ctx: &Context) -> Self {
         RmsNormQuant {
-            pipeline: ctx.pipeline("rmsnorm_quant", shader!("rmsnorm_quant"), "main", &[]),
+            pipeline: ctx.pipeline("rmsnorm_quant", sources::RMSNORM_QUANT, "main", &[]),
         }
     }
 

@@ -2,7 +2,7 @@
 //! CPU twin: [`crate::reference::rope::rope_append`].
 
 use super::attention::AttentionShape;
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
 
@@ -32,7 +32,7 @@ pub struct RopeBinding {
 impl Rope {
     pub fn new(ctx: &Context) -> Self {
         Rope {
-            pipeline: ctx.pipeline("rope", shader!("rope", "step"), "main", &[]),
+            pipeline: ctx.pipeline("rope", sources::ROPE, "main", &[]),
         }
     }
 

@@ -2,7 +2,7 @@
 //! and `shaders/topk.wgsl` (candidates for temperature / top-k / top-p sampling on the host).
 //! CPU twins: [`crate::reference::select`].
 
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
 
@@ -70,7 +70,7 @@ pub struct Argmax {
 impl Argmax {
     pub fn new(ctx: &Context) -> Self {
         Argmax {
-            pipeline: ctx.pipeline("argmax", shader!("argmax"), "main", &[]),
+            pipeline: ctx.pipeline("argmax", sources::ARGMAX, "main", &[]),
         }
     }
 
@@ -109,7 +109,7 @@ pub struct TopK {
 impl TopK {
     pub fn new(ctx: &Context) -> Self {
         TopK {
-            pipeline: ctx.pipeline("topk", shader!("topk"), "main", &[]),
+            pipeline: ctx.pipeline("topk", sources::TOPK, "main", &[]),
         }
     }
 

@@ -2,7 +2,7 @@
 //! `shaders/ternary_matvec.wgsl` whose bindings and epilogues it shares.
 //! CPU twin: [`crate::reference::ternary_ops::ternary_project`].
 
-use super::shader;
+use super::sources;
 use super::ternary_matvec::{bind_projection, Epilogue, TernaryBinding, TernaryProjection};
 use crate::gpu::Context;
 use crate::Result;
@@ -19,10 +19,7 @@ pub struct TernaryMatmul {
 
 impl TernaryMatmul {
     pub fn new(ctx: &Context, epilogue: Epilogue) -> Self {
-        let source = concat!(
-            shader!("ternary_matvec", "step", "epilogue"),
-            shader!("ternary_matmul")
-        );
+        let source = sources::TERNARY_MATMUL;
         let constants = [("EPILOGUE", epilogue.shader_code()), ("WG", f64::from(WG))];
         TernaryMatmul {
             pipeline: ctx.pipeline("ternary_matmul", source, "matmul", &constants),

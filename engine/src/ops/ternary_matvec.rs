@@ -4,7 +4,7 @@
 //! Also defines what the matvec and [`super::ternary_matmul`] share: the [`Epilogue`], the buffers of a
 //! projection site ([`TernaryProjection`]) and its bind group.
 
-use super::shader;
+use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::reference::ternary::words_per_row;
 use crate::{Error, Result};
@@ -207,7 +207,7 @@ impl TernaryMatvec {
                 let constants = [("EPILOGUE", code), ("WG", f64::from(ROW_PER_INVOCATION_WG))];
                 let pipeline = ctx.pipeline(
                     "ternary_matvec",
-                    shader!("ternary_matvec", "step", "epilogue"),
+                    sources::TERNARY_MATVEC,
                     "row_per_invocation",
                     &constants,
                 );
@@ -221,7 +221,7 @@ impl TernaryMatvec {
                 ];
                 let pipeline = ctx.pipeline(
                     "ternary_matvec",
-                    shader!("ternary_matvec", "step", "epilogue"),
+                    sources::TERNARY_MATVEC,
                     "workgroup_reduce",
                     &constants,
                 );
@@ -244,12 +244,7 @@ impl TernaryMatvec {
                 let directive = "";
                 #[cfg(target_arch = "wasm32")]
                 let directive = "enable subgroups;\n";
-                let source = [
-                    directive,
-                    shader!("subgroup/ternary_matvec"),
-                    shader!("ternary_matvec", "step", "epilogue"),
-                ]
-                .concat();
+                let source = [directive, sources::SUBGROUP_TERNARY_MATVEC].concat();
                 let pipeline =
                     ctx.pipeline("ternary_matvec", &source, "subgroup_per_row", &constants);
                 (pipeline, rows)
