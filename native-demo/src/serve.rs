@@ -878,20 +878,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let fields = Fields::read(&headers, body, server.body_timeout).await?;
-    server.check_model(fields.model()?.as_deref())?;
-    let params = Params::of(&fields, usize::MAX)?;
-    let prompt = server
-        .tokenize(Prompt::Chat(chat_messages(&fields)?))
-        .await?;
-    let shape = Shape {
-        id: server.response_id("chatcmpl"),
-        model: server.model.clone(),
-        created: unix_seconds(),
-        chat: true,
-        include_usage: params.include_usage,
-    };
-    respond(&server, prompt, params.options, params.stream, shape).await
+    answer(&server, &headers, body, true).await
 }
 
 async fn completions(
@@ -899,18 +886,33 @@ async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let fields = Fields::read(&headers, body, server.body_timeout).await?;
+    answer(&server, &headers, body, false).await
+}
+
+/// Reads, validates and tokenizes a chat (`chat`) or text completion request, then answers it.
+/// Text completions default to 16 tokens, as OpenAI's do; chats run to the end of the context.
+async fn answer(
+    server: &Server,
+    headers: &HeaderMap,
+    body: Body,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let fields = Fields::read(headers, body, server.body_timeout).await?;
     server.check_model(fields.model()?.as_deref())?;
-    let params = Params::of(&fields, 16)?;
-    let prompt = server.tokenize(completion_prompt(&fields)?).await?;
+    let params = Params::of(&fields, if chat { usize::MAX } else { 16 })?;
+    let prompt = match chat {
+        true => Prompt::Chat(chat_messages(&fields)?),
+        false => completion_prompt(&fields)?,
+    };
+    let prompt = server.tokenize(prompt).await?;
     let shape = Shape {
-        id: server.response_id("cmpl"),
+        id: server.response_id(if chat { "chatcmpl" } else { "cmpl" }),
         model: server.model.clone(),
         created: unix_seconds(),
-        chat: false,
+        chat,
         include_usage: params.include_usage,
     };
-    respond(&server, prompt, params.options, params.stream, shape).await
+    respond(server, prompt, params.options, params.stream, shape).await
 }
 
 /// Queues the job and waits for its first event, so that a request the worker rejects (bad
