@@ -281,7 +281,7 @@ def save(name, res, meta):
 def compare(tag, a, b, max_tol=1.5, mean_tol=0.1, top1_min=0.98, strict_greedy=True):
     """max/mean |Δlogit|, teacher-forced top-1 agreement and greedy equality of two runs.
 
-    Asserts DESIGN §6's criteria: greedy continuations identical except where they part at a
+    Asserts TESTING.md §2's criteria: greedy continuations identical except where they part at a
     near-tie (top-2 margin < 0.25 in either run) when `strict_greedy`, and the given logit
     tolerances. The packed-vs-bf16-latent pair is two models that differ by the bf16 rounding of
     each weight_scale, so only the logit tolerances apply there.

@@ -1,5 +1,5 @@
 //! Reference goldens (tests/reference/goldens/*.safetensors, written by make_goldens.py) and the
-//! parity criteria of DESIGN §6.
+//! parity criteria of TESTING.md §2.
 
 use std::path::{Path, PathBuf};
 
@@ -171,7 +171,7 @@ pub fn compare_logits(ours: &[f32], reference: &[f32], vocab: usize) -> LogitPar
     }
 }
 
-/// DESIGN §6 criteria for an f32 engine against the f32 reference.
+/// TESTING.md §2's criteria for an f32 engine against the f32 reference.
 pub fn assert_logit_parity(what: &str, p: LogitParity) {
     eprintln!(
         "{what}: top-1 {:.1} %, max |Δ| {:.3}, mean |Δ| {:.4}",

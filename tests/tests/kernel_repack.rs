@@ -131,7 +131,7 @@ fn values(n: usize, set: &[(usize, i8)]) -> Vec<i8> {
     t
 }
 
-/// Blocks written by hand from DESIGN §4.1 / §7 (not by the encoders): the decoders, the encoders and
+/// Blocks written by hand from the formats' definitions (not by the encoders): the decoders, the encoders and
 /// the GPU must all agree with them.
 #[test]
 fn hand_made_blocks() {

@@ -1,8 +1,8 @@
 //! Layer 0 of every architecture against the reference's per-op dumps — the bisecting tool of
-//! DESIGN §6. The model is loaded with one layer, so the "last layer" buffers are layer 0's.
+//! the parity tests. The model is loaded with one layer, so the "last layer" buffers are layer 0's.
 //! On the short prompt p0 the engine must match the reference to float rounding (1e-4). Longer prompts
 //! are left to the parity test: there one int8 code that rounds the other way at an exact boundary
-//! moves a whole KV head's later positions by a quantization step (DESIGN §6's noise floor).
+//! moves a whole KV head's later positions by a quantization step (the comparison's noise floor).
 
 use std::sync::Arc;
 

@@ -283,7 +283,7 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 /// Teacher-forced logits of every golden prompt through `engine.logits`, and greedy continuations
-/// through `engine.generateIds`, against the reference: DESIGN §6 (top-1 ≥ 98 %, max |Δ| ≤ 1.5,
+/// through `engine.generateIds`, against the reference with TESTING.md §2's criteria (top-1 ≥ 98 %, max |Δ| ≤ 1.5,
 /// mean |Δ| ≤ 0.1; greedy identical except after a reference near-tie, margin < 0.25).
 #[wasm_bindgen_test]
 async fn bitnet_2b4t_matches_reference_goldens() {

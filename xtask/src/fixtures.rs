@@ -1,5 +1,5 @@
 //! `cargo xtask fixtures`: deterministic random-weight checkpoints in the exact on-disk formats
-//! the engine reads (DESIGN §4, §7). The Python reference (tests/reference/make_goldens.py) turns
+//! the engine reads. The Python reference (tests/reference/make_goldens.py) turns
 //! them into goldens.
 
 pub mod gguf_writer;
@@ -545,7 +545,7 @@ fn plain_bitnet_config(a: &Arch) -> serde_json::Value {
     })
 }
 
-/// What a GGUF converter writes for one model family (DESIGN §7).
+/// What a GGUF converter writes for one model family.
 struct GgufFlavor {
     arch: &'static str,
     name: &'static str,

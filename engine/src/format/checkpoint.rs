@@ -12,7 +12,7 @@ use crate::model::config::{ModelConfig, QuantMode};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
-/// File layout of ternary codes (DESIGN §4.1, §7).
+/// File layout of ternary codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TernaryLayout {
     /// U8 [out/4, in]; the output axis is split into 4 blocks of out/4 rows, block i in bits 2i.
@@ -342,7 +342,7 @@ impl Resolver<'_> {
         })
     }
 
-    /// A layer's norm gain; HF files spell some of them two ways (DESIGN §4.3).
+    /// A layer's norm gain; HF files spell some of them two ways.
     fn norm(&self, layer: usize, n: NormWeight, naming: Naming) -> Result<FloatRef> {
         let width = n.width(self.config);
         match naming {
@@ -702,7 +702,7 @@ impl Checkpoint {
                 }
             }
         }
-        // Tie when the config says so or when there is no separate head (1bitLLM, DESIGN §4.3).
+        // Tie when the config says so or when there is no separate head (1bitLLM).
         config.tie_word_embeddings |= !entries.contains_key("lm_head.weight");
         let r = Resolver {
             name,

@@ -79,7 +79,7 @@ pub enum GgmlType {
     F32,
     F16,
     BF16,
-    /// bitnet.cpp: n/4 bytes of 2-bit codes, one f32 scale, padding to 32 bytes (DESIGN §7).
+    /// bitnet.cpp: n/4 bytes of 2-bit codes, one f32 scale, padding to 32 bytes.
     I2S,
     /// 256-value blocks of 54 bytes.
     Tq1_0,

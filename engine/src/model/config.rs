@@ -1,5 +1,5 @@
 //! The resolved model description the engine runs, read from a Hugging Face `config.json`
-//! (DESIGN §4.1–4.4) or from GGUF metadata (§7), with every dimension validated.
+//! or from GGUF metadata, with every dimension validated.
 
 use crate::format::gguf::{GgufFile, MetaValue};
 use crate::{Error, Result};
@@ -442,7 +442,7 @@ impl ModelConfig {
     }
 }
 
-/// Quantization mode and scale convention from `quantization_config` (DESIGN §4.1–4.4).
+/// Quantization mode and scale convention from `quantization_config`.
 fn hf_quantization(
     v: &Value,
     file: &str,

@@ -631,7 +631,7 @@ impl Model {
     }
 
     /// Records the embedding, every layer and the final norm for `tokens` tokens — the whole decode
-    /// step of DESIGN §2, in order.
+    /// step, in order (ARCHITECTURE.md, Pipeline).
     /// Kernel names (the profile's keys) say which projection site a matvec or matmul serves.
     fn record_layers(&self, recorder: &mut StepRecorder<'_>, tokens: u32) {
         let k = &self.kernels;

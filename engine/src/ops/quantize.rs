@@ -1,7 +1,7 @@
-//! Online absmean quantization of float latent weights at load (DESIGN §4.2, §4.3), on the GPU:
+//! Online absmean quantization of float latent weights at load, on the GPU:
 //! `shaders/absmean_sum.wgsl` reduces Σ|W| in a fixed blocked order, the host turns the total into
 //! s = mean|W| (clamped ≥ 1e-5) and 1/s, and `shaders/absmean_quantize.wgsl` writes
-//! t = clamp(round(W · (1/s)), −1, 1) in the engine layout (DESIGN §3). CPU twin:
+//! t = clamp(round(W · (1/s)), −1, 1) in the engine layout. CPU twin:
 //! [`crate::reference::quantize::absmean_quantize`].
 //!
 //! Tensors larger than the binding limit (7B-class fp32 latents) are read through windows of the one

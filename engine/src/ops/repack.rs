@@ -1,4 +1,4 @@
-//! GPU repack of ternary weights from a file's layout into the engine layout (DESIGN §3): the loader
+//! GPU repack of ternary weights from a file's layout into the engine layout: the loader
 //! uploads a tensor's raw bytes and runs one dispatch, so no CPU pass touches the weights.
 //! Kernels: `shaders/repack_{hf_packed,i2s,tq2_0,tq1_0}.wgsl`. CPU twins: [`crate::reference::repack`]
 //! (decode) followed by [`crate::reference::ternary::pack_ternary`].

@@ -51,7 +51,7 @@ impl Epilogue {
 /// How rows map to invocations; see the shaders' headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatvecLayout {
-    /// One invocation per row, no reduction: fastest on CPU adapters (DESIGN §3).
+    /// One invocation per row, no reduction: fastest on CPU adapters.
     RowPerInvocation,
     /// One subgroup per row reduced with `subgroupAdd`: real GPUs with subgroups.
     SubgroupPerRow,

@@ -1,4 +1,4 @@
-//! Online absmean quantization of float latent weights (DESIGN §4.2): the twin of
+//! Online absmean quantization of float latent weights: the twin of
 //! `shaders/absmean_sum.wgsl` + `shaders/absmean_quantize.wgsl`.
 
 use crate::ops::quantize::{absmean_scale, FloatDType, SUM_BLOCK, SUM_LANES};

@@ -1,4 +1,4 @@
-//! Ternary weight file layouts (DESIGN §4.1, §7): CPU decoders, the twins of the `repack_*` kernels,
+//! Ternary weight file layouts: CPU decoders, the twins of the `repack_*` kernels,
 //! and encoders from ternary values into each layout (test inputs and fixture writers).
 //!
 //! Every layout stores code = t + 1 ∈ {0, 1, 2}, the same code the engine layout uses; only the

@@ -1,4 +1,4 @@
-//! The engine's ternary weight layout (DESIGN §3) and its CPU packer.
+//! The engine's ternary weight layout and its CPU packer.
 //!
 //! Row n of W[N, K] is `words_per_row(K)` u32 words; word j holds k = 16j … 16j+15 as 2-bit codes
 //! (code = t + 1 ∈ {0, 1, 2}); the code of k = 16j + 4s + b sits at bit 8b + 2s, so
