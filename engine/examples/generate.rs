@@ -4,25 +4,30 @@
 //!
 //! The model argument is a directory (config.json + safetensors + tokenizer.json), a .gguf file or
 //! a Hugging Face repo id. Generation runs on its own thread, as it would behind a UI: tokens reach
-//! the UI thread over a channel, and a `CancelToken` (here fired by a timer standing in for a Stop
-//! button) ends the reply early.
+//! the UI thread over a channel, and the session's cancel handle (here fired by a timer standing in
+//! for a Stop button) ends the reply early.
 
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tern::format::checkpoint::Checkpoint;
-use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session};
-use tern::gpu::{Context, ContextOptions};
-use tern::model::ModelOptions;
-use tern::text::chat_template::ChatMessage;
+use tern::{
+    CancelHandle, ChatMessage, GenerateOptions, Generation, Model, OpenOptions, SamplingParams,
+    SessionOptions,
+};
 
 /// What the generation thread tells the UI.
 enum Update {
-    Loading { done: usize, total: usize },
-    Ready { adapter: String },
+    Loading {
+        done: usize,
+        total: usize,
+    },
+    /// The session is open; its handle is the Stop button's.
+    Ready {
+        adapter: String,
+        stop: CancelHandle,
+    },
     Text(String),
-    Finished(tern::Result<tern::generate::Generation>),
+    Finished(tern::Result<Generation>),
 }
 
 fn main() {
@@ -32,24 +37,23 @@ fn main() {
         std::process::exit(2);
     };
 
-    let cancel = CancelToken::default();
     let (updates, ui) = mpsc::channel();
-    let generation_cancel = cancel.clone();
     std::thread::spawn(move || {
-        let result = reply(&model, &message, &generation_cancel, &updates);
+        let result = reply(&model, &message, &updates);
         let _ = updates.send(Update::Finished(result));
-    });
-    // Stands in for the user pressing Stop.
-    let stop_button = cancel.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        stop_button.cancel();
     });
 
     for update in ui {
         match update {
             Update::Loading { done, total } => eprint!("\rloading {done}/{total} tensors"),
-            Update::Ready { adapter } => eprintln!(" on {adapter}"),
+            Update::Ready { adapter, stop } => {
+                eprintln!(" on {adapter}");
+                // Stands in for the user pressing Stop.
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(60));
+                    stop.cancel();
+                });
+            }
             Update::Text(text) => print!("{text}"),
             Update::Finished(Ok(generation)) => {
                 println!();
@@ -71,34 +75,27 @@ fn main() {
 }
 
 /// Loads `model` and streams the assistant's reply to `message` as `Update`s.
-fn reply(
-    model: &str,
-    message: &str,
-    cancel: &CancelToken,
-    updates: &mpsc::Sender<Update>,
-) -> tern::Result<tern::generate::Generation> {
-    let path = tern::hub::resolve(model, true)?;
-    let checkpoint = Checkpoint::open(&path)?;
-    let ctx = Arc::new(pollster::block_on(Context::new(
-        &ContextOptions::from_env(),
-    ))?);
-    let options = ModelOptions {
+fn reply(model: &str, message: &str, updates: &mpsc::Sender<Update>) -> tern::Result<Generation> {
+    let model = Model::open_with(
+        model,
+        OpenOptions {
+            progress: Some(&mut |done, total| {
+                let _ = updates.send(Update::Loading { done, total });
+            }),
+            ..OpenOptions::default()
+        },
+    )?;
+    let mut session = model.session(SessionOptions {
         max_context: 2048,
         max_batch: 128,
-        ..ModelOptions::default()
-    };
-    let adapter = ctx.adapter_name();
-    let mut session = pollster::block_on(Session::load(
-        ctx,
-        &checkpoint,
-        options,
-        &mut |done, total| {
-            let _ = updates.send(Update::Loading { done, total });
-        },
-    ))?;
-    let _ = updates.send(Update::Ready { adapter });
+    })?;
+    let stop = session.cancel_handle();
+    let adapter = model.transformer().context().adapter_name();
+    let _ = updates.send(Update::Ready {
+        adapter,
+        stop: stop.clone(),
+    });
 
-    let prompt = session.chat_prompt(&[ChatMessage::new("user", message)])?;
     let options = GenerateOptions {
         max_new_tokens: 128,
         sampling: SamplingParams {
@@ -108,10 +105,11 @@ fn reply(
         },
         ..GenerateOptions::default()
     };
-    pollster::block_on(session.generate(&prompt, &options, cancel, |token| {
+    let messages = [ChatMessage::new("user", message)];
+    session.chat(&messages, &options, |token| {
         // A UI that has gone away stops the generation too.
         if updates.send(Update::Text(token.text.to_string())).is_err() {
-            cancel.cancel();
+            stop.cancel();
         }
-    }))
+    })
 }

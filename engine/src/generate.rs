@@ -1,6 +1,8 @@
-//! Generation: a [`Session`] holds a loaded model with its tokenizer and chat template, and turns a
-//! prompt into streamed tokens — sampling, stop conditions (EOS/end-of-turn ids, stop strings, token
-//! budget), cancellation, and reuse of the KV cache for a prompt that extends the previous one.
+//! The front door: a [`Model`] is a checkpoint loaded on the GPU with its tokenizer and chat
+//! template; each [`Session`] of it is one conversation (its own KV cache; the weights are shared)
+//! that turns a prompt into streamed tokens — sampling, stop conditions (EOS/end-of-turn ids, stop
+//! strings, token budget), cancellation, and reuse of the KV cache for a prompt that extends the
+//! previous one.
 
 pub mod sampling;
 
@@ -10,8 +12,10 @@ use std::sync::Arc;
 use crate::format::checkpoint::Checkpoint;
 use crate::format::gguf::MetaValue;
 use crate::gpu::Context;
+use crate::model::config::ModelConfig;
 use crate::model::weights::LoadProgress;
-use crate::model::{Model, ModelOptions, Output, StepResult};
+use crate::model::weights::ProjectionKind;
+use crate::model::{Output, Sequence, StepResult, Transformer};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
 use crate::text::stream::{StopMatcher, TextStreamer};
 use crate::text::tokenizer::Tokenizer;
@@ -21,7 +25,7 @@ pub use sampling::{log_softmax_at, Sampler, SamplingParams};
 /// Largest top-k served from the GPU's candidate list instead of full logits.
 const GPU_TOP_K: usize = crate::ops::select::MAX_TOP_K;
 
-/// How one [`Session::generate`] call runs. The default: greedy decoding of up to 256 tokens,
+/// How one [`Session::generate`] or [`Session::chat`] call runs. The default: greedy decoding of up to 256 tokens,
 /// stopping at EOS / end-of-turn tokens.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -57,7 +61,7 @@ pub enum StopReason {
     MaxTokens,
     /// The KV cache is full.
     ContextFull,
-    /// The [`CancelToken`] was cancelled.
+    /// The session's [`CancelHandle`] was cancelled.
     Cancelled,
 }
 
@@ -79,19 +83,23 @@ pub struct Generation {
     pub decode_seconds: f64,
 }
 
-/// Cancels a running generation from another thread (or a UI callback). Clones share one flag;
-/// once cancelled a token stays cancelled, so use a new one per generation.
+/// Stops a running generation from another thread (or a UI callback): get one from
+/// [`Session::cancel_handle`]. Clones share one flag, which every generation of the session clears
+/// when it starts, so one handle serves a Stop button for the whole conversation.
 #[derive(Clone, Debug, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelHandle(Arc<AtomicBool>);
 
-impl CancelToken {
-    /// Ends the generation using this token after its current token ([`StopReason::Cancelled`]).
+impl CancelHandle {
+    /// Ends the generation running now after its current token ([`StopReason::Cancelled`]).
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
-    /// Whether [`CancelToken::cancel`] was called on this token or a clone.
+    /// Whether [`CancelHandle::cancel`] was called since the current generation started.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+    fn rearm(&self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -103,29 +111,94 @@ pub struct TokenEvent<'a> {
     pub text: &'a str,
 }
 
-/// A model loaded on the GPU with its tokenizer and chat template, and one conversation's KV cache.
-/// Load one with [`Session::load`]; see the crate docs for a complete example.
-pub struct Session {
-    /// The weights on the GPU and the forward pass.
-    pub model: Model,
-    /// Encodes prompts and decodes generated ids.
-    pub tokenizer: Tokenizer,
-    /// The checkpoint's chat template (or a plain fallback), used by [`Session::chat_prompt`].
-    pub template: ChatTemplate,
-    /// Ids that end generation.
+/// A checkpoint loaded on the GPU with its tokenizer and chat template. Open [`Session`]s on it with
+/// [`Model::session`]: they share the weights. Cloning is cheap (a handle on the same model).
+#[derive(Clone)]
+pub struct Model(Arc<LoadedModel>);
+
+struct LoadedModel {
+    transformer: Transformer,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    /// Ids that end generation, sorted.
     end_ids: Vec<u32>,
-    /// Tokens whose keys and values are in the cache, in order.
-    history: Vec<u32>,
 }
 
-impl Session {
-    /// Loads the model onto `ctx`'s device, with the tokenizer and chat template of `checkpoint`.
+/// How [`Model::open_with`] finds the GPU and loads the weights.
+pub struct OpenOptions<'a> {
+    /// The device to load onto; `None`: the adapter `TERN_BACKEND` / `TERN_ADAPTER` name, else the
+    /// best GPU.
+    pub context: Option<Context>,
+    /// Ternary projections (BitNet b1.58) or the dense baseline (needs float latent weights).
+    pub projections: ProjectionKind,
+    /// Show a progress bar on stderr while a Hugging Face repo downloads.
+    pub download_progress: bool,
+    /// Called with (tensors uploaded, tensors in all) while the weights load.
+    pub progress: Option<LoadProgress<'a>>,
+}
+
+impl Default for OpenOptions<'_> {
+    fn default() -> Self {
+        OpenOptions {
+            context: None,
+            projections: ProjectionKind::Ternary,
+            download_progress: true,
+            progress: None,
+        }
+    }
+}
+
+/// The sizes of one [`Session`]'s KV cache and prefill batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// KV-cache length in tokens (capped at the model's `max_position_embeddings`). A cache larger
+    /// than the device's binding limit fails, naming the largest that fits.
+    pub max_context: usize,
+    /// Tokens per prefill batch; longer prompts run in several batches.
+    pub max_batch: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            max_context: 4096,
+            max_batch: 128,
+        }
+    }
+}
+
+impl Model {
+    /// Opens `source` — a model directory, a `.gguf` file, or a Hugging Face repo id such as
+    /// `microsoft/bitnet-b1.58-2B-4T` (downloaded into the HF cache on first use) — on the best GPU.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(source: &str) -> Result<Model> {
+        Self::open_with(source, OpenOptions::default())
+    }
+
+    /// [`Model::open`] with a chosen adapter and projection kind, and progress reports.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_with(source: &str, options: OpenOptions<'_>) -> Result<Model> {
+        let path = crate::hub::resolve(source, options.download_progress)?;
+        let checkpoint = Checkpoint::open(&path)?;
+        let ctx = match options.context {
+            Some(ctx) => ctx,
+            None => pollster::block_on(Context::new(&crate::gpu::ContextOptions::from_env()))?,
+        };
+        let mut no_progress = |_: usize, _: usize| {};
+        let progress = options.progress.unwrap_or(&mut no_progress);
+        pollster::block_on(Self::load(&ctx, &checkpoint, options.projections, progress))
+    }
+
+    /// Loads an opened checkpoint onto `ctx`'s device: the async form of [`Model::open`], for the
+    /// browser (where nothing may block) and for checkpoints read from elsewhere.
+    // In the browser wgpu's handles are neither Send nor Sync, and there is one thread.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub async fn load(
-        ctx: Arc<Context>,
+        ctx: &Context,
         checkpoint: &Checkpoint,
-        options: ModelOptions,
+        projections: ProjectionKind,
         progress: LoadProgress<'_>,
-    ) -> Result<Session> {
+    ) -> Result<Model> {
         let tokenizer = tokenizer_of(checkpoint)?;
         let template = match &checkpoint.chat_template {
             Some(source) => ChatTemplate::new(source).map_err(|e| {
@@ -153,40 +226,144 @@ impl Session {
                 ),
             ));
         }
-        let model = Model::load(ctx, checkpoint, options, progress).await?;
-        Ok(Session {
-            model,
+        let transformer = Transformer::load(ctx, checkpoint, projections, progress).await?;
+        Ok(Model(Arc::new(LoadedModel {
+            transformer,
             tokenizer,
             template,
             end_ids,
+        })))
+    }
+
+    /// A new conversation: its own KV cache and activations on the GPU, the model's weights.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn session(&self, options: SessionOptions) -> Result<Session> {
+        pollster::block_on(self.open_session(options))
+    }
+
+    /// [`Model::session`] without blocking (the browser).
+    pub async fn open_session(&self, options: SessionOptions) -> Result<Session> {
+        let sequence =
+            Sequence::new(&self.0.transformer, options.max_context, options.max_batch).await?;
+        Ok(Session {
+            model: self.clone(),
+            sequence,
             history: Vec::new(),
+            cancel: CancelHandle::default(),
         })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.0.transformer.config()
+    }
+
+    /// Encodes prompts and decodes generated ids.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.0.tokenizer
+    }
+
+    /// The checkpoint's chat template (or a plain fallback).
+    pub fn template(&self) -> &ChatTemplate {
+        &self.0.template
+    }
+
+    /// The weights on the GPU and the pipelines that run them.
+    pub fn transformer(&self) -> &Transformer {
+        &self.0.transformer
+    }
+
+    /// The ids of a chat prompt: the template rendered with a generation prompt, without a second
+    /// BOS, control-token text inside messages tokenized as text.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.0.template.prompt_ids(&self.0.tokenizer, messages)
+    }
+}
+
+/// One conversation with a [`Model`]: its KV cache on the GPU, the tokens in it, and a
+/// [`CancelHandle`]. Several sessions of one model share its weights.
+pub struct Session {
+    model: Model,
+    sequence: Sequence,
+    /// Tokens whose keys and values are in the cache, in order.
+    history: Vec<u32>,
+    cancel: CancelHandle,
+}
+
+impl Session {
+    /// The model this session runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The KV cache length in tokens (the asked one, capped at the model's positions).
+    pub fn max_context(&self) -> usize {
+        self.sequence.options.max_context
+    }
+
+    /// Tokens in the KV cache now.
+    pub fn position(&self) -> usize {
+        self.sequence.position()
+    }
+
+    /// Bytes on the GPU that this session alone holds (its KV cache, activations and kernel
+    /// parameters).
+    pub fn state_bytes(&self) -> u64 {
+        self.sequence.state_bytes()
+    }
+
+    /// Bytes on the GPU this session uses, the shared weights included.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.sequence.gpu_bytes()
+    }
+
+    /// A handle that stops this session's running generation from another thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
     }
 
     /// Forgets the conversation.
     pub fn reset(&mut self) {
         self.history.clear();
-        self.model.reset();
+        self.sequence.reset();
     }
 
-    /// The ids of a chat prompt: the template rendered with a generation prompt, without a second BOS.
-    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        self.template.prompt_ids(&self.tokenizer, messages)
+    /// Replies to `messages` (the whole conversation so far, rendered with the model's chat
+    /// template), calling `on_token` for every token; the cached prefix of the previous turn is
+    /// reused.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        options: &GenerateOptions,
+        on_token: impl FnMut(TokenEvent<'_>),
+    ) -> Result<Generation> {
+        pollster::block_on(self.chat_async(messages, options, on_token))
+    }
+
+    /// [`Session::chat`] without blocking (the browser).
+    pub async fn chat_async(
+        &mut self,
+        messages: &[ChatMessage],
+        options: &GenerateOptions,
+        on_token: impl FnMut(TokenEvent<'_>),
+    ) -> Result<Generation> {
+        let prompt = self.model.chat_prompt(messages)?;
+        self.generate(&prompt, options, on_token).await
     }
 
     /// Teacher-forced logits [ids.len(), vocab] from an empty cache. `one_at_a_time` feeds the
     /// tokens through the decode path one by one instead of one prefill batch.
     pub async fn logits(&mut self, ids: &[u32], one_at_a_time: bool) -> Result<Vec<f32>> {
         self.reset();
-        let mut logits = Vec::with_capacity(ids.len() * self.model.config.vocab_size);
+        let mut logits = Vec::with_capacity(ids.len() * self.model.config().vocab_size);
         if one_at_a_time {
             for &id in ids {
                 logits.extend(expect_logits(
-                    self.model.forward(&[id], Output::LastLogits).await?,
+                    self.sequence.forward(&[id], Output::LastLogits).await?,
                 )?);
             }
         } else {
-            logits = expect_logits(self.model.forward(ids, Output::AllLogits).await?)?;
+            logits = expect_logits(self.sequence.forward(ids, Output::AllLogits).await?)?;
         }
         self.history = ids.to_vec();
         Ok(logits)
@@ -198,13 +375,13 @@ impl Session {
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
-        cancel: &CancelToken,
         mut on_token: impl FnMut(TokenEvent<'_>),
     ) -> Result<Generation> {
+        self.cancel.rearm();
         if prompt.is_empty() {
             return Err(Error::Invalid("empty prompt".into()));
         }
-        let limit = self.model.options.max_context;
+        let limit = self.max_context();
         if prompt.len() >= limit {
             return Err(Error::ContextOverflow {
                 needed: prompt.len() + 1,
@@ -217,13 +394,13 @@ impl Session {
         // Reuse the cache for the common prefix; at least the last prompt token is recomputed.
         let reused = common_prefix(&self.history, prompt).min(prompt.len() - 1);
         self.history.truncate(reused);
-        self.model.truncate(reused);
+        self.sequence.truncate(reused);
         let started = now();
-        let mut next = self.model.forward(&prompt[reused..], output).await?;
+        let mut next = self.sequence.forward(&prompt[reused..], output).await?;
         self.history.extend_from_slice(&prompt[reused..]);
         let prefill_seconds = now() - started;
 
-        let mut streamer = TextStreamer::new(self.tokenizer.clone(), true);
+        let mut streamer = TextStreamer::new(self.model.tokenizer().clone(), true);
         let mut stops = StopMatcher::new(options.stop.iter().cloned());
         let mut generated: Vec<u32> = Vec::new();
         let mut text = String::new();
@@ -231,7 +408,7 @@ impl Session {
         let stop_reason = loop {
             let id = choose(&mut sampler, next, &self.history)?;
             generated.push(id);
-            if !options.ignore_eos && self.end_ids.binary_search(&id).is_ok() {
+            if !options.ignore_eos && self.model.0.end_ids.binary_search(&id).is_ok() {
                 on_token(TokenEvent { id, text: "" });
                 break StopReason::EndOfSequence;
             }
@@ -244,13 +421,13 @@ impl Session {
             if generated.len() >= options.max_new_tokens {
                 break StopReason::MaxTokens;
             }
-            if cancel.is_cancelled() {
+            if self.cancel.is_cancelled() {
                 break StopReason::Cancelled;
             }
-            if self.model.position() >= limit {
+            if self.sequence.position() >= limit {
                 break StopReason::ContextFull;
             }
-            next = self.model.forward(&[id], output).await?;
+            next = self.sequence.forward(&[id], output).await?;
             self.history.push(id);
         };
         if !matches!(stop_reason, StopReason::StopString(_)) {

@@ -1,59 +1,38 @@
 //! Tern: ternary (BitNet b1.58) LLM inference on WebGPU, natively and in the browser.
 //!
-//! - [`gpu`]: the device context, buffers and kernel pipelines.
-//! - [`ops`]: one wrapper per WGSL kernel (`shaders/`), each with a CPU twin in [`reference`].
-//! - [`format`]: safetensors, GGUF and Hugging Face config readers.
-//! - [`model`]: model configuration, weights on the GPU, KV cache and the forward pass.
-//! - [`text`]: tokenizer and chat template.
-//! - [`generate`]: sampling and generation sessions.
-//!
 //! # Embedding
 //!
-//! Open a checkpoint, pick the GPU, load a [`generate::Session`], then stream a reply; a
-//! [`generate::CancelToken`] clone stops it from another thread. `engine/examples/generate.rs` runs
-//! this on a background thread as a desktop app would; the C API is the `tern-capi` crate.
+//! Three calls: open a [`Model`] (a model directory, a `.gguf` file or a Hugging Face repo id,
+//! downloaded on first use), open a [`Session`] on it (one conversation: its own KV cache, the
+//! model's weights shared), chat:
 //!
 //! ```no_run
-//! use std::sync::Arc;
-//!
-//! use tern::format::checkpoint::Checkpoint;
-//! use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session};
-//! use tern::gpu::{Context, ContextOptions};
-//! use tern::model::ModelOptions;
-//! use tern::text::chat_template::ChatMessage;
-//!
 //! # fn main() -> tern::Result<()> {
-//! // A model directory, a .gguf file or a Hugging Face repo id (downloaded on first use).
-//! let path = tern::hub::resolve("microsoft/bitnet-b1.58-2B-4T", true)?;
-//! let checkpoint = Checkpoint::open(&path)?;
-//! // TERN_BACKEND / TERN_ADAPTER pick an adapter; the default is the best GPU.
-//! let ctx = Arc::new(pollster::block_on(Context::new(&ContextOptions::from_env()))?);
-//! let mut session = pollster::block_on(Session::load(
-//!     ctx,
-//!     &checkpoint,
-//!     ModelOptions::default(),
-//!     &mut |done, total| eprint!("\rloading {done}/{total}"),
-//! ))?;
-//!
-//! let prompt = session.chat_prompt(&[ChatMessage::new("user", "Hello!")])?;
-//! let options = GenerateOptions {
-//!     max_new_tokens: 128,
-//!     sampling: SamplingParams {
-//!         temperature: 0.7,
-//!         top_p: 0.9,
-//!         seed: Some(42),
-//!         ..SamplingParams::default()
-//!     },
-//!     ..GenerateOptions::default()
-//! };
-//! let cancel = CancelToken::default(); // give a clone to the Stop button
-//! let generation = pollster::block_on(session.generate(&prompt, &options, &cancel, |token| {
-//!     print!("{}", token.text)
-//! }))?;
-//! println!("\n[{:?} after {} tokens]", generation.stop_reason, generation.ids.len());
+//! let model = tern::Model::open("microsoft/bitnet-b1.58-2B-4T")?;
+//! let mut session = model.session(tern::SessionOptions::default())?;
+//! let messages = [tern::ChatMessage::new("user", "Hello!")];
+//! let options = tern::GenerateOptions::default(); // greedy, up to 256 tokens
+//! let reply = session.chat(&messages, &options, |token| print!("{}", token.text))?;
+//! println!("\n[{:?} after {} tokens]", reply.stop_reason, reply.ids.len());
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`Session::cancel_handle`] gives a handle that stops the running reply from another thread (a
+//! Stop button); [`GenerateOptions::sampling`] sets temperature, top-k/p, min-p, repetition
+//! penalty and seed. `engine/examples/generate.rs` runs a session on a background thread as a
+//! desktop app would; in the browser, [`Model::load`], [`Model::open_session`] and
+//! [`Session::chat_async`] are the same calls without blocking. The C API is the `tern-capi` crate.
+//!
+//! # Inside
+//!
+//! - [`gpu`]: the device context, buffers and kernel pipelines.
+//! - [`ops`]: one wrapper per WGSL kernel, each with a CPU twin in [`reference`].
+//! - [`format`]: safetensors, GGUF and Hugging Face config readers.
+//! - [`model`]: model configuration, weights on the GPU ([`model::Transformer`]), one sequence's KV
+//!   cache and the forward pass ([`model::Sequence`]).
+//! - [`text`]: tokenizer and chat template.
+//! - [`generate`]: the front door above, sampling and generation.
 
 pub mod error;
 pub mod format;
@@ -67,3 +46,8 @@ pub mod reference;
 pub mod text;
 
 pub use error::{Error, Result};
+pub use generate::{
+    CancelHandle, GenerateOptions, Generation, Model, OpenOptions, SamplingParams, Session,
+    SessionOptions, StopReason, TokenEvent,
+};
+pub use text::chat_template::ChatMessage;

@@ -1,7 +1,6 @@
 //! `tern bench`: load, prefill and greedy-decode throughput of a model (or a synthetic checkpoint of
 //! any shape), with the adapter's memory bandwidth as the yardstick. Method: BENCHMARKS.md.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -9,7 +8,7 @@ use serde_json::{json, Value};
 use tern::format::checkpoint::Checkpoint;
 use tern::gpu::{Context, ContextOptions, KernelProfile, KernelTiming};
 use tern::model::synthetic::{self, Shape};
-use tern::model::{Model, ModelOptions};
+use tern::model::{ModelOptions, Sequence};
 use tern::ops::bandwidth;
 
 use crate::compare::{self, Baseline};
@@ -81,9 +80,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
         bail!("--prompt-tokens and --gen-tokens must be at least 1");
     }
-    let ctx = Arc::new(pollster::block_on(Context::new(
-        &ContextOptions::from_env(),
-    ))?);
+    let ctx = pollster::block_on(Context::new(&ContextOptions::from_env()))?;
     let run = compare::Run {
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
@@ -112,7 +109,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
+async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     // More positions for the profiled decode steps after the timed ones.
     let context = args.prompt_tokens + args.gen_tokens + args.profile_steps as usize;
     let start = Instant::now();
@@ -134,7 +131,7 @@ async fn measure(ctx: Arc<Context>, args: &BenchArgs) -> anyhow::Result<Value> {
         max_batch: args.batch,
         ..ModelOptions::default()
     };
-    let mut model = Model::load(ctx.clone(), &checkpoint, options, &mut |_, _| {}).await?;
+    let mut model = Sequence::load(&ctx, &checkpoint, options, &mut |_, _| {}).await?;
     let load_s = start.elapsed().as_secs_f64();
     // Read now: the high-water mark of loading, before the yardstick allocates its buffers.
     let host_peak_rss_bytes = peak_rss_bytes();

@@ -2,7 +2,6 @@
 //! dense model of the same architecture and shape (f16 weights, f32 activations), run by the same
 //! engine in the same process, so the ratios come from one run on one adapter. Method: BENCHMARKS.md.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -11,7 +10,7 @@ use tern::format::checkpoint::Checkpoint;
 use tern::gpu::{Context, KernelProfile, KernelTiming};
 use tern::model::synthetic::{self, Shape};
 use tern::model::weights::ProjectionKind;
-use tern::model::{Model, ModelOptions, Output, StepResult};
+use tern::model::{ModelOptions, Output, Sequence, StepResult};
 
 use crate::energy::{self, Dims, Phase};
 
@@ -100,7 +99,7 @@ pub struct Run {
 /// decode steps exactly as the main benchmark does, then profiles one more decode step (`run.context`
 /// must leave a position for it). The model is freed before returning.
 pub async fn measure(
-    ctx: &Arc<Context>,
+    ctx: &Context,
     shape: Shape,
     kind: ProjectionKind,
     run: Run,
@@ -144,7 +143,7 @@ pub struct TimedGeneration {
 /// energy counter running across both.
 pub async fn timed_generation(
     ctx: &Context,
-    model: &mut Model,
+    model: &mut Sequence,
     vocab: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
@@ -181,17 +180,17 @@ pub async fn timed_generation(
 }
 
 async fn load(
-    ctx: &Arc<Context>,
+    ctx: &Context,
     checkpoint: &Checkpoint,
     kind: ProjectionKind,
     run: Run,
-) -> anyhow::Result<Model> {
+) -> anyhow::Result<Sequence> {
     let options = ModelOptions {
         max_context: run.context,
         max_batch: run.batch,
         projections: kind,
     };
-    let model = Model::load(ctx.clone(), checkpoint, options, &mut |_, _| {})
+    let model = Sequence::load(ctx, checkpoint, options, &mut |_, _| {})
         .await
         .with_context(|| format!("loading the synthetic model with {kind:?} projections"))?;
     if model.options.max_context < run.context {
@@ -217,7 +216,7 @@ fn next_token(result: StepResult) -> anyhow::Result<u32> {
 /// `energy_ternary_over_dense` (ternary joules per token over dense, estimated and measured).
 pub async fn add_dense(
     report: &mut Value,
-    ctx: &Arc<Context>,
+    ctx: &Context,
     shape: Shape,
     run: Run,
 ) -> anyhow::Result<()> {
@@ -243,7 +242,7 @@ pub async fn add_dense(
 
 /// Runs the ternary model and its dense baseline at each of [`PAPER_SIZES`], skipping (with the
 /// reason, printed and in the report) what does not fit.
-pub async fn sweep(ctx: &Arc<Context>, run: Run) -> anyhow::Result<Value> {
+pub async fn sweep(ctx: &Context, run: Run) -> anyhow::Result<Value> {
     let mut sizes = Vec::new();
     for (name, shape) in PAPER_SIZES {
         let mut entry = json!({

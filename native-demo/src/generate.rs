@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 
 use anyhow::bail;
-use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session, StopReason};
+use tern::generate::{GenerateOptions, SamplingParams, Session, StopReason};
 use tern::text::chat_template::ChatMessage;
 
 use crate::load::{session, ModelArgs};
@@ -81,24 +81,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut session = session(&args.model)?;
     let prompt = match (&args.prompt, &args.ids) {
         (_, Some(ids)) => ids.clone(),
-        (Some(text), None) if args.chat => {
-            session.chat_prompt(&[ChatMessage::new("user", text.as_str())])?
-        }
-        (Some(text), None) => session.tokenizer.encode(text, true)?,
+        (Some(text), None) if args.chat => session
+            .model()
+            .chat_prompt(&[ChatMessage::new("user", text.as_str())])?,
+        (Some(text), None) => session.model().tokenizer().encode(text, true)?,
         (None, None) => bail!("give --prompt or --ids"),
     };
     let mut stdout = std::io::stdout().lock();
-    let generation = pollster::block_on(session.generate(
-        &prompt,
-        &args.sampling.options(),
-        &CancelToken::default(),
-        |event| {
-            if !args.print_ids {
-                let _ = write!(stdout, "{}", event.text);
-                let _ = stdout.flush();
-            }
-        },
-    ))?;
+    let generation =
+        pollster::block_on(
+            session.generate(&prompt, &args.sampling.options(), |event| {
+                if !args.print_ids {
+                    let _ = write!(stdout, "{}", event.text);
+                    let _ = stdout.flush();
+                }
+            }),
+        )?;
     if args.print_ids {
         let ids: Vec<String> = generation.ids.iter().map(u32::to_string).collect();
         writeln!(stdout, "{}", ids.join(","))?;
@@ -169,16 +167,16 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
             text => messages.push(ChatMessage::new("user", text)),
         }
         let options = args.sampling.options();
-        let max_context = session.model.options.max_context;
+        let max_context = session.max_context();
         // Room for the reply: its whole budget when that is small, else a quarter of the context.
         let reply_room = options.max_new_tokens.min(max_context / 4);
-        let mut prompt = session.chat_prompt(&messages)?;
+        let mut prompt = session.model().chat_prompt(&messages)?;
         let mut dropped = 0;
         while prompt.len() + reply_room > max_context && messages.len() > opening.len() + 1 {
             // The oldest exchange after the opening goes; the system message and this turn stay.
             let end = (opening.len() + 2).min(messages.len() - 1);
             messages.drain(opening.len()..end);
-            prompt = session.chat_prompt(&messages)?;
+            prompt = session.model().chat_prompt(&messages)?;
             dropped += 1;
         }
         if dropped > 0 {
@@ -192,15 +190,10 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
             messages.pop();
             continue;
         }
-        let generation = pollster::block_on(session.generate(
-            &prompt,
-            &options,
-            &CancelToken::default(),
-            |event| {
-                print!("{}", event.text);
-                let _ = std::io::stdout().flush();
-            },
-        ))?;
+        let generation = pollster::block_on(session.generate(&prompt, &options, |event| {
+            print!("{}", event.text);
+            let _ = std::io::stdout().flush();
+        }))?;
         println!();
         if generation.stop_reason == StopReason::ContextFull {
             eprintln!("[the context is full: /reset to start over]");

@@ -1,14 +1,9 @@
 //! Loading a model for any command: resolve the argument (directory, .gguf, or Hugging Face repo id,
 //! downloaded on first use), pick the GPU, upload with a progress bar.
 
-use std::sync::Arc;
-
-use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use tern::format::checkpoint::Checkpoint;
-use tern::generate::Session;
 use tern::gpu::{Context, ContextOptions};
-use tern::model::ModelOptions;
+use tern::{Model, OpenOptions, Session, SessionOptions};
 
 /// The model Tern ships, used when no `--model` is given: a 5.8 M-parameter BitNet b1.58 trained
 /// from scratch on the Python documentation by train/ (models/tern-pydoc-6m/README.md). It lives in
@@ -40,8 +35,8 @@ impl ModelArgs {
 }
 
 pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
-    let path = match &args.model {
-        Some(model) => tern::hub::resolve(model, true)?,
+    let source = match &args.model {
+        Some(model) => model.clone(),
         None => {
             let path = std::path::PathBuf::from(DEFAULT_MODEL);
             anyhow::ensure!(
@@ -51,33 +46,29 @@ pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
                  --model microsoft/bitnet-b1.58-2B-4T",
                 path.display()
             );
-            path
+            DEFAULT_MODEL.to_string()
         }
     };
-    let checkpoint =
-        Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let ctx = Arc::new(pollster::block_on(Context::new(
-        &ContextOptions::from_env(),
-    ))?);
+    let ctx = pollster::block_on(Context::new(&ContextOptions::from_env()))?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("loading {bar:30} {pos}/{len} tensors [{elapsed}] {msg}")
             .expect("valid template"),
     );
     bar.set_message(ctx.adapter_name());
-    let options = ModelOptions {
+    let model = Model::open_with(
+        &source,
+        OpenOptions {
+            context: Some(ctx),
+            progress: Some(&mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }),
+            ..OpenOptions::default()
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(model.session(SessionOptions {
         max_context: args.context,
         max_batch: args.batch,
-        ..ModelOptions::default()
-    };
-    let session = pollster::block_on(Session::load(
-        ctx,
-        &checkpoint,
-        options,
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    ))?;
-    bar.finish_and_clear();
-    Ok(session)
+    })?)
 }

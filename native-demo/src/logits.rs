@@ -33,7 +33,7 @@ pub struct LogitsArgs {
 
 pub fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
     let mut session = session(&args.model)?;
-    let vocab = session.model.config.vocab_size;
+    let vocab = session.model().config().vocab_size;
     let logits = pollster::block_on(session.logits(&args.ids, args.mode == Mode::Decode))?;
     let bytes: &[u8] = bytemuck::cast_slice(&logits);
     let view = TensorView::new(Dtype::F32, vec![args.ids.len(), vocab], bytes)?;
@@ -68,12 +68,12 @@ pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<()> {
     let mut session = session(&args.model)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let ids = session.tokenizer.encode(&text, true)?;
+    let ids = session.model().tokenizer().encode(&text, true)?;
     if ids.len() < 2 {
         bail!("{}: fewer than two tokens", args.file.display());
     }
-    let vocab = session.model.config.vocab_size;
-    let window = args.ctx.min(session.model.options.max_context);
+    let vocab = session.model().config().vocab_size;
+    let window = args.ctx.min(session.max_context());
     let (mut nll, mut count) = (0f64, 0usize);
     for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
         let logits = pollster::block_on(session.logits(chunk, false))?;

@@ -37,7 +37,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session, StopReason};
+use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, Session, StopReason};
 use tern::text::chat_template::{ChatMessage, ChatTemplate};
 use tern::text::tokenizer::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -99,13 +99,13 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let access = Arc::new(Access::new(args, listener.local_addr()?));
     let session = session(&args.model)?;
     let prompter = Arc::new(Prompter {
-        tokenizer: session.tokenizer.clone(),
-        template: session.template.clone(),
-        context: session.model.options.max_context,
+        tokenizer: session.model().tokenizer().clone(),
+        template: session.model().template().clone(),
+        context: session.max_context(),
     });
     let (jobs, queue) = mpsc::sync_channel(args.queue.into());
     // Set when shutdown's grace period ends: the worker cancels what it is running and what waits.
-    let stopping = CancelToken::default();
+    let stopping = CancelHandle::default();
     let worker_stopping = stopping.clone();
     std::thread::Builder::new()
         .name("tern-gpu".into())
@@ -176,7 +176,7 @@ async fn run(
     listener: tokio::net::TcpListener,
     app: Router,
     args: &ServeArgs,
-    stopping: &CancelToken,
+    stopping: &CancelHandle,
 ) -> anyhow::Result<()> {
     let connections = Arc::new(Semaphore::new(args.max_connections as usize));
     let graceful = GracefulShutdown::new();
@@ -522,7 +522,7 @@ struct Summary {
 
 /// The GPU worker: runs queued jobs one at a time until the server goes away. Once `stopping` is
 /// set it cancels the running generation and answers the waiting jobs without generating.
-fn work(mut session: Session, queue: mpsc::Receiver<Job>, stopping: CancelToken) {
+fn work(mut session: Session, queue: mpsc::Receiver<Job>, stopping: CancelHandle) {
     for job in queue {
         if job.events.is_closed() {
             continue;
@@ -545,7 +545,7 @@ fn work(mut session: Session, queue: mpsc::Receiver<Job>, stopping: CancelToken)
     }
 }
 
-fn generate(session: &mut Session, job: &Job, stopping: &CancelToken) -> tern::Result<Summary> {
+fn generate(session: &mut Session, job: &Job, stopping: &CancelHandle) -> tern::Result<Summary> {
     if stopping.is_cancelled() {
         return Ok(Summary {
             prompt_tokens: job.prompt.len(),
@@ -553,20 +553,17 @@ fn generate(session: &mut Session, job: &Job, stopping: &CancelToken) -> tern::R
             finish_reason: "cancelled",
         });
     }
-    let cancel = CancelToken::default();
-    let generation =
-        pollster::block_on(
-            session.generate(&job.prompt, &job.options, &cancel, |token| {
-                let gone = if token.text.is_empty() {
-                    job.events.is_closed()
-                } else {
-                    job.events.send(Event::Text(token.text.into())).is_err()
-                };
-                if gone || stopping.is_cancelled() {
-                    cancel.cancel();
-                }
-            }),
-        )?;
+    let cancel = session.cancel_handle();
+    let generation = pollster::block_on(session.generate(&job.prompt, &job.options, |token| {
+        let gone = if token.text.is_empty() {
+            job.events.is_closed()
+        } else {
+            job.events.send(Event::Text(token.text.into())).is_err()
+        };
+        if gone || stopping.is_cancelled() {
+            cancel.cancel();
+        }
+    }))?;
     Ok(Summary {
         prompt_tokens: generation.prompt_tokens,
         completion_tokens: generation.ids.len(),

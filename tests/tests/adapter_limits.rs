@@ -4,33 +4,26 @@
 //! binding-sized chunks — to the same logits as the adapter's own limits. And a wgpu validation
 //! error becomes an `Error`, not a panic.
 
-use std::sync::Arc;
-
 use tern::gpu::Context;
 use tern::model::synthetic::{self, Shape};
-use tern::model::{Model, ModelOptions, Output, StepResult};
+use tern::model::{ModelOptions, Output, Sequence, StepResult};
 use tern_tests::{assert_close, contexts, contexts_with_limits, for_each_adapter};
 
 /// Smaller than the tiny shape's 512 KiB bf16 embedding (so it is chunked), larger than its
 /// largest ternary weight (gate|up, 96 KiB).
 const BINDING: u64 = 256 << 10;
 
-fn load(ctx: &Context, max_context: usize, max_batch: usize) -> tern::Result<Model> {
+fn load(ctx: &Context, max_context: usize, max_batch: usize) -> tern::Result<Sequence> {
     let checkpoint = synthetic::checkpoint(Shape::TINY, 8192, 7).expect("synthetic checkpoint");
     let options = ModelOptions {
         max_context,
         max_batch,
         ..ModelOptions::default()
     };
-    pollster::block_on(Model::load(
-        Arc::new(ctx.clone()),
-        &checkpoint,
-        options,
-        &mut |_, _| {},
-    ))
+    pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))
 }
 
-fn logits(model: &mut Model, ids: &[u32]) -> Vec<f32> {
+fn logits(model: &mut Sequence, ids: &[u32]) -> Vec<f32> {
     match pollster::block_on(model.forward(ids, Output::AllLogits)).expect("forward") {
         StepResult::Logits(l) => l,
         other => panic!("expected logits, got {other:?}"),

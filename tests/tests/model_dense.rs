@@ -3,14 +3,11 @@
 //! matmul, causal attention) and token by token (dense matvec, split attention over the cache).
 //! Tolerance: 2e-3 absolute + 2e-3 relative on logits of magnitude ~10 (f32 sums in other orders).
 
-use std::sync::Arc;
-
 use tern::format::checkpoint::{Checkpoint, NormWeight, Projection};
 use tern::format::source::{complete_now, read_range};
-use tern::gpu::Context;
 use tern::model::synthetic::{self, Shape};
 use tern::model::weights::ProjectionKind;
-use tern::model::{Model, ModelOptions, Output, StepResult};
+use tern::model::{ModelOptions, Output, Sequence, StepResult};
 use tern::ops::attention::AttentionShape;
 use tern::ops::embedding::FloatDType;
 use tern::ops::ternary_matvec::Epilogue;
@@ -118,11 +115,6 @@ fn cpu_logits(c: &Checkpoint) -> Vec<f32> {
     matvec(&table, e.dtype, cfg.vocab_size, h, &normed)
 }
 
-/// An owned handle on the harness's context for `Model::load`.
-fn shared(ctx: &Context) -> Arc<Context> {
-    Arc::new(ctx.clone())
-}
-
 fn logits(result: StepResult) -> Vec<f32> {
     match result {
         StepResult::Logits(l) => l,
@@ -152,9 +144,9 @@ fn check_against_cpu(sub_norms: bool) {
             max_batch: 8,
             projections: ProjectionKind::Dense,
         };
-        let ctx = shared(ctx);
-        let mut model = pollster::block_on(Model::load(ctx, &checkpoint, options, &mut |_, _| {}))
-            .expect("loading the dense model");
+        let mut model =
+            pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))
+                .expect("loading the dense model");
         let prefill = logits(pollster::block_on(model.forward(&IDS, Output::AllLogits)).unwrap());
         assert_close("dense prefill logits", &prefill, &cpu, 2e-3, 2e-3);
 
@@ -183,8 +175,7 @@ fn dense_load_rejects_packed_ternary_weights() {
             max_batch: 8,
             projections: ProjectionKind::Dense,
         };
-        let ctx = shared(ctx);
-        let error = pollster::block_on(Model::load(ctx, &checkpoint, options, &mut |_, _| {}))
+        let error = pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))
             .err()
             .expect("packed ternary weights cannot be loaded dense")
             .to_string();

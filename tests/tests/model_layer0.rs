@@ -4,11 +4,9 @@
 //! are left to the parity test: there one int8 code that rounds the other way at an exact boundary
 //! moves a whole KV head's later positions by a quantization step (the comparison's noise floor).
 
-use std::sync::Arc;
-
 use safetensors::SafeTensors;
 use tern::format::checkpoint::Checkpoint;
-use tern::model::{Model, ModelOptions, Output};
+use tern::model::{ModelOptions, Output, Sequence};
 use tern_tests::goldens::{fixture, repo_root};
 use tern_tests::{assert_close, contexts};
 
@@ -30,19 +28,13 @@ fn check(fixture_name: &str, golden_name: &str) {
     for ctx in contexts() {
         let mut checkpoint = Checkpoint::open(&fixture(fixture_name)).unwrap();
         checkpoint.config.num_layers = 1;
-        let ctx = Arc::new(ctx.clone());
         let options = ModelOptions {
             max_context: 64,
             max_batch: 64,
             ..ModelOptions::default()
         };
-        let mut model = pollster::block_on(Model::load(
-            ctx.clone(),
-            &checkpoint,
-            options,
-            &mut |_, _| {},
-        ))
-        .unwrap();
+        let mut model =
+            pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {})).unwrap();
         let prompt = "p0";
         let ids: Vec<u32> = goldens
             .tensor(&format!("{prompt}.ids"))

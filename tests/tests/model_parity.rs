@@ -5,29 +5,28 @@
 //! held-out excerpt must agree with PyTorch's within 0.5 %.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use tern::format::checkpoint::Checkpoint;
-use tern::generate::{CancelToken, GenerateOptions, Session};
 use tern::gpu::Context;
-use tern::model::ModelOptions;
-use tern_tests::contexts;
+use tern::{GenerateOptions, Model, OpenOptions, Session, SessionOptions};
 use tern_tests::goldens::{
     assert_greedy_parity, assert_logit_parity, compare_logits, fixture, load_eval_golden,
     load_goldens, repo_root, window_perplexity,
 };
+use tern_tests::{contexts, contexts_with_limits};
 
 fn session(ctx: &Context, path: &Path) -> Session {
     let what = path.display();
-    let checkpoint = Checkpoint::open(path).unwrap_or_else(|e| panic!("{what}: {e}"));
-    // A context sharing the device: Session wants an Arc, the harness keeps the Context itself.
-    let ctx = Arc::new(ctx.clone());
-    let options = ModelOptions {
-        max_context: 256,
-        max_batch: 64,
-        ..ModelOptions::default()
+    let options = OpenOptions {
+        context: Some(ctx.clone()),
+        ..OpenOptions::default()
     };
-    pollster::block_on(Session::load(ctx, &checkpoint, options, &mut |_, _| {}))
+    Model::open_with(&path.to_string_lossy(), options)
+        .and_then(|model| {
+            model.session(SessionOptions {
+                max_context: 256,
+                max_batch: 64,
+            })
+        })
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
@@ -41,7 +40,7 @@ fn check_model(path: &Path, golden_name: &str) {
     for ctx in contexts() {
         let adapter = ctx.adapter_name();
         let mut session = session(ctx, path);
-        let vocab = session.model.config.vocab_size;
+        let vocab = session.model().config().vocab_size;
         for mode in ["prefill", "decode"] {
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
             for golden in &goldens {
@@ -62,13 +61,8 @@ fn check_model(path: &Path, golden_name: &str) {
                 ignore_eos: true,
                 ..Default::default()
             };
-            let generation = pollster::block_on(session.generate(
-                &golden.ids,
-                &options,
-                &CancelToken::default(),
-                |_| {},
-            ))
-            .unwrap();
+            let generation =
+                pollster::block_on(session.generate(&golden.ids, &options, |_| {})).unwrap();
             assert_greedy_parity(
                 &format!("{fixture_name} p{p} greedy on {adapter}"),
                 &generation.ids,
@@ -138,7 +132,7 @@ fn trained_default_model() {
         for ctx in contexts() {
             let adapter = ctx.adapter_name();
             let mut session = session(ctx, &path);
-            let vocab = session.model.config.vocab_size;
+            let vocab = session.model().config().vocab_size;
             let logits: Vec<Vec<f32>> = golden
                 .ids
                 .chunks(golden.window)
@@ -162,5 +156,79 @@ fn trained_default_model() {
                 "{model} on {adapter}: top-1 agreement {agree}/{decisive} < 99 % where PyTorch's margin is ≥ 0.25"
             );
         }
+    }
+}
+
+/// Sessions of one model share its weights: on a device of its own (no other test allocating), the
+/// model's buffers are its weights, and each session adds exactly its KV cache and activations.
+/// Two sessions interleaved give the replies each gives alone, and the weights outlive the model
+/// handle while a session uses them; all of it is freed with the last session.
+#[test]
+fn sessions_of_one_model_share_its_weights() {
+    let path = fixture("bitnet-2b4t");
+    let goldens = load_goldens("bitnet-2b4t");
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let reply = |session: &mut Session, prompt: &[u32]| {
+        pollster::block_on(session.generate(prompt, &options, |_| {}))
+            .unwrap()
+            .ids
+    };
+    for ctx in contexts_with_limits(|_| {}) {
+        let adapter = ctx.adapter_name();
+        let empty = ctx.live_buffer_bytes();
+        let model = Model::open_with(
+            &path.to_string_lossy(),
+            OpenOptions {
+                context: Some(ctx.clone()),
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let weights = ctx.live_buffer_bytes() - empty;
+        assert_eq!(weights, model.transformer().gpu_bytes(), "{adapter}");
+
+        let sizes = SessionOptions {
+            max_context: 64,
+            max_batch: 16,
+        };
+        let mut first = model.session(sizes).unwrap();
+        let with_one = ctx.live_buffer_bytes();
+        assert_eq!(with_one - empty, weights + first.state_bytes(), "{adapter}");
+        let mut second = model.session(sizes).unwrap();
+        let with_two = ctx.live_buffer_bytes();
+        assert_eq!(with_two - with_one, second.state_bytes(), "{adapter}");
+        let c = model.config();
+        let kv_cache = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 64 * 4;
+        assert!(second.state_bytes() >= kv_cache as u64, "{adapter}");
+        assert!(second.state_bytes() < weights, "{adapter}");
+        drop(model);
+
+        let (a, b) = (&goldens[0].ids, &goldens[1].ids);
+        let alone_a = reply(&mut first, a);
+        let alone_b = reply(&mut first, b);
+        // Interleaved: each session's cache holds its own conversation.
+        let mut extended_a = a.clone();
+        extended_a.extend(&alone_a);
+        let second_a = reply(&mut second, a);
+        let first_b = reply(&mut first, b);
+        let second_more = reply(&mut second, &extended_a);
+        assert_eq!(second_a, alone_a, "{adapter}");
+        assert_eq!(first_b, alone_b, "{adapter}");
+        let mut fresh = Model::open_with(
+            &path.to_string_lossy(),
+            OpenOptions {
+                context: Some(ctx.clone()),
+                ..OpenOptions::default()
+            },
+        )
+        .and_then(|model| model.session(sizes))
+        .unwrap();
+        assert_eq!(second_more, reply(&mut fresh, &extended_a), "{adapter}");
+        drop((first, second, fresh));
+        assert_eq!(ctx.live_buffer_bytes(), empty, "{adapter}");
     }
 }

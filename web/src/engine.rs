@@ -2,13 +2,14 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tern::format::checkpoint::Checkpoint;
-use tern::generate::{CancelToken, GenerateOptions, SamplingParams, Session, StopReason};
+use tern::generate::{
+    CancelHandle, GenerateOptions, Model, SamplingParams, Session, SessionOptions, StopReason,
+};
 use tern::gpu::{Context, ContextOptions};
-use tern::model::ModelOptions;
+use tern::model::weights::ProjectionKind;
 use tern::text::chat_template::ChatMessage;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -184,9 +185,6 @@ impl Engine {
     /// id) and uploads it to the GPU, streaming weight files by HTTP Range requests through the
     /// download cache. Options: `onProgress(loadedBytes, totalBytes)`, `maxContext`, `hubEndpoint`,
     /// `cache` (false: neither read nor write the download cache).
-    // The engine shares its device as Arc<Context>; on wasm32 the wgpu handles are !Send, and there
-    // is only one thread.
-    #[allow(clippy::arc_with_non_send_sync)]
     pub async fn load(
         model_url: String,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions | undefined")] options: JsValue,
@@ -218,7 +216,7 @@ impl Engine {
         let ctx = Context::new(&ContextOptions::default())
             .await
             .map_err(js_error)?;
-        Engine::from_checkpoint(Arc::new(ctx), &checkpoint, options.max_context).await
+        Engine::from_checkpoint(&ctx, &checkpoint, options.max_context).await
     }
 
     /// Deletes every cached download (Cache Storage "tern-models-v1"); resolves to whether there
@@ -247,11 +245,9 @@ impl Engine {
         future_to_promise(async move {
             let (options, signal) = JsGenerateOptions::parse(options)?;
             let ids = with_session(&state, async |session| {
-                let cancel = CancelToken::default();
+                let cancel = session.cancel_handle();
                 let generation = session
-                    .generate(&prompt, &options, &cancel, |_| {
-                        cancel_on_abort(&signal, &cancel)
-                    })
+                    .generate(&prompt, &options, |_| cancel_on_abort(&signal, &cancel))
                     .await
                     .map_err(js_error)?;
                 Ok(generation.ids)
@@ -294,10 +290,9 @@ impl Engine {
             let (options, signal) = JsGenerateOptions::parse(options)?;
             let on_token = on_token.dyn_into::<js_sys::Function>().ok();
             let text = with_session(&state, async |session| {
-                let prompt = session.chat_prompt(&messages).map_err(js_error)?;
-                let cancel = CancelToken::default();
+                let cancel = session.cancel_handle();
                 let generation = session
-                    .generate(&prompt, &options, &cancel, |event| {
+                    .chat_async(&messages, &options, |event| {
                         if let Some(f) = &on_token {
                             // A throwing callback must not leave the session half-way.
                             let _ = f.call2(
@@ -367,18 +362,19 @@ impl Engine {
 impl Engine {
     /// An engine over an already resolved checkpoint (also the entry point of the browser tests).
     pub async fn from_checkpoint(
-        ctx: Arc<Context>,
+        ctx: &Context,
         checkpoint: &Checkpoint,
         max_context: Option<usize>,
     ) -> Result<Engine, JsError> {
-        let mut options = ModelOptions::default();
+        let mut options = SessionOptions::default();
         if let Some(n) = max_context {
             options.max_context = n;
         }
-        let session = Session::load(ctx.clone(), checkpoint, options, &mut |_, _| {})
+        let model = Model::load(ctx, checkpoint, ProjectionKind::Ternary, &mut |_, _| {})
             .await
             .map_err(js_error)?;
-        let c = &session.model.config;
+        let session = model.open_session(options).await.map_err(js_error)?;
+        let c = model.config();
         let info = EngineInfo {
             adapter: ctx.info.name.clone(),
             backend: format!("{:?}", ctx.info.backend),
@@ -387,8 +383,8 @@ impl Engine {
             subgroups: ctx.caps.subgroups,
             max_buffer_size: ctx.caps.max_buffer_bytes as f64,
             max_storage_buffer_binding_size: ctx.caps.max_binding_bytes as f64,
-            gpu_bytes: session.model.gpu_bytes() as f64,
-            max_context: session.model.options.max_context,
+            gpu_bytes: session.gpu_bytes() as f64,
+            max_context: session.max_context(),
             model: ModelInfo {
                 hidden_size: c.hidden_size,
                 num_layers: c.num_layers,
@@ -398,7 +394,7 @@ impl Engine {
                 intermediate_size: c.intermediate_size,
                 vocab_size: c.vocab_size,
                 max_position_embeddings: c.max_position_embeddings,
-                tokenizer_vocab_size: session.tokenizer.vocab_size(),
+                tokenizer_vocab_size: model.tokenizer().vocab_size(),
             },
         };
         Ok(Engine {
@@ -409,7 +405,7 @@ impl Engine {
     }
 }
 
-fn cancel_on_abort(signal: &Option<web_sys::AbortSignal>, cancel: &CancelToken) {
+fn cancel_on_abort(signal: &Option<web_sys::AbortSignal>, cancel: &CancelHandle) {
     if signal.as_ref().is_some_and(|s| s.aborted()) {
         cancel.cancel();
     }

@@ -9,7 +9,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use js_sys::{Float32Array, Promise, Reflect, Uint32Array, Uint8Array};
 use safetensors::{Dtype, SafeTensors};
@@ -76,14 +75,10 @@ impl Fetcher for MemoryFetcher {
     }
 }
 
-// `Engine::from_checkpoint` takes the engine's Arc<Context>; wasm32 has one thread.
-#[allow(clippy::arc_with_non_send_sync)]
-async fn context() -> Arc<Context> {
-    Arc::new(
-        Context::new(&ContextOptions::default())
-            .await
-            .expect("a WebGPU adapter (run Chromium with --enable-unsafe-webgpu)"),
-    )
+async fn context() -> Context {
+    Context::new(&ContextOptions::default())
+        .await
+        .expect("a WebGPU adapter (run Chromium with --enable-unsafe-webgpu)")
 }
 
 async fn fixture_engine() -> Engine {
@@ -95,7 +90,7 @@ async fn memory_engine(base: &str) -> Engine {
     let checkpoint = load_checkpoint(&mut MemoryFetcher, &location)
         .await
         .unwrap();
-    Engine::from_checkpoint(context().await, &checkpoint, Some(256))
+    Engine::from_checkpoint(&context().await, &checkpoint, Some(256))
         .await
         .unwrap_or_else(|e| panic!("{:?}", JsValue::from(e)))
 }
@@ -580,7 +575,7 @@ async fn load_from(mut fetcher: HttpFetcher) -> (tern::Result<Engine>, LoadStats
         base: SERVER_BASE.into(),
     };
     let engine = match load_checkpoint(&mut fetcher, &location).await {
-        Ok(c) => Ok(Engine::from_checkpoint(context().await, &c, Some(256))
+        Ok(c) => Ok(Engine::from_checkpoint(&context().await, &c, Some(256))
             .await
             .unwrap_or_else(|e| panic!("{:?}", JsValue::from(e)))),
         Err(e) => Err(e),

@@ -13,12 +13,12 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Mutex, TryLockError};
 
-use engine::format::checkpoint::Checkpoint;
-use engine::generate::{CancelToken, GenerateOptions, SamplingParams, Session, StopReason};
-use engine::gpu::{Context, ContextOptions};
-use engine::model::ModelOptions;
+use engine::generate::{
+    CancelHandle, GenerateOptions, Model, OpenOptions, SamplingParams, Session, SessionOptions,
+    StopReason,
+};
 use engine::text::chat_template::ChatMessage;
 
 /// Outcome of a call. Anything but `TERN_STATUS_OK` leaves a message for `tern_last_error()`.
@@ -115,17 +115,16 @@ pub type TernTokenCallback = Option<
     ) -> i32,
 >;
 
-/// A model checkpoint (headers and tokenizer read, weights still on disk) and the GPU it runs on.
+/// A model's weights on the GPU with its tokenizer and chat template, shared by its sessions.
 pub struct TernModel {
-    checkpoint: Checkpoint,
-    ctx: Arc<Context>,
+    model: Model,
 }
 
-/// A model's weights on the GPU with a KV cache: one conversation.
+/// One conversation: a KV cache on the GPU over its model's shared weights.
 pub struct TernSession {
     session: Mutex<Session>,
-    /// The token of the generation running now; replaced by each new generation.
-    cancel: Mutex<CancelToken>,
+    /// Stops the session's running generation; reachable while `session` is locked by it.
+    cancel: CancelHandle,
 }
 
 /// A failure on its way to the caller: the status and the message for `tern_last_error()`.
@@ -231,8 +230,8 @@ pub extern "C" fn tern_last_error() -> *const c_char {
 
 /// Opens `model` — a model directory (config.json, safetensors, tokenizer.json), a `.gguf` file or
 /// a Hugging Face repo id (downloaded into the Hugging Face cache on first use) — and picks the GPU
-/// (`TERN_BACKEND` and `TERN_ADAPTER` choose one). Weights are uploaded by `tern_session_new()`.
-/// On success `*out_model` receives a handle to free with `tern_model_free()`.
+/// (`TERN_BACKEND` and `TERN_ADAPTER` choose one), and uploads its weights, which every session of
+/// the model shares. On success `*out_model` receives a handle to free with `tern_model_free()`.
 ///
 /// # Safety
 /// `model` is null or a NUL-terminated string; `out_model` is null or writable.
@@ -250,16 +249,20 @@ pub unsafe extern "C" fn tern_model_open(
         // Not found is the model's fault here, not a bad argument.
         let path = engine::hub::resolve(model, false)
             .map_err(|e| Failure::new(TernStatus::Model, e.to_string()))?;
-        let checkpoint = Checkpoint::open(&path)?;
-        let ctx = Arc::new(pollster::block_on(Context::new(
-            &ContextOptions::from_env(),
-        ))?);
-        *out_model = Box::into_raw(Box::new(TernModel { checkpoint, ctx }));
+        let model = Model::open_with(
+            &path.to_string_lossy(),
+            OpenOptions {
+                download_progress: false,
+                ..OpenOptions::default()
+            },
+        )?;
+        *out_model = Box::into_raw(Box::new(TernModel { model }));
         Ok(())
     })
 }
 
-/// Releases a model; null is ignored. Sessions created from it stay valid.
+/// Releases a model; null is ignored. Sessions created from it stay valid (the weights go with
+/// the last of them).
 ///
 /// # Safety
 /// `model` is null or a handle from `tern_model_open()` not freed yet.
@@ -270,8 +273,8 @@ pub unsafe extern "C" fn tern_model_free(model: *mut TernModel) {
     }
 }
 
-/// Uploads the model's weights to the GPU and opens a conversation whose KV cache holds
-/// `context_length` tokens (0: 4096; capped at the model's maximum). On success `*out_session`
+/// Opens a conversation whose KV cache holds `context_length` tokens (0: 4096; capped at the
+/// model's maximum) over the model's weights. On success `*out_session`
 /// receives a handle to free with `tern_session_free()`.
 ///
 /// # Safety
@@ -291,22 +294,16 @@ pub unsafe extern "C" fn tern_session_new(
         }
         *out_session = std::ptr::null_mut();
         let model = handle(model, "model")?;
-        let options = ModelOptions {
+        let session = model.model.session(SessionOptions {
             max_context: match context_length {
-                0 => ModelOptions::default().max_context,
+                0 => SessionOptions::default().max_context,
                 n => n as usize,
             },
-            ..ModelOptions::default()
-        };
-        let session = pollster::block_on(Session::load(
-            model.ctx.clone(),
-            &model.checkpoint,
-            options,
-            &mut |_, _| {},
-        ))?;
+            ..SessionOptions::default()
+        })?;
         *out_session = Box::into_raw(Box::new(TernSession {
+            cancel: session.cancel_handle(),
             session: Mutex::new(session),
-            cancel: Mutex::new(CancelToken::default()),
         }));
         Ok(())
     })
@@ -344,11 +341,7 @@ pub unsafe extern "C" fn tern_session_reset(session: *const TernSession) -> Tern
 pub unsafe extern "C" fn tern_session_cancel(session: *const TernSession) -> TernStatus {
     guard(|| {
         let session = handle(session, "session")?;
-        session
-            .cancel
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .cancel();
+        session.cancel.cancel();
         Ok(())
     })
 }
@@ -393,9 +386,8 @@ pub unsafe extern "C" fn tern_generate(
         let prompt = utf8(prompt, "prompt")?;
         let options = generate_options(options)?;
         let mut inner = lock(session)?;
-        let ids = inner.tokenizer.encode(prompt, true)?;
+        let ids = inner.model().tokenizer().encode(prompt, true)?;
         run(
-            session,
             &mut inner,
             &ids,
             &options,
@@ -439,9 +431,8 @@ pub unsafe extern "C" fn tern_chat(
             .collect::<Result<Vec<_>, Failure>>()?;
         let options = generate_options(options)?;
         let mut inner = lock(session)?;
-        let ids = inner.chat_prompt(&messages)?;
+        let ids = inner.model().chat_prompt(&messages)?;
         run(
-            session,
             &mut inner,
             &ids,
             &options,
@@ -507,12 +498,11 @@ unsafe fn generate_options(
     })
 }
 
-/// Generates with a fresh cancel token that `tern_session_cancel()` can reach.
+/// Generates; `tern_session_cancel()` and the callback stop it through the session's cancel handle.
 ///
 /// # Safety
 /// `out_generation` is null or writable.
 unsafe fn run(
-    handle: &TernSession,
     session: &mut Session,
     prompt: &[u32],
     options: &GenerateOptions,
@@ -520,13 +510,9 @@ unsafe fn run(
     user_data: *mut c_void,
     out_generation: *mut TernGeneration,
 ) -> Result<(), Failure> {
-    let cancel = CancelToken::default();
-    *handle
-        .cancel
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = cancel.clone();
+    let cancel = session.cancel_handle();
     let mut text = Vec::new();
-    let generation = pollster::block_on(session.generate(prompt, options, &cancel, |token| {
+    let generation = pollster::block_on(session.generate(prompt, options, |token| {
         let Some(callback) = on_token else { return };
         text.clear();
         text.extend_from_slice(token.text.as_bytes());

@@ -4,12 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use engine::format::checkpoint::Checkpoint;
-use engine::generate::{CancelToken, GenerateOptions, Session};
-use engine::gpu::{Context, ContextOptions};
-use engine::model::ModelOptions;
+use engine::{GenerateOptions, Model, SessionOptions};
 
 const GENERATED_HEADER: &str = include_str!(concat!(env!("OUT_DIR"), "/tern.h"));
 const PROMPT: &str = "The capital of France is";
@@ -114,27 +111,15 @@ fn committed_header_is_current() {
 /// What `tern run --model <fixture> --prompt PROMPT --max-tokens MAX_TOKENS` prints: the engine's
 /// greedy completion, streamed, then a newline.
 fn engine_completion() -> String {
-    let checkpoint = Checkpoint::open(&fixture()).unwrap();
-    let ctx = Arc::new(pollster::block_on(Context::new(&ContextOptions::from_env())).unwrap());
-    let mut session = pollster::block_on(Session::load(
-        ctx,
-        &checkpoint,
-        ModelOptions::default(),
-        &mut |_, _| {},
-    ))
-    .unwrap();
-    let prompt = session.tokenizer.encode(PROMPT, true).unwrap();
+    let model = Model::open(&fixture().to_string_lossy()).unwrap();
+    let mut session = model.session(SessionOptions::default()).unwrap();
+    let prompt = model.tokenizer().encode(PROMPT, true).unwrap();
     let options = GenerateOptions {
         max_new_tokens: MAX_TOKENS,
         ..GenerateOptions::default()
     };
     let mut text = String::new();
-    pollster::block_on(
-        session.generate(&prompt, &options, &CancelToken::default(), |t| {
-            text.push_str(t.text)
-        }),
-    )
-    .unwrap();
+    pollster::block_on(session.generate(&prompt, &options, |t| text.push_str(t.text))).unwrap();
     text + "\n"
 }
 

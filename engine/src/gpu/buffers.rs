@@ -1,3 +1,7 @@
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use super::Context;
 use crate::{Error, Result};
 
@@ -10,10 +14,18 @@ pub enum BufferUsage {
     Uniform,
 }
 
-/// A GPU buffer with its size in bytes. Sizes are rounded up to 4 bytes as WebGPU requires.
+/// A GPU buffer with its size in bytes. Sizes are rounded up to 4 bytes as WebGPU requires. Its
+/// bytes count in [`Context::live_buffer_bytes`] until it is dropped.
 pub struct GpuBuffer {
     pub buffer: wgpu::Buffer,
     pub size: u64,
+    live_bytes: Arc<AtomicU64>,
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        self.live_bytes.fetch_sub(self.size, Ordering::Relaxed);
+    }
 }
 
 impl GpuBuffer {
@@ -39,7 +51,13 @@ impl GpuBuffer {
             usage,
             mapped_at_creation: false,
         });
-        Ok(GpuBuffer { buffer, size })
+        ctx.live_bytes.fetch_add(size, Ordering::Relaxed);
+        COUNTED.with(|counted| counted.set(counted.get().map(|bytes| bytes + size)));
+        Ok(GpuBuffer {
+            buffer,
+            size,
+            live_bytes: ctx.live_bytes.clone(),
+        })
     }
 
     /// A buffer holding `data` (padded with zeros to 4 bytes).
@@ -91,6 +109,40 @@ impl GpuBuffer {
     pub async fn read_vec<T: bytemuck::Pod>(&self, ctx: &Context) -> Result<Vec<T>> {
         let bytes = self.read(ctx).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+thread_local! {
+    /// Bytes of buffers created on this thread since the innermost [`AllocationCount`] started.
+    static COUNTED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Counts the bytes of the buffers this thread creates from [`AllocationCount::start`] to
+/// [`AllocationCount::finish`]: what one object (a session's state) holds, whatever it is made of.
+/// Counts nest; one dropped unfinished (an early error) gives its bytes to the enclosing count.
+pub struct AllocationCount {
+    enclosing: Option<u64>,
+}
+
+impl AllocationCount {
+    pub fn start() -> Self {
+        AllocationCount {
+            enclosing: COUNTED.with(|counted| counted.replace(Some(0))),
+        }
+    }
+
+    /// Bytes created since [`AllocationCount::start`] on this thread.
+    pub fn finish(self) -> u64 {
+        COUNTED.with(|counted| counted.get().unwrap_or(0))
+    }
+}
+
+impl Drop for AllocationCount {
+    fn drop(&mut self) {
+        COUNTED.with(|counted| {
+            let inner = counted.get().unwrap_or(0);
+            counted.set(self.enclosing.map(|outer| outer + inner));
+        });
     }
 }
 

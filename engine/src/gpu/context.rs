@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::{Error, Result};
@@ -93,6 +94,8 @@ pub struct Context {
     /// The first wgpu error no error scope caught, until [`Context::check_errors`] returns it
     /// (wgpu's default handler would panic).
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// Bytes of the [`GpuBuffer`](super::GpuBuffer)s alive on this device.
+    pub(super) live_bytes: Arc<AtomicU64>,
 }
 
 /// One adapter as `tern info` prints it.
@@ -231,7 +234,14 @@ impl Context {
             limits,
             caps,
             uncaptured,
+            live_bytes: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Bytes of the engine's buffers alive on the device now (weights, caches, activations; not
+    /// wgpu's own staging): what loading a model or opening a session costs in device memory.
+    pub fn live_buffer_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Relaxed)
     }
 
     /// The first wgpu error (validation, out of memory) since the last call, as an [`Error`].

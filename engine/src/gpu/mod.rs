@@ -5,6 +5,6 @@ mod buffers;
 mod context;
 mod timer;
 
-pub use buffers::{read_buffer, BufferUsage, GpuBuffer};
+pub use buffers::{read_buffer, AllocationCount, BufferUsage, GpuBuffer};
 pub use context::{AdapterReport, Capabilities, Context, ContextOptions};
 pub use timer::{KernelProfile, KernelTime, KernelTiming, StepRecorder};

@@ -1,5 +1,5 @@
-//! The forward pass: a [`Model`] owns the weights, the KV cache, every activation buffer and every
-//! bind group, all made at load. A step writes the token ids and a small uniform (position, token
+//! The forward pass: a [`Transformer`] owns the weights and pipelines, loaded once; a [`Sequence`]
+//! owns one sequence's KV cache, every activation buffer and every bind group, made when it opens. A step writes the token ids and a small uniform (position, token
 //! count), records every kernel of the step in order into one command encoder, submits once and
 //! reads back only what the caller asked for (a token id, k candidates or logits).
 
@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::error::NO_FINITE_LOGIT;
 use crate::format::checkpoint::Checkpoint;
 use crate::gpu::{
-    read_buffer, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming, StepRecorder,
+    read_buffer, AllocationCount, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming,
+    StepRecorder,
 };
 use crate::model::config::{Activation, ModelConfig};
 use crate::model::limits;
@@ -77,7 +78,7 @@ pub enum StepResult {
     Logits(Vec<f32>),
 }
 
-/// See [`Model::last_layer_activations`].
+/// See [`Sequence::last_layer_activations`].
 pub struct LastLayerActivations {
     /// Attention output before the sub-norm and o_proj.
     pub attention: Vec<f32>,
@@ -163,48 +164,36 @@ struct Activations {
     top_k: GpuBuffer,
 }
 
-pub struct Model {
-    pub ctx: std::sync::Arc<Context>,
-    pub config: ModelConfig,
-    pub options: ModelOptions,
+/// A model's weights on the GPU and the pipelines that run them, loaded once and shared by every
+/// [`Sequence`] of the model: a clone is another handle on the same device memory.
+#[derive(Clone)]
+pub struct Transformer(Arc<Loaded>);
+
+struct Loaded {
+    ctx: Context,
+    config: ModelConfig,
+    projections: ProjectionKind,
     weights: Weights,
-    k_cache: Vec<GpuBuffer>,
-    v_cache: Vec<GpuBuffer>,
     kernels: Kernels,
-    act: Activations,
-    layers: Vec<LayerBindings>,
-    embed: EmbeddingBinding,
-    final_norm: RmsNormBinding,
-    head_last: DenseMatvecBinding,
-    head_all: DenseMatvecBinding,
-    argmax: SelectBinding,
-    top_k: SelectBinding,
-    top_k_len: usize,
-    /// Tokens already in the KV cache.
-    position: usize,
 }
 
-impl Model {
-    /// Uploads `checkpoint`'s weights and makes every buffer and bind group.
+impl Transformer {
+    /// Uploads `checkpoint`'s weights (`projections` says ternary or the dense baseline) and builds
+    /// every pipeline.
+    // In the browser wgpu's handles are neither Send nor Sync, and there is one thread.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub async fn load(
-        ctx: std::sync::Arc<Context>,
+        ctx: &Context,
         checkpoint: &Checkpoint,
-        options: ModelOptions,
+        projections: ProjectionKind,
         progress: LoadProgress<'_>,
-    ) -> Result<Model> {
+    ) -> Result<Transformer> {
         let config = checkpoint.config.clone();
-        let options = ModelOptions {
-            max_context: options
-                .max_context
-                .min(config.max_position_embeddings)
-                .max(1),
-            max_batch: options.max_batch.max(1),
-            projections: options.projections,
-        };
-        limits::check(&ctx.limits, &config, &options)
-            .map_err(|exceeded| exceeded.into_error(&ctx.adapter_name()))?;
-        let weights = weights::load(&ctx, checkpoint, options.projections, progress).await?;
-        let c = &ctx;
+        let on_adapter = |exceeded: limits::LimitExceeded| exceeded.into_error(&ctx.adapter_name());
+        limits::check_kernels(&ctx.limits).map_err(on_adapter)?;
+        limits::check_weights(&ctx.limits, &config).map_err(on_adapter)?;
+        let weights = weights::load(ctx, checkpoint, projections, progress).await?;
+        let c = ctx;
         let kernels = Kernels {
             embedding: Embedding::new(c, weights.embedding.dtype),
             norm_quant: RmsNormQuant::new(c),
@@ -222,7 +211,94 @@ impl Model {
             argmax: Argmax::new(c),
             top_k: TopK::new(c),
         };
+        // Pipelines report validation errors asynchronously: surface them here.
+        ctx.wait().await?;
+        Ok(Transformer(Arc::new(Loaded {
+            ctx: ctx.clone(),
+            config,
+            projections,
+            weights,
+            kernels,
+        })))
+    }
 
+    pub fn config(&self) -> &ModelConfig {
+        &self.0.config
+    }
+
+    /// The device the weights live on.
+    pub fn context(&self) -> &Context {
+        &self.0.ctx
+    }
+
+    /// Ternary projections, or the dense baseline.
+    pub fn projections(&self) -> ProjectionKind {
+        self.0.projections
+    }
+
+    /// Bytes of the weights on the GPU (once, however many sequences share them).
+    pub fn gpu_bytes(&self) -> u64 {
+        self.0.weights.gpu_bytes()
+    }
+}
+
+/// One sequence's state on the GPU: its KV cache, its activations and every bind group of its
+/// step, made when it is created; the weights are the [`Transformer`]'s, shared.
+pub struct Sequence {
+    model: Transformer,
+    pub config: ModelConfig,
+    /// The sizes it was made with (`max_context` capped at the model's positions).
+    pub options: ModelOptions,
+    k_cache: Vec<GpuBuffer>,
+    v_cache: Vec<GpuBuffer>,
+    act: Activations,
+    layers: Vec<LayerBindings>,
+    embed: EmbeddingBinding,
+    final_norm: RmsNormBinding,
+    head_last: DenseMatvecBinding,
+    head_all: DenseMatvecBinding,
+    argmax: SelectBinding,
+    top_k: SelectBinding,
+    top_k_len: usize,
+    /// Tokens already in the KV cache.
+    position: usize,
+    /// Bytes of the buffers made for this sequence (cache, activations, kernel parameters).
+    state_bytes: u64,
+}
+
+impl Sequence {
+    /// Loads a [`Transformer`] and makes one sequence of it: the simplest way to run a checkpoint
+    /// when nothing else will share its weights.
+    pub async fn load(
+        ctx: &Context,
+        checkpoint: &Checkpoint,
+        options: ModelOptions,
+        progress: LoadProgress<'_>,
+    ) -> Result<Sequence> {
+        let model = Transformer::load(ctx, checkpoint, options.projections, progress).await?;
+        Sequence::new(&model, options.max_context, options.max_batch).await
+    }
+
+    /// A KV cache of `max_context` positions (capped at the model's `max_position_embeddings`)
+    /// and activations for prefill batches of `max_batch` tokens, with every bind group of the
+    /// step. Sizes past the device's limits fail, naming the largest that fit.
+    pub async fn new(
+        model: &Transformer,
+        max_context: usize,
+        max_batch: usize,
+    ) -> Result<Sequence> {
+        let ctx = model.context();
+        let config = model.config().clone();
+        let options = ModelOptions {
+            max_context: max_context.min(config.max_position_embeddings).max(1),
+            max_batch: max_batch.max(1),
+            projections: model.projections(),
+        };
+        limits::check(&ctx.limits, &config, &options)
+            .map_err(|exceeded| exceeded.into_error(&ctx.adapter_name()))?;
+        let allocations = AllocationCount::start();
+        let (weights, kernels) = (&model.0.weights, &model.0.kernels);
+        let c = ctx;
         let (t, h, v) = (options.max_batch, config.hidden_size, config.vocab_size);
         let attention_width = config.num_heads * config.head_dim;
         let qkv_width = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim;
@@ -294,7 +370,7 @@ impl Model {
         let mut layers = Vec::with_capacity(config.num_layers);
         let mut sites = SiteBinder {
             ctx: c,
-            kernels: &kernels,
+            kernels,
             act: &act,
             eps: config.rms_norm_eps,
             quantize_only_gain: &weights.final_norm,
@@ -384,16 +460,15 @@ impl Model {
         let top_k = kernels
             .top_k
             .bind(c, v, top_k_len, &act.logits, &act.top_k)?;
-        // Pipelines and bind groups report validation errors asynchronously: surface them here.
+        let state_bytes = allocations.finish();
+        // Bind groups report validation errors asynchronously: surface them here.
         ctx.wait().await?;
-        Ok(Model {
-            ctx,
+        Ok(Sequence {
+            model: model.clone(),
             config,
             options,
-            weights,
             k_cache,
             v_cache,
-            kernels,
             act,
             layers,
             embed,
@@ -404,7 +479,13 @@ impl Model {
             top_k,
             top_k_len,
             position: 0,
+            state_bytes,
         })
+    }
+
+    /// The model whose weights this sequence runs.
+    pub fn transformer(&self) -> &Transformer {
+        &self.model
     }
 
     /// Tokens in the KV cache.
@@ -422,43 +503,21 @@ impl Model {
         self.position = self.position.min(tokens);
     }
 
-    /// Bytes the model holds on the GPU: weights, KV cache and activations.
+    /// Bytes on the GPU that this sequence alone holds: its KV cache, activations and kernel
+    /// parameters.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes
+    }
+
+    /// Bytes on the GPU this sequence uses: the shared weights and its own state.
     pub fn gpu_bytes(&self) -> u64 {
-        let cache: u64 = self
-            .k_cache
-            .iter()
-            .chain(&self.v_cache)
-            .map(|b| b.size)
-            .sum();
-        let a = &self.act;
-        let activations: u64 = [
-            &a.step,
-            &a.last_step,
-            &a.ids,
-            &a.x,
-            &a.xq,
-            &a.stats,
-            &a.qkv,
-            &a.attention,
-            &a.ffn,
-            &a.normed,
-            &a.last,
-            &a.logits,
-            &a.all_logits,
-            &a.argmax,
-            &a.top_k,
-        ]
-        .into_iter()
-        .chain(a.dense_input.as_ref())
-        .map(|b| b.size)
-        .sum();
-        self.weights.gpu_bytes() + cache + activations
+        self.model.gpu_bytes() + self.state_bytes()
     }
 
     /// The last layer's activations of the last step, [T, width] each — for bisecting a parity
     /// failure against the reference's per-op dumps (layer 0 is reached with a one-layer config).
     pub async fn last_layer_activations(&self, tokens: usize) -> Result<LastLayerActivations> {
-        let ctx = &self.ctx;
+        let ctx = self.model.context();
         let c = &self.config;
         let bytes = |width: usize| (tokens * width * 4) as u64;
         Ok(LastLayerActivations {
@@ -554,17 +613,18 @@ impl Model {
         read: bool,
         timing: Option<KernelTiming>,
     ) -> Result<(StepResult, Option<KernelProfile>)> {
-        let ctx = self.ctx.clone();
+        let model = self.model.clone();
+        let ctx = model.context();
         let tokens = ids.len() as u32;
         let params = StepParams {
             pos: self.position as u32,
             tokens,
             _pad: [0; 2],
         };
-        self.act.step.write(&ctx, 0, bytemuck::bytes_of(&params));
-        self.act.ids.write(&ctx, 0, bytemuck::cast_slice(ids));
+        self.act.step.write(ctx, 0, bytemuck::bytes_of(&params));
+        self.act.ids.write(ctx, 0, bytemuck::cast_slice(ids));
 
-        let mut recorder = StepRecorder::new(&ctx, timing)?;
+        let mut recorder = StepRecorder::new(ctx, timing)?;
         self.record_layers(&mut recorder, tokens);
         let hidden_bytes = (self.config.hidden_size * 4) as u64;
         if output != Output::AllLogits {
@@ -576,7 +636,7 @@ impl Model {
                 hidden_bytes,
             );
         }
-        let k = &self.kernels;
+        let k = &model.0.kernels;
         let head = if output == Output::AllLogits {
             &self.head_all
         } else {
@@ -601,7 +661,7 @@ impl Model {
         let vocab = self.config.vocab_size as u64;
         let result = match output {
             Output::Argmax => {
-                let bytes = read_buffer(&ctx, &self.act.argmax.buffer, 0, 4).await?;
+                let bytes = read_buffer(ctx, &self.act.argmax.buffer, 0, 4).await?;
                 match u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) {
                     u32::MAX => return Err(Error::Invalid(NO_FINITE_LOGIT.into())),
                     token => StepResult::Token(token),
@@ -609,7 +669,7 @@ impl Model {
             }
             Output::TopK(k) => {
                 let bytes = read_buffer(
-                    &ctx,
+                    ctx,
                     &self.act.top_k.buffer,
                     0,
                     (self.top_k_len * size_of::<Candidate>()) as u64,
@@ -621,10 +681,10 @@ impl Model {
                 StepResult::Candidates(candidates)
             }
             Output::LastLogits => {
-                StepResult::Logits(read_f32(&ctx, &self.act.logits, vocab * 4).await?)
+                StepResult::Logits(read_f32(ctx, &self.act.logits, vocab * 4).await?)
             }
             Output::AllLogits => StepResult::Logits(
-                read_f32(&ctx, &self.act.all_logits, tokens as u64 * vocab * 4).await?,
+                read_f32(ctx, &self.act.all_logits, tokens as u64 * vocab * 4).await?,
             ),
         };
         Ok((result, profile))
@@ -634,7 +694,7 @@ impl Model {
     /// step, in order (ARCHITECTURE.md, Pipeline).
     /// Kernel names (the profile's keys) say which projection site a matvec or matmul serves.
     fn record_layers(&self, recorder: &mut StepRecorder<'_>, tokens: u32) {
-        let k = &self.kernels;
+        let k = &self.model.0.kernels;
         recorder.kernel("embedding", |pass| k.embedding.dispatch(pass, &self.embed));
         for layer in &self.layers {
             // Attention block: x += o(sub_norm(attention(rope(qkv(input_norm(x))))))
@@ -665,7 +725,7 @@ impl Model {
     /// Records one projection site: its norm, then the projection — the matvec for decode (T = 1),
     /// the matmul for prefill — ternary or dense as the site's weight is.
     fn project(&self, recorder: &mut StepRecorder<'_>, site: &ProjectionSite, tokens: u32) {
-        let k = &self.kernels;
+        let k = &self.model.0.kernels;
         match site {
             ProjectionSite::Ternary {
                 norm,

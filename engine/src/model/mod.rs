@@ -6,4 +6,4 @@ pub mod limits;
 pub mod synthetic;
 pub mod weights;
 
-pub use forward::{LastLayerActivations, Model, ModelOptions, Output, StepResult};
+pub use forward::{LastLayerActivations, ModelOptions, Output, Sequence, StepResult, Transformer};
