@@ -249,8 +249,8 @@ pub struct Sequence {
     pub config: ModelConfig,
     /// The sizes it was made with (`max_context` capped at the model's positions).
     pub options: ModelOptions,
-    k_cache: Vec<GpuBuffer>,
-    v_cache: Vec<GpuBuffer>,
+    /// Each layer's K and V caches, kept for as long as the bind groups that use them.
+    _kv_cache: Vec<[GpuBuffer; 2]>,
     act: Activations,
     layers: Vec<LayerBindings>,
     embed: EmbeddingBinding,
@@ -467,8 +467,11 @@ impl Sequence {
             model: model.clone(),
             config,
             options,
-            k_cache,
-            v_cache,
+            _kv_cache: k_cache
+                .into_iter()
+                .zip(v_cache)
+                .map(|(k, v)| [k, v])
+                .collect(),
             act,
             layers,
             embed,
