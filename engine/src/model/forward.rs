@@ -1,7 +1,9 @@
 //! The forward pass: a [`Transformer`] owns the weights and pipelines, loaded once; a [`Sequence`]
-//! owns one sequence's KV cache, every activation buffer and every bind group, made when it opens. A step writes the token ids and a small uniform (position, token
-//! count), records every kernel of the step in order into one command encoder, submits once and
-//! reads back only what the caller asked for (a token id, k candidates or logits).
+//! owns one sequence's KV cache, activations and the bound kernels of its step
+//! ([`super::graph`]), all made when it opens. A step writes the token ids and a small uniform
+//! (position, token count), records every kernel in order into one command encoder (the layers,
+//! then the LM head and the token selection), submits once and reads back only what the caller
+//! asked for (a token id, k candidates or logits).
 
 use std::sync::Arc;
 
@@ -11,24 +13,13 @@ use crate::gpu::{
     read_buffer, AllocationCount, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming,
     StepRecorder,
 };
-use crate::model::config::{Activation, ModelConfig};
+use crate::model::config::ModelConfig;
+use crate::model::graph::{bitnet_step, Activations, GraphBuilder, Kernels, KvCache, StepGraph};
 use crate::model::limits;
-use crate::model::weights::{
-    self, LoadProgress, ProjectionKind, ProjectionWeight, TernaryWeight, Weights,
-};
-use crate::ops::attention::{
-    AttentionBuffers, AttentionDecode, AttentionDecodeBinding, AttentionPrefill,
-    AttentionPrefillBinding, AttentionShape,
-};
-use crate::ops::dense_matvec::{DenseMatvec, DenseMatvecBinding};
-use crate::ops::dense_projection::{DenseProjection, DenseProjectionBinding, DenseProjectionSite};
-use crate::ops::embedding::{Embedding, EmbeddingBinding, FloatDType};
-use crate::ops::rmsnorm::{RmsNorm, RmsNormBinding};
-use crate::ops::rmsnorm_quant::{RmsNormQuant, RmsNormQuantBinding};
-use crate::ops::rope::{Rope, RopeBinding};
-use crate::ops::select::{Argmax, Candidate, SelectBinding, TopK, MAX_TOP_K};
-use crate::ops::ternary_matmul::TernaryMatmul;
-use crate::ops::ternary_matvec::{Epilogue, TernaryBinding, TernaryMatvec, TernaryProjection};
+use crate::model::weights::{self, LoadProgress, ProjectionKind, Weights};
+use crate::ops::attention::AttentionShape;
+use crate::ops::dense_matvec::DenseMatvecBinding;
+use crate::ops::select::{Candidate, SelectBinding, MAX_TOP_K};
 use crate::ops::{padded_activation_words, ActStats, StepParams};
 use crate::{Error, Result};
 
@@ -89,81 +80,6 @@ pub struct LastLayerActivations {
     pub final_norm: Vec<f32>,
 }
 
-/// Kernels of one layer: the four projection sites (each with the norm that prepares its input),
-/// rope, attention.
-struct LayerBindings {
-    qkv: ProjectionSite,
-    o: ProjectionSite,
-    gate_up: ProjectionSite,
-    down: ProjectionSite,
-    rope: RopeBinding,
-    attention_decode: AttentionDecodeBinding,
-    attention_prefill: AttentionPrefillBinding,
-}
-
-/// A projection and the norm that prepares its input, bound for decode (T = 1) and for prefill.
-/// `names`: the profile names of its decode and prefill kernels.
-enum ProjectionSite {
-    /// RMSNorm + int8 quantization (or quantization only, without a sub-norm), then the ternary
-    /// matvec / matmul with `epilogue`.
-    Ternary {
-        norm: RmsNormQuantBinding,
-        epilogue: Epilogue,
-        decode: TernaryBinding,
-        prefill: TernaryBinding,
-        names: [&'static str; 2],
-    },
-    /// f32 RMSNorm (none without a sub-norm: the input is read as is), then the dense projection.
-    Dense {
-        norm: Option<RmsNormBinding>,
-        kernel: Arc<DenseProjection>,
-        binding: DenseProjectionBinding,
-        names: [&'static str; 2],
-    },
-}
-
-/// Pipelines, built once per model.
-struct Kernels {
-    embedding: Embedding,
-    norm_quant: RmsNormQuant,
-    norm: RmsNorm,
-    rope: Rope,
-    attention_decode: AttentionDecode,
-    attention_prefill: AttentionPrefill,
-    matvec_store: TernaryMatvec,
-    matvec_residual: TernaryMatvec,
-    matvec_gated: TernaryMatvec,
-    matmul_store: TernaryMatmul,
-    matmul_residual: TernaryMatmul,
-    matmul_gated: TernaryMatmul,
-    lm_head: DenseMatvec,
-    argmax: Argmax,
-    top_k: TopK,
-}
-
-/// Activations for up to `max_batch` tokens, reused by every layer in turn.
-struct Activations {
-    step: GpuBuffer,
-    /// StepParams with tokens = 1, for the LM head over the last position only.
-    last_step: GpuBuffer,
-    ids: GpuBuffer,
-    /// The residual stream, f32 [T, hidden].
-    x: GpuBuffer,
-    xq: GpuBuffer,
-    stats: GpuBuffer,
-    /// Dense models: a projection's normalized f32 input, [T, widest projection input].
-    dense_input: Option<GpuBuffer>,
-    qkv: GpuBuffer,
-    attention: GpuBuffer,
-    ffn: GpuBuffer,
-    normed: GpuBuffer,
-    last: GpuBuffer,
-    logits: GpuBuffer,
-    all_logits: GpuBuffer,
-    argmax: GpuBuffer,
-    top_k: GpuBuffer,
-}
-
 /// A model's weights on the GPU and the pipelines that run them, loaded once and shared by every
 /// [`Sequence`] of the model: a clone is another handle on the same device memory.
 #[derive(Clone)]
@@ -193,24 +109,7 @@ impl Transformer {
         limits::check_kernels(&ctx.limits).map_err(on_adapter)?;
         limits::check_weights(&ctx.limits, &config).map_err(on_adapter)?;
         let weights = weights::load(ctx, checkpoint, projections, progress).await?;
-        let c = ctx;
-        let kernels = Kernels {
-            embedding: Embedding::new(c, weights.embedding.dtype),
-            norm_quant: RmsNormQuant::new(c),
-            norm: RmsNorm::new(c),
-            rope: Rope::new(c),
-            attention_decode: AttentionDecode::new(c),
-            attention_prefill: AttentionPrefill::new(c),
-            matvec_store: TernaryMatvec::new(c, Epilogue::Store)?,
-            matvec_residual: TernaryMatvec::new(c, Epilogue::AddResidual)?,
-            matvec_gated: TernaryMatvec::new(c, gated_epilogue(config.activation))?,
-            matmul_store: TernaryMatmul::new(c, Epilogue::Store),
-            matmul_residual: TernaryMatmul::new(c, Epilogue::AddResidual),
-            matmul_gated: TernaryMatmul::new(c, gated_epilogue(config.activation)),
-            lm_head: DenseMatvec::new(c, weights.head().dtype, config.hidden_size),
-            argmax: Argmax::new(c),
-            top_k: TopK::new(c),
-        };
+        let kernels = Kernels::new(ctx, &config, &weights)?;
         // Pipelines report validation errors asynchronously: surface them here.
         ctx.wait().await?;
         Ok(Transformer(Arc::new(Loaded {
@@ -250,11 +149,10 @@ pub struct Sequence {
     /// The sizes it was made with (`max_context` capped at the model's positions).
     pub options: ModelOptions,
     /// Each layer's K and V caches, kept for as long as the bind groups that use them.
-    _kv_cache: Vec<[GpuBuffer; 2]>,
+    _cache: Vec<KvCache>,
     act: Activations,
-    layers: Vec<LayerBindings>,
-    embed: EmbeddingBinding,
-    final_norm: RmsNormBinding,
+    /// The bound kernels of the step up to the final norm ([`bitnet_step`]).
+    graph: StepGraph,
     head_last: DenseMatvecBinding,
     head_all: DenseMatvecBinding,
     argmax: SelectBinding,
@@ -358,95 +256,17 @@ impl Sequence {
             head_dim: config.head_dim,
             max_seq: options.max_context,
         };
-        let cache = |label: &str| f32s(label, shape.cache_len());
-        let k_cache = (0..config.num_layers)
-            .map(|_| cache("k cache"))
+        let cache = (0..config.num_layers)
+            .map(|_| {
+                Ok(KvCache {
+                    k: f32s("k cache", shape.cache_len())?,
+                    v: f32s("v cache", shape.cache_len())?,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
-        let v_cache = (0..config.num_layers)
-            .map(|_| cache("v cache"))
-            .collect::<Result<Vec<_>>>()?;
-        let frequencies = config.rope_inv_freq();
-
-        let mut layers = Vec::with_capacity(config.num_layers);
-        let mut sites = SiteBinder {
-            ctx: c,
-            kernels,
-            act: &act,
-            eps: config.rms_norm_eps,
-            quantize_only_gain: &weights.final_norm,
-            dense_kernels: Vec::new(),
-        };
-        let input = |width, gain, x| SiteInput { width, gain, x };
-        for (i, w) in weights.layers.iter().enumerate() {
-            let attention_buffers = AttentionBuffers {
-                step: &act.step,
-                q: &act.qkv,
-                q_stride: qkv_width,
-                k_cache: &k_cache[i],
-                v_cache: &v_cache[i],
-                out: &act.attention,
-            };
-            layers.push(LayerBindings {
-                qkv: sites.bind(
-                    Site::Qkv,
-                    &w.qkv,
-                    input(h, Some(&w.input_norm), &act.x),
-                    Epilogue::Store,
-                    &act.qkv,
-                )?,
-                o: sites.bind(
-                    Site::O,
-                    &w.o,
-                    input(
-                        attention_width,
-                        w.attention_sub_norm.as_ref(),
-                        &act.attention,
-                    ),
-                    Epilogue::AddResidual,
-                    &act.x,
-                )?,
-                gate_up: sites.bind(
-                    Site::GateUp,
-                    &w.gate_up,
-                    input(h, Some(&w.post_attention_norm), &act.x),
-                    gated_epilogue(config.activation),
-                    &act.ffn,
-                )?,
-                down: sites.bind(
-                    Site::Down,
-                    &w.down,
-                    input(config.intermediate_size, w.ffn_sub_norm.as_ref(), &act.ffn),
-                    Epilogue::AddResidual,
-                    &act.x,
-                )?,
-                rope: kernels.rope.bind(
-                    c,
-                    shape,
-                    &frequencies,
-                    &act.step,
-                    &act.qkv,
-                    &k_cache[i],
-                    &v_cache[i],
-                )?,
-                attention_decode: kernels
-                    .attention_decode
-                    .bind(c, shape, &attention_buffers)?,
-                attention_prefill: kernels
-                    .attention_prefill
-                    .bind(c, shape, &attention_buffers)?,
-            });
-        }
-        let embed = kernels
-            .embedding
-            .bind(c, &weights.embedding, &act.step, &act.ids, &act.x)?;
-        let final_norm = kernels.norm.bind(
-            c,
-            h,
-            config.rms_norm_eps,
-            &act.x,
-            &weights.final_norm,
-            &act.normed,
-        )?;
+        let mut builder = GraphBuilder::new(c, &config, kernels, &act, shape, &weights.final_norm);
+        bitnet_step(&mut builder, weights, &act, &cache)?;
+        let graph = builder.finish();
         let head_last =
             kernels
                 .lm_head
@@ -467,15 +287,9 @@ impl Sequence {
             model: model.clone(),
             config,
             options,
-            _kv_cache: k_cache
-                .into_iter()
-                .zip(v_cache)
-                .map(|(k, v)| [k, v])
-                .collect(),
+            _cache: cache,
             act,
-            layers,
-            embed,
-            final_norm,
+            graph,
             head_last,
             head_all,
             argmax,
@@ -628,7 +442,9 @@ impl Sequence {
         self.act.ids.write(ctx, 0, bytemuck::cast_slice(ids));
 
         let mut recorder = StepRecorder::new(ctx, timing)?;
-        self.record_layers(&mut recorder, tokens);
+        let k = &model.0.kernels;
+        self.graph
+            .record(&mut recorder, k, tokens, self.position as u32);
         let hidden_bytes = (self.config.hidden_size * 4) as u64;
         if output != Output::AllLogits {
             recorder.encoder().copy_buffer_to_buffer(
@@ -639,7 +455,6 @@ impl Sequence {
                 hidden_bytes,
             );
         }
-        let k = &model.0.kernels;
         let head = if output == Output::AllLogits {
             &self.head_all
         } else {
@@ -691,236 +506,6 @@ impl Sequence {
             ),
         };
         Ok((result, profile))
-    }
-
-    /// Records the embedding, every layer and the final norm for `tokens` tokens — the whole decode
-    /// step, in order (ARCHITECTURE.md, Pipeline).
-    /// Kernel names (the profile's keys) say which projection site a matvec or matmul serves.
-    fn record_layers(&self, recorder: &mut StepRecorder<'_>, tokens: u32) {
-        let k = &self.model.0.kernels;
-        recorder.kernel("embedding", |pass| k.embedding.dispatch(pass, &self.embed));
-        for layer in &self.layers {
-            // Attention block: x += o(sub_norm(attention(rope(qkv(input_norm(x))))))
-            self.project(recorder, &layer.qkv, tokens);
-            recorder.kernel("rope", |pass| k.rope.dispatch(pass, &layer.rope, tokens));
-            if tokens == 1 {
-                recorder.kernel("attention_decode", |pass| {
-                    k.attention_decode
-                        .dispatch(pass, &layer.attention_decode, self.position as u32)
-                });
-            } else {
-                recorder.kernel("attention_prefill", |pass| {
-                    k.attention_prefill
-                        .dispatch(pass, &layer.attention_prefill, tokens)
-                });
-            }
-            self.project(recorder, &layer.o, tokens);
-
-            // Feed-forward block: x += down(sub_norm(act(gate(h)) · up(h))), h = post_attention_norm(x)
-            self.project(recorder, &layer.gate_up, tokens);
-            self.project(recorder, &layer.down, tokens);
-        }
-        recorder.kernel("rmsnorm", |pass| {
-            k.norm.dispatch(pass, &self.final_norm, tokens)
-        });
-    }
-
-    /// Records one projection site: its norm, then the projection — the matvec for decode (T = 1),
-    /// the matmul for prefill — ternary or dense as the site's weight is.
-    fn project(&self, recorder: &mut StepRecorder<'_>, site: &ProjectionSite, tokens: u32) {
-        let k = &self.model.0.kernels;
-        match site {
-            ProjectionSite::Ternary {
-                norm,
-                epilogue,
-                decode,
-                prefill,
-                names: [matvec_name, matmul_name],
-            } => {
-                recorder.kernel("rmsnorm_quant", |pass| {
-                    k.norm_quant.dispatch(pass, norm, tokens)
-                });
-                let (matvec, matmul) = k.ternary(*epilogue);
-                if tokens == 1 {
-                    recorder.kernel(matvec_name, |pass| matvec.dispatch(pass, decode));
-                } else {
-                    recorder.kernel(matmul_name, |pass| matmul.dispatch(pass, prefill, tokens));
-                }
-            }
-            ProjectionSite::Dense {
-                norm,
-                kernel,
-                binding,
-                names: [matvec_name, matmul_name],
-            } => {
-                if let Some(norm) = norm {
-                    recorder.kernel("rmsnorm", |pass| k.norm.dispatch(pass, norm, tokens));
-                }
-                if tokens == 1 {
-                    recorder.kernel(matvec_name, |pass| kernel.dispatch_decode(pass, binding));
-                } else {
-                    recorder.kernel(matmul_name, |pass| {
-                        kernel.dispatch_prefill(pass, binding, tokens)
-                    });
-                }
-            }
-        }
-    }
-}
-
-impl Kernels {
-    /// The ternary matvec and matmul with `epilogue`.
-    fn ternary(&self, epilogue: Epilogue) -> (&TernaryMatvec, &TernaryMatmul) {
-        match epilogue {
-            Epilogue::Store => (&self.matvec_store, &self.matmul_store),
-            Epilogue::AddResidual => (&self.matvec_residual, &self.matmul_residual),
-            Epilogue::Relu2Mul | Epilogue::SiluMul => (&self.matvec_gated, &self.matmul_gated),
-        }
-    }
-}
-
-fn gated_epilogue(activation: Activation) -> Epilogue {
-    match activation {
-        Activation::Relu2 => Epilogue::Relu2Mul,
-        Activation::Silu => Epilogue::SiluMul,
-    }
-}
-
-/// The four projection sites of a layer.
-#[derive(Clone, Copy)]
-enum Site {
-    Qkv,
-    O,
-    GateUp,
-    Down,
-}
-
-impl Site {
-    /// Profile names of the site's decode and prefill kernels.
-    fn kernel_names(self, kind: ProjectionKind) -> [&'static str; 2] {
-        match (kind, self) {
-            (ProjectionKind::Ternary, Site::Qkv) => ["matvec_qkv", "matmul_qkv"],
-            (ProjectionKind::Ternary, Site::O) => ["matvec_o", "matmul_o"],
-            (ProjectionKind::Ternary, Site::GateUp) => ["matvec_gate_up", "matmul_gate_up"],
-            (ProjectionKind::Ternary, Site::Down) => ["matvec_down", "matmul_down"],
-            (ProjectionKind::Dense, Site::Qkv) => ["dense_matvec_qkv", "dense_matmul_qkv"],
-            (ProjectionKind::Dense, Site::O) => ["dense_matvec_o", "dense_matmul_o"],
-            (ProjectionKind::Dense, Site::GateUp) => {
-                ["dense_matvec_gate_up", "dense_matmul_gate_up"]
-            }
-            (ProjectionKind::Dense, Site::Down) => ["dense_matvec_down", "dense_matmul_down"],
-        }
-    }
-}
-
-/// A projection's input: f32 [T, width] in `x`, normalized with `gain` first (no gain: the
-/// architecture has no sub-norm here, and the input is used as is).
-struct SiteInput<'a> {
-    width: usize,
-    gain: Option<&'a GpuBuffer>,
-    x: &'a GpuBuffer,
-}
-
-/// Binds projection sites at load; dense kernels are built once per (epilogue, dtype, width) and
-/// shared by every layer.
-struct SiteBinder<'a> {
-    ctx: &'a Context,
-    kernels: &'a Kernels,
-    act: &'a Activations,
-    eps: f32,
-    /// Bound as the gain of quantize-only sites, which never read it.
-    quantize_only_gain: &'a GpuBuffer,
-    dense_kernels: Vec<((Epilogue, FloatDType, usize), Arc<DenseProjection>)>,
-}
-
-impl SiteBinder<'_> {
-    /// `weight` reading `input` and writing `out` through `epilogue`.
-    fn bind(
-        &mut self,
-        site: Site,
-        weight: &ProjectionWeight,
-        input: SiteInput<'_>,
-        epilogue: Epilogue,
-        out: &GpuBuffer,
-    ) -> Result<ProjectionSite> {
-        let (c, k, act) = (self.ctx, self.kernels, self.act);
-        match weight {
-            ProjectionWeight::Ternary(w) => {
-                let (eps, gain) = match input.gain {
-                    Some(gain) => (Some(self.eps), gain),
-                    None => (None, self.quantize_only_gain),
-                };
-                let norm =
-                    k.norm_quant
-                        .bind(c, input.width, eps, input.x, gain, &act.xq, &act.stats)?;
-                let projection = ternary_site(act, w, out);
-                let (matvec, matmul) = k.ternary(epilogue);
-                Ok(ProjectionSite::Ternary {
-                    norm,
-                    epilogue,
-                    decode: matvec.bind(c, &projection)?,
-                    prefill: matmul.bind(c, &projection)?,
-                    names: site.kernel_names(ProjectionKind::Ternary),
-                })
-            }
-            ProjectionWeight::Dense(w) => {
-                let dense_input = act.dense_input.as_ref().ok_or_else(|| {
-                    Error::Invalid("dense weights in a model loaded for ternary ones".into())
-                })?;
-                let (norm, x) = match input.gain {
-                    Some(gain) => (
-                        Some(
-                            k.norm
-                                .bind(c, input.width, self.eps, input.x, gain, dense_input)?,
-                        ),
-                        dense_input,
-                    ),
-                    None => (None, input.x),
-                };
-                let key = (epilogue, w.table.dtype, w.table.cols);
-                let kernel = match self.dense_kernels.iter().find(|(k, _)| *k == key) {
-                    Some((_, kernel)) => kernel.clone(),
-                    None => {
-                        let kernel = Arc::new(DenseProjection::new(c, key.0, key.1, key.2));
-                        self.dense_kernels.push((key, kernel.clone()));
-                        kernel
-                    }
-                };
-                let binding = kernel.bind(
-                    c,
-                    &DenseProjectionSite {
-                        weights: &w.table,
-                        up: w.up.as_ref(),
-                        step: &act.step,
-                        x,
-                        out,
-                    },
-                )?;
-                Ok(ProjectionSite::Dense {
-                    norm,
-                    kernel,
-                    binding,
-                    names: site.kernel_names(ProjectionKind::Dense),
-                })
-            }
-        }
-    }
-}
-
-fn ternary_site<'a>(
-    act: &'a Activations,
-    weight: &'a TernaryWeight,
-    out: &'a GpuBuffer,
-) -> TernaryProjection<'a> {
-    TernaryProjection {
-        k: weight.cols,
-        rows: weight.rows,
-        weights: &weight.codes,
-        row_scale: &weight.row_scale,
-        step: &act.step,
-        xq: &act.xq,
-        stats: &act.stats,
-        out,
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod config;
 mod forward;
+mod graph;
 pub mod limits;
 pub mod synthetic;
 pub mod weights;

@@ -1,0 +1,498 @@
+//! One step of a BitNet b1.58 model as a list of bound kernels. [`bitnet_step`] describes the step
+//! top to bottom — every kernel in order, every buffer by name, the residual stream `x` visible —
+//! as llama.cpp's per-architecture graphs and llama2.c's `forward()` do. A sequence runs it once,
+//! through a [`GraphBuilder`] that binds each kernel to its buffers; every step then replays the
+//! [`StepGraph`]: no allocation per token, and prefill and decode come from the same description
+//! (a ternary projection runs as the matmul for T > 1 tokens and as the matvec for one; attention
+//! runs causal over the batch or split over the cache).
+
+use std::sync::Arc;
+
+use crate::gpu::{Context, GpuBuffer, StepRecorder};
+use crate::model::config::{Activation, ModelConfig};
+use crate::model::weights::{LayerWeights, ProjectionWeight, TernaryWeight, Weights};
+use crate::ops::attention::{
+    AttentionBuffers, AttentionDecode, AttentionDecodeBinding, AttentionPrefill,
+    AttentionPrefillBinding, AttentionShape,
+};
+use crate::ops::dense_matvec::DenseMatvec;
+use crate::ops::dense_projection::{DenseProjection, DenseProjectionBinding, DenseProjectionSite};
+use crate::ops::embedding::{Embedding, EmbeddingBinding, FloatDType};
+use crate::ops::rmsnorm::{RmsNorm, RmsNormBinding};
+use crate::ops::rmsnorm_quant::{RmsNormQuant, RmsNormQuantBinding};
+use crate::ops::rope::{Rope, RopeBinding};
+use crate::ops::select::{Argmax, TopK};
+use crate::ops::ternary_matmul::TernaryMatmul;
+use crate::ops::ternary_matvec::{Epilogue, TernaryBinding, TernaryMatvec, TernaryProjection};
+use crate::{Error, Result};
+
+/// The buffers a step reads and writes, sized for up to `max_batch` tokens and reused by every
+/// layer in turn.
+pub(super) struct Activations {
+    /// `StepParams` of the step: position of its first token, token count T.
+    pub step: GpuBuffer,
+    /// `StepParams` with T = 1, for the LM head over the last position only.
+    pub last_step: GpuBuffer,
+    /// u32 [T] token ids.
+    pub ids: GpuBuffer,
+    /// The residual stream, f32 [T, hidden].
+    pub x: GpuBuffer,
+    /// A projection's input as int8 (packed 4 to a word) [T, widest input].
+    pub xq: GpuBuffer,
+    /// Per-token scale of `xq` [T].
+    pub stats: GpuBuffer,
+    /// Dense models only: a projection's normalized f32 input [T, widest input].
+    pub dense_input: Option<GpuBuffer>,
+    /// q|k|v [T, (heads + 2·kv_heads)·head_dim]; q is rotated in place.
+    pub qkv: GpuBuffer,
+    /// Attention output [T, heads·head_dim].
+    pub attention: GpuBuffer,
+    /// act(gate)·up [T, intermediate].
+    pub ffn: GpuBuffer,
+    /// The final norm's output [T, hidden].
+    pub normed: GpuBuffer,
+    /// The last position's `normed` row [hidden].
+    pub last: GpuBuffer,
+    /// The last position's logits [vocab].
+    pub logits: GpuBuffer,
+    /// Every position's logits [T, vocab] (teacher forcing).
+    pub all_logits: GpuBuffer,
+    pub argmax: GpuBuffer,
+    pub top_k: GpuBuffer,
+}
+
+/// One layer's K and V caches, [kv_heads, max_context, head_dim] f32 each.
+pub(super) struct KvCache {
+    pub k: GpuBuffer,
+    pub v: GpuBuffer,
+}
+
+/// The step of a BitNet b1.58 transformer (llama-like blocks with sub-norms), top to bottom.
+pub(super) fn bitnet_step(
+    g: &mut GraphBuilder<'_>,
+    weights: &Weights,
+    a: &Activations,
+    cache: &[KvCache],
+) -> Result<()> {
+    let c = g.config;
+    let (hidden, attention_width) = (c.hidden_size, c.num_heads * c.head_dim);
+    let gated = gated_epilogue(c.activation);
+
+    g.embedding(&weights.embedding, &a.ids, &a.x)?;
+    for (layer, kv) in weights.layers.iter().zip(cache) {
+        let LayerWeights {
+            input_norm,
+            post_attention_norm,
+            attention_sub_norm,
+            ffn_sub_norm,
+            ..
+        } = layer;
+        // Attention block: x += o(sub_norm(attention(rope(q|k|v(input_norm(x))))))
+        let input = Input::normed(&a.x, hidden, Some(input_norm));
+        g.project(Site::Qkv, &layer.qkv, input, Epilogue::Store, &a.qkv)?;
+        g.rope_and_append(&a.qkv, kv)?;
+        g.attention(&a.qkv, kv, &a.attention)?;
+        let input = Input::normed(&a.attention, attention_width, attention_sub_norm.as_ref());
+        g.project(Site::O, &layer.o, input, Epilogue::AddResidual, &a.x)?;
+
+        // Feed-forward block: x += down(sub_norm(act(gate(h)) · up(h))), h = post_attention_norm(x)
+        let input = Input::normed(&a.x, hidden, Some(post_attention_norm));
+        g.project(Site::GateUp, &layer.gate_up, input, gated, &a.ffn)?;
+        let input = Input::normed(&a.ffn, c.intermediate_size, ffn_sub_norm.as_ref());
+        g.project(Site::Down, &layer.down, input, Epilogue::AddResidual, &a.x)?;
+    }
+    g.final_norm(&a.x, &weights.final_norm, &a.normed)
+}
+
+fn gated_epilogue(activation: Activation) -> Epilogue {
+    match activation {
+        Activation::Relu2 => Epilogue::Relu2Mul,
+        Activation::Silu => Epilogue::SiluMul,
+    }
+}
+
+/// Pipelines, built once per model and shared by all its sequences.
+pub(super) struct Kernels {
+    pub embedding: Embedding,
+    pub norm_quant: RmsNormQuant,
+    pub norm: RmsNorm,
+    pub rope: Rope,
+    pub attention_decode: AttentionDecode,
+    pub attention_prefill: AttentionPrefill,
+    pub matvec_store: TernaryMatvec,
+    pub matvec_residual: TernaryMatvec,
+    pub matvec_gated: TernaryMatvec,
+    pub matmul_store: TernaryMatmul,
+    pub matmul_residual: TernaryMatmul,
+    pub matmul_gated: TernaryMatmul,
+    pub lm_head: DenseMatvec,
+    pub argmax: Argmax,
+    pub top_k: TopK,
+}
+
+impl Kernels {
+    pub fn new(ctx: &Context, config: &ModelConfig, weights: &Weights) -> Result<Kernels> {
+        let gated = gated_epilogue(config.activation);
+        Ok(Kernels {
+            embedding: Embedding::new(ctx, weights.embedding.dtype),
+            norm_quant: RmsNormQuant::new(ctx),
+            norm: RmsNorm::new(ctx),
+            rope: Rope::new(ctx),
+            attention_decode: AttentionDecode::new(ctx),
+            attention_prefill: AttentionPrefill::new(ctx),
+            matvec_store: TernaryMatvec::new(ctx, Epilogue::Store)?,
+            matvec_residual: TernaryMatvec::new(ctx, Epilogue::AddResidual)?,
+            matvec_gated: TernaryMatvec::new(ctx, gated)?,
+            matmul_store: TernaryMatmul::new(ctx, Epilogue::Store),
+            matmul_residual: TernaryMatmul::new(ctx, Epilogue::AddResidual),
+            matmul_gated: TernaryMatmul::new(ctx, gated),
+            lm_head: DenseMatvec::new(ctx, weights.head().dtype, config.hidden_size),
+            argmax: Argmax::new(ctx),
+            top_k: TopK::new(ctx),
+        })
+    }
+
+    /// The ternary matvec and matmul with `epilogue`.
+    fn ternary(&self, epilogue: Epilogue) -> (&TernaryMatvec, &TernaryMatmul) {
+        match epilogue {
+            Epilogue::Store => (&self.matvec_store, &self.matmul_store),
+            Epilogue::AddResidual => (&self.matvec_residual, &self.matmul_residual),
+            Epilogue::Relu2Mul | Epilogue::SiluMul => (&self.matvec_gated, &self.matmul_gated),
+        }
+    }
+}
+
+/// The four projections of a layer; they name the kernels in a profile.
+#[derive(Clone, Copy)]
+pub(super) enum Site {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
+impl Site {
+    /// Profile names of the ternary decode and prefill kernels, then of the dense ones.
+    fn kernel_names(self) -> [[&'static str; 2]; 2] {
+        match self {
+            Site::Qkv => [
+                ["matvec_qkv", "matmul_qkv"],
+                ["dense_matvec_qkv", "dense_matmul_qkv"],
+            ],
+            Site::O => [
+                ["matvec_o", "matmul_o"],
+                ["dense_matvec_o", "dense_matmul_o"],
+            ],
+            Site::GateUp => [
+                ["matvec_gate_up", "matmul_gate_up"],
+                ["dense_matvec_gate_up", "dense_matmul_gate_up"],
+            ],
+            Site::Down => [
+                ["matvec_down", "matmul_down"],
+                ["dense_matvec_down", "dense_matmul_down"],
+            ],
+        }
+    }
+}
+
+/// A projection's input: f32 [T, width] in `x`, RMS-normalized with `gain` first (no gain: the
+/// architecture has no sub-norm there and the input is used as is).
+pub(super) struct Input<'a> {
+    x: &'a GpuBuffer,
+    width: usize,
+    gain: Option<&'a GpuBuffer>,
+}
+
+impl<'a> Input<'a> {
+    fn normed(x: &'a GpuBuffer, width: usize, gain: Option<&'a GpuBuffer>) -> Self {
+        Input { x, width, gain }
+    }
+}
+
+/// One bound kernel of the step.
+enum Node {
+    Embedding(EmbeddingBinding),
+    NormQuant(RmsNormQuantBinding),
+    Norm(RmsNormBinding),
+    Ternary {
+        epilogue: Epilogue,
+        decode: TernaryBinding,
+        prefill: TernaryBinding,
+        names: [&'static str; 2],
+    },
+    Dense {
+        kernel: Arc<DenseProjection>,
+        binding: DenseProjectionBinding,
+        names: [&'static str; 2],
+    },
+    Rope(RopeBinding),
+    Attention {
+        decode: AttentionDecodeBinding,
+        prefill: AttentionPrefillBinding,
+    },
+}
+
+/// The bound kernels of one sequence's step, in order.
+pub(super) struct StepGraph {
+    nodes: Vec<Node>,
+}
+
+impl StepGraph {
+    /// Records the step for `tokens` tokens starting at `position`: the matvecs and the split
+    /// attention for one token, the matmuls and the causal attention for a batch.
+    pub fn record(&self, recorder: &mut StepRecorder<'_>, k: &Kernels, tokens: u32, position: u32) {
+        let decode = tokens == 1;
+        for node in &self.nodes {
+            match node {
+                Node::Embedding(b) => recorder.kernel("embedding", |p| k.embedding.dispatch(p, b)),
+                Node::NormQuant(b) => {
+                    recorder.kernel("rmsnorm_quant", |p| k.norm_quant.dispatch(p, b, tokens))
+                }
+                Node::Norm(b) => recorder.kernel("rmsnorm", |p| k.norm.dispatch(p, b, tokens)),
+                Node::Ternary {
+                    epilogue,
+                    decode: matvec_binding,
+                    prefill: matmul_binding,
+                    names: [matvec_name, matmul_name],
+                } => {
+                    let (matvec, matmul) = k.ternary(*epilogue);
+                    if decode {
+                        recorder.kernel(matvec_name, |p| matvec.dispatch(p, matvec_binding));
+                    } else {
+                        recorder
+                            .kernel(matmul_name, |p| matmul.dispatch(p, matmul_binding, tokens));
+                    }
+                }
+                Node::Dense {
+                    kernel,
+                    binding,
+                    names: [matvec_name, matmul_name],
+                } => {
+                    if decode {
+                        recorder.kernel(matvec_name, |p| kernel.dispatch_decode(p, binding));
+                    } else {
+                        recorder
+                            .kernel(matmul_name, |p| kernel.dispatch_prefill(p, binding, tokens));
+                    }
+                }
+                Node::Rope(b) => recorder.kernel("rope", |p| k.rope.dispatch(p, b, tokens)),
+                Node::Attention {
+                    decode: split,
+                    prefill: causal,
+                } => {
+                    if decode {
+                        recorder.kernel("attention_decode", |p| {
+                            k.attention_decode.dispatch(p, split, position)
+                        });
+                    } else {
+                        recorder.kernel("attention_prefill", |p| {
+                            k.attention_prefill.dispatch(p, causal, tokens)
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Binds each kernel of a step description to its buffers, in order.
+pub(super) struct GraphBuilder<'a> {
+    pub ctx: &'a Context,
+    pub config: &'a ModelConfig,
+    pub kernels: &'a Kernels,
+    pub act: &'a Activations,
+    pub shape: AttentionShape,
+    /// RoPE frequencies, per rotated pair.
+    pub inv_freq: Vec<f32>,
+    /// Bound as the gain of quantize-only inputs, which never read it.
+    pub unused_gain: &'a GpuBuffer,
+    /// Dense projection pipelines by (epilogue, dtype, width), shared by every layer.
+    dense_kernels: Vec<((Epilogue, FloatDType, usize), Arc<DenseProjection>)>,
+    nodes: Vec<Node>,
+}
+
+impl<'a> GraphBuilder<'a> {
+    pub fn new(
+        ctx: &'a Context,
+        config: &'a ModelConfig,
+        kernels: &'a Kernels,
+        act: &'a Activations,
+        shape: AttentionShape,
+        unused_gain: &'a GpuBuffer,
+    ) -> Self {
+        GraphBuilder {
+            ctx,
+            config,
+            kernels,
+            act,
+            shape,
+            inv_freq: config.rope_inv_freq(),
+            unused_gain,
+            dense_kernels: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    pub fn finish(self) -> StepGraph {
+        StepGraph { nodes: self.nodes }
+    }
+
+    /// `out` [T, cols] = the rows of `table` named by `ids`.
+    fn embedding(
+        &mut self,
+        table: &crate::ops::embedding::DenseTable,
+        ids: &GpuBuffer,
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        let binding = self
+            .kernels
+            .embedding
+            .bind(self.ctx, table, &self.act.step, ids, out)?;
+        self.nodes.push(Node::Embedding(binding));
+        Ok(())
+    }
+
+    /// `out` = `weight` · `input` through `epilogue` (store, add to the residual, or the gated
+    /// activation of gate|up). Ternary: the input's norm fused with int8 quantization into `xq`,
+    /// then the ternary kernel. Dense: the f32 norm into `dense_input`, then the dense kernel.
+    fn project(
+        &mut self,
+        site: Site,
+        weight: &ProjectionWeight,
+        input: Input<'_>,
+        epilogue: Epilogue,
+        out: &GpuBuffer,
+    ) -> Result<()> {
+        let (c, k, a, eps) = (self.ctx, self.kernels, self.act, self.config.rms_norm_eps);
+        let [ternary_names, dense_names] = site.kernel_names();
+        match weight {
+            ProjectionWeight::Ternary(w) => {
+                let (eps, gain) = match input.gain {
+                    Some(gain) => (Some(eps), gain),
+                    None => (None, self.unused_gain),
+                };
+                let norm =
+                    k.norm_quant
+                        .bind(c, input.width, eps, input.x, gain, &a.xq, &a.stats)?;
+                self.nodes.push(Node::NormQuant(norm));
+                let projection = ternary_projection(a, w, out);
+                let (matvec, matmul) = k.ternary(epilogue);
+                self.nodes.push(Node::Ternary {
+                    epilogue,
+                    decode: matvec.bind(c, &projection)?,
+                    prefill: matmul.bind(c, &projection)?,
+                    names: ternary_names,
+                });
+            }
+            ProjectionWeight::Dense(w) => {
+                let dense_input = a.dense_input.as_ref().ok_or_else(|| {
+                    Error::Invalid("dense weights in a model loaded for ternary ones".into())
+                })?;
+                let x = match input.gain {
+                    Some(gain) => {
+                        let norm = k
+                            .norm
+                            .bind(c, input.width, eps, input.x, gain, dense_input)?;
+                        self.nodes.push(Node::Norm(norm));
+                        dense_input
+                    }
+                    None => input.x,
+                };
+                let kernel = self.dense_kernel(epilogue, w.table.dtype, w.table.cols);
+                let binding = kernel.bind(
+                    c,
+                    &DenseProjectionSite {
+                        weights: &w.table,
+                        up: w.up.as_ref(),
+                        step: &a.step,
+                        x,
+                        out,
+                    },
+                )?;
+                self.nodes.push(Node::Dense {
+                    kernel,
+                    binding,
+                    names: dense_names,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn dense_kernel(
+        &mut self,
+        epilogue: Epilogue,
+        dtype: FloatDType,
+        cols: usize,
+    ) -> Arc<DenseProjection> {
+        let key = (epilogue, dtype, cols);
+        if let Some((_, kernel)) = self.dense_kernels.iter().find(|(k, _)| *k == key) {
+            return kernel.clone();
+        }
+        let kernel = Arc::new(DenseProjection::new(self.ctx, epilogue, dtype, cols));
+        self.dense_kernels.push((key, kernel.clone()));
+        kernel
+    }
+
+    /// Rotates q and k of `qkv` in place and appends k and v at the step's positions of `cache`.
+    fn rope_and_append(&mut self, qkv: &GpuBuffer, cache: &KvCache) -> Result<()> {
+        let binding = self.kernels.rope.bind(
+            self.ctx,
+            self.shape,
+            &self.inv_freq,
+            &self.act.step,
+            qkv,
+            &cache.k,
+            &cache.v,
+        )?;
+        self.nodes.push(Node::Rope(binding));
+        Ok(())
+    }
+
+    /// `out` = causal GQA attention of the queries in `qkv` over `cache`.
+    fn attention(&mut self, qkv: &GpuBuffer, cache: &KvCache, out: &GpuBuffer) -> Result<()> {
+        let s = self.shape;
+        let buffers = AttentionBuffers {
+            step: &self.act.step,
+            q: qkv,
+            q_stride: (s.heads + 2 * s.kv_heads) * s.head_dim,
+            k_cache: &cache.k,
+            v_cache: &cache.v,
+            out,
+        };
+        let k = self.kernels;
+        self.nodes.push(Node::Attention {
+            decode: k.attention_decode.bind(self.ctx, s, &buffers)?,
+            prefill: k.attention_prefill.bind(self.ctx, s, &buffers)?,
+        });
+        Ok(())
+    }
+
+    /// `out` = RMSNorm(`x`) · `gain` in f32 (the norm before the LM head).
+    fn final_norm(&mut self, x: &GpuBuffer, gain: &GpuBuffer, out: &GpuBuffer) -> Result<()> {
+        let c = self.config;
+        let binding =
+            self.kernels
+                .norm
+                .bind(self.ctx, c.hidden_size, c.rms_norm_eps, x, gain, out)?;
+        self.nodes.push(Node::Norm(binding));
+        Ok(())
+    }
+}
+
+fn ternary_projection<'a>(
+    a: &'a Activations,
+    weight: &'a TernaryWeight,
+    out: &'a GpuBuffer,
+) -> TernaryProjection<'a> {
+    TernaryProjection {
+        k: weight.cols,
+        rows: weight.rows,
+        weights: &weight.codes,
+        row_scale: &weight.row_scale,
+        step: &a.step,
+        xq: &a.xq,
+        stats: &a.stats,
+        out,
+    }
+}
