@@ -176,17 +176,17 @@ fn every_kernel_translates_for_vulkan_metal_and_dx12() {
 
 #[test]
 fn every_kernel_file_is_in_the_list() {
-    let shaders = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
+    let shaders = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/shaders");
     let listed: Vec<&str> = sources::ALL.iter().map(|&(name, _)| name).collect();
     for dir in ["", "subgroup/"] {
-        for entry in std::fs::read_dir(shaders.join(dir)).expect("shaders/ readable") {
+        for entry in std::fs::read_dir(shaders.join(dir)).expect("engine/shaders/ readable") {
             let path = entry.expect("directory entry").path();
             if path.extension().is_some_and(|e| e == "wgsl") {
                 let stem = path.file_stem().unwrap().to_string_lossy();
                 let name = format!("{dir}{stem}");
                 assert!(
                     listed.contains(&name.as_str()),
-                    "shaders/{name}.wgsl is not in tern::ops::sources::ALL"
+                    "engine/shaders/{name}.wgsl is not in tern::ops::sources::ALL"
                 );
             }
         }

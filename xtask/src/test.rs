@@ -1,10 +1,11 @@
 //! `cargo xtask test`: everything CI checks, in order — formatting, lints, the whole test suite
 //! (kernel, model-parity and CLI tests run on every GPU adapter the machine has: lavapipe and, when
-//! Chromium's SwiftShader driver is installed, SwiftShader too), a 2B-4T-shaped checkpoint (all real
-//! dimensions, written by `fixtures --full`) loaded and run, and the browser: the wasm package built,
-//! the kernel and model-parity tests run in headless Chromium on its WebGPU adapter, the optimized
-//! npm package smoke-tested in a page, and the chat page driven through its UI (needs
-//! /usr/bin/chromium, chromedriver, node and npm).
+//! Chromium's SwiftShader driver is installed, SwiftShader too), `cargo package -p tern` (the crate
+//! as published, built on its own), a 2B-4T-shaped checkpoint (all real dimensions, written by
+//! `fixtures --full`) loaded and run, and the browser: the wasm package built, the kernel and
+//! model-parity tests run in headless Chromium on its WebGPU adapter, the optimized npm package
+//! smoke-tested in a page, and the chat page driven through its UI (needs /usr/bin/chromium,
+//! chromedriver, node and npm).
 
 use std::process::Command;
 
@@ -30,9 +31,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ])?;
     }
     cargo(&["test", "--workspace"])?;
+    package()?;
     crate::fixtures::run(&crate::fixtures::Args::full())?;
     cargo(&["test", "-p", "tern-cli", "--test", "cli", "--", "--ignored"])?;
     browser(args)
+}
+
+/// `cargo package -p tern`: the crate as crates.io would get it — only its own files (nothing
+/// outside engine/: the WGSL it embeds lives in engine/shaders/), its metadata complete — unpacked
+/// into target/package/ and built there on its own. That build has tern's own feature set and no
+/// workspace profile, so the first run compiles tern's dependencies once more (at opt-level 0:
+/// about 2 minutes on 2 cores); later runs find them in target/ and take seconds.
+fn package() -> anyhow::Result<()> {
+    eprintln!(
+        "package check: `tern` packages from engine/ alone (src/, shaders/, examples/, README) \
+         and the unpacked crate builds"
+    );
+    // --allow-dirty: local runs with uncommitted edits check the same thing (CI's tree is clean).
+    cargo(&["package", "-p", "tern", "--allow-dirty"])
 }
 
 fn browser(args: &Args) -> anyhow::Result<()> {

@@ -24,13 +24,13 @@ macro_rules! shader {
         concat!(
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../shaders/",
+                "/shaders/",
                 $name,
                 ".wgsl"
             ))
             $(, "\n", include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../shaders/common/",
+                "/shaders/common/",
                 $lib,
                 ".wgsl"
             )))*

@@ -1,8 +1,8 @@
-// First pass of online absmean quantization (DESIGN §4.2): Σ|x| over a float tensor, one partial sum
-// per block of 4096 values. The host runs it again over the partial sums (DTYPE f32) until one value
-// is left, so the order of every addition is fixed: lane l of a block adds x[l], x[l + 256], … in
-// sequence, then lanes are summed as a tree. The CPU twin (reference::quantize::blocked_abs_sum) adds
-// in the same order.
+// First pass of online absmean quantization (ARCHITECTURE.md, float latents): Σ|x| over a float
+// tensor, one partial sum per block of 4096 values. The host runs it again over the partial sums
+// (DTYPE f32) until one value is left, so the order of every addition is fixed: lane l of a block
+// adds x[l], x[l + 256], … in sequence, then lanes are summed as a tree. The CPU twin
+// (reference::quantize::blocked_abs_sum) adds in the same order.
 // The input is a window of the tensor bound at an aligned offset (tensors may exceed the binding limit);
 // windows start on block boundaries, so `first_block` places this window's sums.
 // Values are read in the tensor's dtype (DTYPE) by common/float_load.wgsl.

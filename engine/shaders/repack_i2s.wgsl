@@ -1,6 +1,7 @@
-// Repack of GGUF I2_S ternary weights (bitnet.cpp type 36, DESIGN §7) into the engine layout
-// (DESIGN §3). The flattened row-major tensor is cut into 128-value blocks of 32 bytes: value j of a
-// block sits in byte j mod 32 at bit shift 6 − 2·(j div 32). Codes 0/1/2 = −1/0/+1, the engine's codes.
+// Repack of GGUF I2_S ternary weights (bitnet.cpp type 36) into the engine layout (both in
+// ARCHITECTURE.md, "Checkpoint formats, byte by byte"). The flattened row-major tensor is cut into
+// 128-value blocks of 32 bytes: value j of a block sits in byte j mod 32 at bit shift
+// 6 − 2·(j div 32). Codes 0/1/2 = −1/0/+1, the engine's codes.
 // The per-tensor scale after the codes is read on the host. One invocation per output word.
 // Bindings and helpers: common/repack.wgsl.
 

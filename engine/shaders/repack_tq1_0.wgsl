@@ -1,10 +1,10 @@
-// Repack of GGUF TQ1_0 ternary weights (llama.cpp type 34, DESIGN §7) into the engine layout
-// (DESIGN §3). 256-value blocks of 54 bytes = qs[48], qh[4], f16 d. Each byte holds base-3 digits
-// pre-scaled to ⌈c·256/243⌉ (first digit most significant); digit n is x = (u8(byte·3ⁿ)·3) >> 8,
-// the code t + 1 (the engine's code). qs[0..32] hold values 32n + m (0–159), qs[32..48] hold
-// 160 + 16n + m, qh[0..4] hold 240 + 4n + j. Blocks are not 4-byte aligned, so bytes are read from the
-// u32 words with shifts. Rows hold whole blocks (cols % 256 == 0), so block b fills output words
-// 16b … 16b+15. One invocation per block.
+// Repack of GGUF TQ1_0 ternary weights (llama.cpp type 34) into the engine layout (both in
+// ARCHITECTURE.md, "Checkpoint formats, byte by byte"). 256-value blocks of 54 bytes = qs[48],
+// qh[4], f16 d. Each byte holds base-3 digits pre-scaled to ⌈c·256/243⌉ (first digit most
+// significant); digit n is x = (u8(byte·3ⁿ)·3) >> 8, the code t + 1 (the engine's code). qs[0..32]
+// hold values 32n + m (0–159), qs[32..48] hold 160 + 16n + m, qh[0..4] hold 240 + 4n + j. Blocks
+// are not 4-byte aligned, so bytes are read from the u32 words with shifts. Rows hold whole blocks
+// (cols % 256 == 0), so block b fills output words 16b … 16b+15. One invocation per block.
 // The engine keeps one scale per tensor: every block with a non-zero value must carry the same d.
 // Bindings, helpers and that check: common/repack.wgsl.
 

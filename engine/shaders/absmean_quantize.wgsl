@@ -1,8 +1,9 @@
-// Second pass of online absmean quantization (DESIGN §4.2): t = clamp(round(W · inv_scale), −1, 1)
-// (round is half-to-even; inv_scale = 1 / mean|W| computed on the host from absmean_sum's total, as
-// transformers multiplies by the reciprocal), packed into the engine layout (DESIGN §3). One invocation
-// per output word of a chunk of rows; the chunk's values are a window of the tensor bound at an
-// aligned offset, `window_first` being the flat index of the window's first value.
+// Second pass of online absmean quantization (ARCHITECTURE.md, float latents):
+// t = clamp(round(W · inv_scale), −1, 1) (round is half-to-even; inv_scale = 1 / mean|W| computed
+// on the host from absmean_sum's total, as transformers multiplies by the reciprocal), packed into
+// the engine layout (ARCHITECTURE.md). One invocation per output word of a chunk of rows; the
+// chunk's values are a window of the tensor bound at an aligned offset, `window_first` being the
+// flat index of the window's first value.
 // Values are read in the tensor's dtype (DTYPE) by common/float_load.wgsl.
 
 struct Params {

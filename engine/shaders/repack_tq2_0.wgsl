@@ -1,8 +1,9 @@
-// Repack of GGUF TQ2_0 ternary weights (llama.cpp type 35, DESIGN §7) into the engine layout
-// (DESIGN §3). 256-value blocks of 66 bytes = qs[64] then an f16 d; value 128h + 32l + m is bits
-// 2l..2l+1 of qs[32h + m], code q = t + 1 (the engine's code), value (q − 1)·d. Blocks are not 4-byte
-// aligned, so bytes are read from the u32 words with shifts. Rows hold whole blocks (cols % 256 == 0),
-// so block b fills output words 16b … 16b+15. One invocation per block.
+// Repack of GGUF TQ2_0 ternary weights (llama.cpp type 35) into the engine layout (both in
+// ARCHITECTURE.md, "Checkpoint formats, byte by byte"). 256-value blocks of 66 bytes = qs[64] then
+// an f16 d; value 128h + 32l + m is bits 2l..2l+1 of qs[32h + m], code q = t + 1 (the engine's
+// code), value (q − 1)·d. Blocks are not 4-byte aligned, so bytes are read from the u32 words with
+// shifts. Rows hold whole blocks (cols % 256 == 0), so block b fills output words 16b … 16b+15. One
+// invocation per block.
 // The engine keeps one scale per tensor: every block with a non-zero value must carry the same d.
 // Bindings, helpers and that check: common/repack.wgsl.
 

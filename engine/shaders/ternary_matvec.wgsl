@@ -1,5 +1,6 @@
-// Ternary projection for decode (a few tokens): out[t, n] from row n of the engine-layout ternary weight
-// (DESIGN §3) and token t's packed int8 activations (written by rmsnorm_quant.wgsl).
+// Ternary projection for decode (a few tokens): out[t, n] from row n of the engine-layout ternary
+// weight (ARCHITECTURE.md, the engine layout) and token t's packed int8 activations (written by
+// rmsnorm_quant.wgsl).
 //   acc = Σ_j Σ_s dot4I8Packed((w_j >> 2s) & 0x03030303, xq[4j + s])   codes c = t + 1 ≥ 0, exact in i32
 //   value = f32(acc − Σq) · inv_scale · row_scale[n]                    Σ t·q = Σ c·q − Σ q
 // Never subtract 0x01010101 from the codes: a zero code would borrow from the next lane.

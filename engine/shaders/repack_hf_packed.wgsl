@@ -1,8 +1,9 @@
-// Repack of HF packed ternary weights (microsoft/bitnet-b1.58-2B-4T, DESIGN §4.1) into the engine
-// layout (DESIGN §3). The file tensor is U8 [rows/4, cols]: output row i·rows/4 + r takes bits 2i..2i+1
-// of packed[r, k] (4 output-axis blocks, not 4 adjacent rows). Both layouts store code = t + 1, so the
-// repack only moves 2-bit codes. One invocation per output word (16 codes of one row): a full word
-// is 16 consecutive bytes of one packed row, read as 4 words. Bindings and helpers: common/repack.wgsl.
+// Repack of HF packed ternary weights (microsoft/bitnet-b1.58-2B-4T) into the engine layout (both
+// in ARCHITECTURE.md, "Checkpoint formats, byte by byte"). The file tensor is U8 [rows/4, cols]:
+// output row i·rows/4 + r takes bits 2i..2i+1 of packed[r, k] (4 output-axis blocks, not 4 adjacent
+// rows). Both layouts store code = t + 1, so the repack only moves 2-bit codes. One invocation per
+// output word (16 codes of one row): a full word is 16 consecutive bytes of one packed row, read as
+// 4 words. Bindings and helpers: common/repack.wgsl.
 
 struct Params {
     rows: u32,
