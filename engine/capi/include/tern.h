@@ -42,10 +42,10 @@ typedef enum TernStopReason {
   TERN_STOP_REASON_CANCELLED = 4,
 } TernStopReason;
 
-// A model checkpoint (headers and tokenizer read, weights still on disk) and the GPU it runs on.
+// A model's weights on the GPU with its tokenizer and chat template, shared by its sessions.
 typedef struct TernModel TernModel;
 
-// A model's weights on the GPU with a KV cache: one conversation.
+// One conversation: a KV cache on the GPU over its model's shared weights.
 typedef struct TernSession TernSession;
 
 // Generation settings; start from `tern_generate_options_default()` (greedy, 256 tokens).
@@ -105,22 +105,23 @@ const char *tern_last_error(void);
 
 // Opens `model` — a model directory (config.json, safetensors, tokenizer.json), a `.gguf` file or
 // a Hugging Face repo id (downloaded into the Hugging Face cache on first use) — and picks the GPU
-// (`TERN_BACKEND` and `TERN_ADAPTER` choose one). Weights are uploaded by `tern_session_new()`.
-// On success `*out_model` receives a handle to free with `tern_model_free()`.
+// (`TERN_BACKEND` and `TERN_ADAPTER` choose one), and uploads its weights, which every session of
+// the model shares. On success `*out_model` receives a handle to free with `tern_model_free()`.
 //
 // # Safety
 // `model` is null or a NUL-terminated string; `out_model` is null or writable.
 enum TernStatus tern_model_open(const char *model,
                                 struct TernModel **out_model);
 
-// Releases a model; null is ignored. Sessions created from it stay valid.
+// Releases a model; null is ignored. Sessions created from it stay valid (the weights go with
+// the last of them).
 //
 // # Safety
 // `model` is null or a handle from `tern_model_open()` not freed yet.
 void tern_model_free(struct TernModel *model);
 
-// Uploads the model's weights to the GPU and opens a conversation whose KV cache holds
-// `context_length` tokens (0: 4096; capped at the model's maximum). On success `*out_session`
+// Opens a conversation whose KV cache holds `context_length` tokens (0: 4096; capped at the
+// model's maximum) over the model's weights. On success `*out_session`
 // receives a handle to free with `tern_session_free()`.
 //
 // # Safety
