@@ -6,9 +6,9 @@
 use std::future::Future;
 
 use tern::format::checkpoint::{chat_template_from_tokenizer_config, Checkpoint};
+use tern::format::config::ModelConfig;
 use tern::format::source::{side_file_limit, TensorSource};
 use tern::format::{gguf, safetensors as st};
-use tern::model::config::ModelConfig;
 use tern::{Error, Result};
 
 use crate::location::ModelLocation;

@@ -3,58 +3,15 @@
 //! dtype and shape exactly as the config implies, scales finite and positive — so later stages never
 //! meet a malformed tensor.
 
+use super::config::{ModelConfig, QuantMode};
 use super::gguf::{GgmlType, GgufFile, MetaValue};
 use super::safetensors::{self as st, Dtype};
 #[cfg(not(target_arch = "wasm32"))]
 use super::source::complete_now;
 use super::source::{read_range, TensorSource};
-use crate::model::config::{ModelConfig, QuantMode};
+use crate::layout::{FloatDType, TernaryLayout};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
-
-/// File layout of ternary codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TernaryLayout {
-    /// U8 [out/4, in]; the output axis is split into 4 blocks of out/4 rows, block i in bits 2i.
-    HfPacked,
-    /// bitnet.cpp I2_S: 128-value blocks along the input axis, MSB first, then one f32 scale.
-    I2S,
-    Tq2_0,
-    Tq1_0,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FloatDType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl FloatDType {
-    /// Bytes per element.
-    pub fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::BF16 => 2,
-        }
-    }
-
-    /// The element index of the first NaN or infinity in `bytes` (little-endian), if any: all
-    /// exponent bits set. One pass over the bytes that loading reads anyway.
-    pub fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {
-        match self {
-            Self::F32 => bytes.chunks_exact(4).position(|b| {
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
-            }),
-            Self::F16 => bytes
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
-            Self::BF16 => bytes
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
-        }
-    }
-}
 
 /// A float tensor must hold finite values: one NaN or infinity in a norm, the embedding or the
 /// head makes every later logit NaN, and generation would have nothing to choose from.
@@ -938,10 +895,10 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::config::tests::{gguf_meta, B158_2B4T};
     use crate::format::gguf::{self, tests::Writer};
     use crate::format::safetensors::tests::write as write_st;
     use crate::format::source::{complete_now, BytesSource};
-    use crate::model::config::tests::{gguf_meta, B158_2B4T};
 
     fn read_vector(c: &Checkpoint, r: &FloatRef) -> Vec<f32> {
         complete_now(&r.name, c.read_f32_vector(r)).unwrap()

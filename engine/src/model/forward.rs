@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use crate::error::NO_FINITE_LOGIT;
 use crate::format::checkpoint::Checkpoint;
+use crate::format::config::{Activation, ModelConfig};
 use crate::gpu::{
     read_buffer, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming, StepRecorder,
 };
-use crate::model::config::{Activation, ModelConfig};
 use crate::model::limits;
 use crate::model::weights::{
     self, LoadProgress, ProjectionKind, ProjectionWeight, TernaryWeight, Weights,

@@ -1,6 +1,5 @@
 //! Model configuration, weights on the GPU, KV cache and the forward pass.
 
-pub mod config;
 mod forward;
 pub mod limits;
 pub mod synthetic;
