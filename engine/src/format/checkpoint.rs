@@ -6,8 +6,6 @@
 use super::config::{ModelConfig, QuantMode};
 use super::gguf::{GgmlType, GgufFile, MetaValue};
 use super::safetensors::{self as st, Dtype};
-#[cfg(not(target_arch = "wasm32"))]
-use super::source::complete_now;
 use super::source::{read_range, TensorSource};
 use crate::layout::{FloatDType, TernaryLayout};
 use crate::{Error, Result};
@@ -606,22 +604,6 @@ pub fn chat_template_from_tokenizer_config(file: &str, json: &str) -> Result<Opt
     }
 }
 
-/// True when the file begins with the GGUF magic (a file too short to hold it does not).
-#[cfg(not(target_arch = "wasm32"))]
-async fn starts_with_gguf_magic(src: &dyn TensorSource) -> Result<bool> {
-    let mut magic = [0u8; 4];
-    if src.len() < magic.len() as u64 {
-        return Ok(false);
-    }
-    src.read_at(0, &mut magic).await?;
-    Ok(&magic == b"GGUF")
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-fn is_safetensors_name(path: &std::path::Path) -> bool {
-    path.extension().is_some_and(|e| e == "safetensors")
-}
-
 impl Checkpoint {
     /// Resolves a safetensors checkpoint: `headers[i]` is the parsed header of `sources[i]`; `name`
     /// (the file or the shard index) is named when a tensor is missing. Reads the per-tensor scales.
@@ -735,100 +717,6 @@ impl Checkpoint {
             final_norm: t.final_norm,
             lm_head: t.lm_head,
         }
-    }
-
-    /// Opens a `.gguf` file, or a directory holding `config.json`, `model.safetensors` (or
-    /// `model.safetensors.index.json` and its shards) and optional tokenizer files.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(path: &std::path::Path) -> Result<Self> {
-        // File reads complete at once: no executor needed.
-        complete_now(&path.display().to_string(), Self::open_files(path))
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    async fn open_files(path: &std::path::Path) -> Result<Self> {
-        use super::source::FileSource;
-        if !path.is_dir() {
-            let src = FileSource::open(path)?;
-            // One file of a safetensors checkpoint: the model is the directory around it.
-            if !starts_with_gguf_magic(&src).await? && is_safetensors_name(path) {
-                if let Some(dir) = path.parent().filter(|d| d.join("config.json").exists()) {
-                    return Box::pin(Self::open_files(dir)).await;
-                }
-                return Err(Error::format(
-                    path.display(),
-                    "config.json",
-                    "a safetensors file needs its config.json beside it: pass the model \
-                     directory that holds both",
-                ));
-            }
-            let g = super::gguf::read(&src).await?;
-            return Self::from_gguf(Box::new(src), g).await;
-        }
-        let read_opt = |name: &str| super::source::read_side_file(&path.join(name));
-        let config_path = path.join("config.json");
-        let config_json = read_opt("config.json")?.ok_or_else(|| {
-            Error::format(
-                path.display(),
-                "config.json",
-                "missing (need a checkpoint directory or a .gguf file)",
-            )
-        })?;
-        let config = ModelConfig::from_hf_json(&config_path.display().to_string(), &config_json)?;
-
-        let single = path.join("model.safetensors");
-        let index_path = path.join("model.safetensors.index.json");
-        let mut ckpt = if single.is_file() {
-            let src = FileSource::open(&single)?;
-            let header = st::read_header(&src).await?;
-            Self::from_safetensors(
-                src.name().to_string().as_str(),
-                config,
-                vec![Box::new(src)],
-                vec![header],
-            )
-            .await?
-        } else if let Some(index) = read_opt("model.safetensors.index.json")? {
-            let index_name = index_path.display().to_string();
-            let map = st::parse_index(&index_name, &index)?;
-            let mut shards: Vec<&String> = map.values().collect();
-            shards.sort();
-            shards.dedup();
-            let mut sources: Vec<Box<dyn TensorSource>> = Vec::with_capacity(shards.len());
-            let mut headers = Vec::with_capacity(shards.len());
-            for shard in shards {
-                let src = FileSource::open(&path.join(shard))?;
-                let header = st::read_header(&src).await?;
-                for (t, s) in &map {
-                    if s == shard && !header.tensors.iter().any(|h| &h.name == t) {
-                        return Err(Error::format(
-                            src.name(),
-                            t,
-                            "listed in the index but missing from the shard",
-                        ));
-                    }
-                }
-                sources.push(Box::new(src));
-                headers.push(header);
-            }
-            Self::from_safetensors(&index_name, config, sources, headers).await?
-        } else {
-            return Err(Error::format(
-                path.display(),
-                "model.safetensors",
-                "missing (neither model.safetensors nor model.safetensors.index.json)",
-            ));
-        };
-        ckpt.tokenizer_json = read_opt("tokenizer.json")?;
-        ckpt.tokenizer_config_json = read_opt("tokenizer_config.json")?;
-        if let Some(tc) = &ckpt.tokenizer_config_json {
-            let name = path.join("tokenizer_config.json").display().to_string();
-            ckpt.chat_template = chat_template_from_tokenizer_config(&name, tc)?;
-        }
-        if ckpt.chat_template.is_none() {
-            ckpt.chat_template = read_opt("chat_template.jinja")?;
-        }
-        Ok(ckpt)
     }
 
     fn layer(&self, layer: usize) -> Result<&Layer> {

@@ -8,6 +8,7 @@ pub const INCOMPLETE: &str = "the file is incomplete or damaged: re-download it"
 
 pub mod checkpoint;
 pub mod config;
+pub mod discovery;
 pub mod gguf;
 pub mod safetensors;
 pub mod source;
