@@ -10,5 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod discovery;
 pub mod gguf;
+mod resolve;
 pub mod safetensors;
 pub mod source;
+mod tensors;
