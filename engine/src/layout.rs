@@ -50,6 +50,24 @@ impl FloatDType {
         }
     }
 
+    /// The little-endian values of a raw tensor of this dtype as f32 (exact for every dtype).
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Self::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Self::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Self::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+
     /// The element index of the first NaN or infinity in `bytes` (little-endian), if any: all
     /// exponent bits set. One pass over the bytes that loading reads anyway.
     pub fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {

@@ -9,8 +9,8 @@ use super::gguf::{GgufFile, MetaValue};
 use super::resolve::{Entry, Kind, ModelTensors, Naming, Resolver};
 use super::safetensors as st;
 use super::source::{read_range, TensorSource};
+use super::tensors::Layer;
 pub use super::tensors::{check_finite, FloatRef, NormWeight, Projection, WeightData, WeightRef};
-use super::tensors::{to_f32, Layer};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
@@ -233,7 +233,7 @@ impl Checkpoint {
         }
         let bytes = read_range(src.as_ref(), r.offset, r.len).await?;
         check_finite(r, 0, &bytes)?;
-        Ok(to_f32(r.dtype, &bytes))
+        Ok(r.dtype.decode(&bytes))
     }
 }
 

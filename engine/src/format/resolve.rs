@@ -9,7 +9,7 @@ use super::config::{ModelConfig, QuantMode};
 use super::gguf::GgmlType;
 use super::safetensors::Dtype;
 use super::source::{read_range, TensorSource};
-use super::tensors::{to_f32, FloatRef, Layer, NormWeight, Projection, WeightData, WeightRef};
+use super::tensors::{FloatRef, Layer, NormWeight, Projection, WeightData, WeightRef};
 use crate::layout::{FloatDType, TernaryLayout};
 use crate::{Error, Result};
 
@@ -247,7 +247,7 @@ impl Resolver<'_> {
         };
         let dtype = dtype.ok_or_else(|| self.mismatch(e, name, "a one-element float scale"))?;
         let bytes = read_range(self.sources[e.source].as_ref(), e.offset, e.len).await?;
-        check_scale(&self.file(e), name, to_f32(dtype, &bytes)[0])
+        check_scale(&self.file(e), name, dtype.decode(&bytes)[0])
     }
 
     pub(crate) async fn gguf_projection(

@@ -181,20 +181,3 @@ pub(crate) struct Layer {
     pub(crate) projections: Vec<WeightRef>,
     pub(crate) norms: Vec<Option<FloatRef>>,
 }
-
-pub(crate) fn to_f32(dtype: FloatDType, bytes: &[u8]) -> Vec<f32> {
-    match dtype {
-        FloatDType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .collect(),
-        FloatDType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        FloatDType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-    }
-}
