@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::format::checkpoint::Checkpoint;
+use crate::format::config::ModelConfig;
 use crate::format::gguf::MetaValue;
 use crate::gpu::Context;
-use crate::model::config::ModelConfig;
 use crate::model::weights::LoadProgress;
 use crate::model::weights::ProjectionKind;
 use crate::model::{Output, Sequence, StepResult, Transformer};

@@ -40,6 +40,7 @@ pub mod generate;
 pub mod gpu;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
+pub mod layout;
 pub mod model;
 pub mod ops;
 pub mod reference;

@@ -222,21 +222,7 @@ fn kernel_ms(profile: &KernelProfile) -> Value {
 
 /// The process's peak resident set (VmHWM) in bytes, where the OS reports it.
 fn peak_rss_bytes() -> Option<u64> {
-    proc_kib_field("/proc/self/status", "VmHWM:")
-}
-
-/// A `Name: N kB` field of a Linux /proc file, in bytes.
-pub(crate) fn proc_kib_field(file: &str, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let kib = text
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(kib * 1024)
+    compare::proc_kib_field("/proc/self/status", "VmHWM:")
 }
 
 fn print_table(report: &Value) {

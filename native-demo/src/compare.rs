@@ -326,7 +326,21 @@ fn estimated_gpu_bytes(shape: Shape, kind: ProjectionKind, context: usize) -> u6
 
 /// `MemAvailable` from /proc/meminfo, where the OS reports it.
 fn available_host_bytes() -> Option<u64> {
-    crate::bench::proc_kib_field("/proc/meminfo", "MemAvailable:")
+    proc_kib_field("/proc/meminfo", "MemAvailable:")
+}
+
+/// A `Name: N kB` field of a Linux /proc file, in bytes.
+pub(crate) fn proc_kib_field(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kib = text
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// The sweep as a table, one row per size, then why energy was not measured where it was not.

@@ -13,10 +13,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tern::format::config::ModelConfig;
 use tern::gpu::Context;
-use tern::model::config::ModelConfig;
+use tern::layout::words_per_row;
 use tern::model::synthetic::Shape;
-use tern::reference::ternary::words_per_row;
 
 /// How long the idle draw is measured right before the timed phases: long enough to span two of
 /// the 1 s averages that recent NVIDIA boards report as their power draw.

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use rand::Rng;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
 use tern::ops::quantize::{FloatDType, Quantizer};
-use tern::reference::quantize::{absmean_quantize, decode_floats};
+use tern::reference::quantize::absmean_quantize;
 use tern::reference::ternary::{unpack_ternary, words_per_row};
 use tern_tests::{for_each_adapter, seeded};
 
@@ -87,7 +87,7 @@ fn check(
     let mut rng = seeded(seed);
     let scale = rng.random_range(0.001..2.0);
     let bytes = random_tensor(&mut rng, rows * cols, dtype, scale);
-    let values = decode_floats(&bytes, dtype);
+    let values = dtype.decode(&bytes);
     let cpu = absmean_quantize(&values);
     let gpu = gpu_quantize(ctx, quantizer, dtype, &bytes, rows, cols);
     compare(&format!("{dtype:?} {rows}×{cols}"), &values, gpu, &cpu);
@@ -104,7 +104,7 @@ fn model_shapes() {
     for (dtype, rows, cols) in cases {
         let mut rng = seeded(rows as u64 + cols as u64);
         let bytes = random_tensor(&mut rng, rows * cols, dtype, 0.02);
-        let values = decode_floats(&bytes, dtype);
+        let values = dtype.decode(&bytes);
         let cpu = absmean_quantize(&values);
         for_each_adapter(|ctx| {
             let gpu = gpu_quantize(ctx, &Quantizer::new(ctx), dtype, &bytes, rows, cols);
@@ -137,7 +137,7 @@ fn special_values() {
         // f16 subnormals (|x| < 6.1e-5) must decode exactly on the GPU.
         let mut rng = seeded(3);
         let bytes = random_tensor(&mut rng, 40 * 50, FloatDType::F16, 3e-5);
-        let values = decode_floats(&bytes, FloatDType::F16);
+        let values = FloatDType::F16.decode(&bytes);
         assert!(values.iter().filter(|v| v.abs() < 6.1e-5).count() > 1000);
         let gpu = gpu_quantize(ctx, &quantizer, FloatDType::F16, &bytes, 40, 50);
         compare("f16 subnormals", &values, gpu, &absmean_quantize(&values));

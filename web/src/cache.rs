@@ -11,7 +11,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, Cache, CacheStorage, Headers, Request, Response, ResponseInit};
 
-use crate::fetch::{header_u64, js_message};
+use crate::http::{header_u64, js_message};
 
 /// The Cache Storage name (bump the version when the entry format changes).
 pub const CACHE_NAME: &str = "tern-models-v1";

@@ -21,6 +21,8 @@ mod engine;
 #[cfg(target_arch = "wasm32")]
 pub mod fetch;
 #[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
 pub mod loader;
 pub mod location;
 #[cfg(target_arch = "wasm32")]

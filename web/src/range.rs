@@ -12,7 +12,7 @@ use tern::{Error, Result};
 use web_sys::{Blob, Response};
 
 use crate::cache::DownloadCache;
-use crate::fetch::{check_ok, header_u64, read_blob_into, Http};
+use crate::http::{check_ok, header_u64, read_blob_into, Http};
 
 pub struct RangeSource {
     url: String,

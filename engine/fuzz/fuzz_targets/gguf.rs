@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use tern::format::checkpoint::Checkpoint;
 use tern::format::gguf;
 use tern::format::source::{complete_now, BytesSource};
-use tern::model::config::ModelConfig;
+use tern::format::config::ModelConfig;
 
 fuzz_target!(|data: &[u8]| {
     let source = BytesSource::new("fuzz.gguf", data.to_vec());

@@ -7,6 +7,10 @@
 pub const INCOMPLETE: &str = "the file is incomplete or damaged: re-download it";
 
 pub mod checkpoint;
+pub mod config;
+pub mod discovery;
 pub mod gguf;
+mod resolve;
 pub mod safetensors;
 pub mod source;
+mod tensors;

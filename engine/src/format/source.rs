@@ -115,11 +115,23 @@ pub struct FileSource {
 #[cfg(not(target_arch = "wasm32"))]
 impl FileSource {
     pub fn open(path: &std::path::Path) -> Result<Self> {
+        Self::open_if_present(path)?.ok_or_else(|| {
+            Error::io(
+                path.display(),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })
+    }
+
+    /// Like [`FileSource::open`], but `None` when nothing is at `path` (a broken link, a directory
+    /// or a special file is still an error).
+    pub fn open_if_present(path: &std::path::Path) -> Result<Option<Self>> {
         let name = path.display().to_string();
-        let file = open_regular(path)?
-            .ok_or_else(|| Error::io(&name, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+        let Some(file) = open_regular(path)? else {
+            return Ok(None);
+        };
         let len = file.metadata().map_err(|e| Error::io(&name, e))?.len();
-        Ok(Self { name, file, len })
+        Ok(Some(Self { name, file, len }))
     }
 }
 

@@ -5,8 +5,8 @@
 //! kernels compute them).
 
 use crate::format::checkpoint::{Checkpoint, NormWeight, Projection, WeightData};
+use crate::format::config::{Activation, ModelConfig};
 use crate::format::source::{complete_now, read_range};
-use crate::model::config::{Activation, ModelConfig};
 use crate::ops::attention::AttentionShape;
 use crate::ops::embedding::FloatDType;
 use crate::ops::ternary_matvec::Epilogue;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use crate::error::NO_FINITE_LOGIT;
 use crate::format::checkpoint::Checkpoint;
+use crate::format::config::ModelConfig;
 use crate::gpu::{
     read_buffer, AllocationCount, BufferUsage, Context, GpuBuffer, KernelProfile, KernelTiming,
     StepRecorder,
 };
-use crate::model::config::ModelConfig;
 use crate::model::graph::{bitnet_step, Activations, GraphBuilder, Kernels, KvCache, StepGraph};
 use crate::model::limits;
 use crate::model::weights::{self, LoadProgress, ProjectionKind, Weights};

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::format::config::{Activation, ModelConfig};
 use crate::gpu::{Context, GpuBuffer, StepRecorder};
-use crate::model::config::{Activation, ModelConfig};
 use crate::model::weights::{LayerWeights, ProjectionWeight, TernaryWeight, Weights};
 use crate::ops::attention::{
     AttentionBuffers, AttentionDecode, AttentionDecodeBinding, AttentionPrefill,

@@ -6,7 +6,7 @@
 //!
 //! Pure functions of the limits and the model's shape, so any GPU's limits can be checked anywhere.
 
-use crate::model::config::ModelConfig;
+use crate::format::config::ModelConfig;
 use crate::model::weights::ProjectionKind;
 use crate::model::ModelOptions;
 use crate::ops::attention::DECODE_CHUNK;

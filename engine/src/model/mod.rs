@@ -1,6 +1,5 @@
 //! Model configuration, weights on the GPU, KV cache and the forward pass.
 
-pub mod config;
 pub mod cpu_step;
 mod forward;
 mod graph;

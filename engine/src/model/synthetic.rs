@@ -8,9 +8,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::format::checkpoint::Checkpoint;
+use crate::format::config::{ModelConfig, QuantMode, ScaleConvention};
 use crate::format::safetensors as st;
 use crate::format::source::{check_range, complete_now, ReadFuture, TensorSource};
-use crate::model::config::{ModelConfig, QuantMode, ScaleConvention};
 use crate::{Error, Result};
 
 /// The dimensions of a BitNet b1.58 model.
@@ -479,7 +479,8 @@ mod tests {
 
     #[test]
     fn dense_checkpoint_has_f16_projections_within_their_amplitude() {
-        use crate::format::checkpoint::{FloatDType, Projection, WeightData};
+        use crate::format::checkpoint::{Projection, WeightData};
+        use crate::layout::FloatDType;
         let c = dense_checkpoint(Shape::parse("64,2,4,2,128,256").unwrap(), 128, 7).unwrap();
         let down = c.projection(1, Projection::Down).unwrap();
         let f16 = WeightData::Float {

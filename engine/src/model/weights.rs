@@ -3,17 +3,16 @@
 //! The host holds at most one tensor's bytes at a time.
 
 use crate::format::checkpoint::{
-    check_finite, Checkpoint, FloatRef, NormWeight, Projection, TernaryLayout, WeightData,
-    WeightRef,
+    check_finite, Checkpoint, FloatRef, NormWeight, Projection, WeightData, WeightRef,
 };
+use crate::format::config::ScaleConvention;
 use crate::format::gguf::unpermute_rope_rows;
 use crate::format::source::read_range;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::model::config::ScaleConvention;
+use crate::layout::{words_per_row, TernaryLayout};
 use crate::ops::embedding::DenseTable;
 use crate::ops::quantize::Quantizer;
 use crate::ops::repack::Repacker;
-use crate::reference::ternary::words_per_row;
 use crate::{Error, Result};
 
 /// A ternary matrix in the engine layout with the scale of each of its rows.

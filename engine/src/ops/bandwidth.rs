@@ -4,7 +4,7 @@
 
 use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::reference::bandwidth::checksum;
+use crate::layout::checksum;
 use crate::{Error, Result};
 
 #[repr(C)]

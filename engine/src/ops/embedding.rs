@@ -4,8 +4,8 @@
 //! LM head ([`super::dense_matvec`]): a tied head reads the embedding's own buffers.
 
 use super::sources;
-pub use crate::format::checkpoint::FloatDType;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
+pub use crate::layout::FloatDType;
 use crate::{Error, Result};
 
 /// Rows `first_row .. first_row + rows` of a table, in a buffer of their own.

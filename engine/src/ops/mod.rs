@@ -97,7 +97,7 @@ pub mod sources {
     ];
 }
 
-impl crate::format::checkpoint::FloatDType {
+impl crate::layout::FloatDType {
     /// The `DTYPE` override constant of the kernels that read raw float tensors (tables, quantizer).
     pub(crate) fn shader_code(self) -> f64 {
         match self {

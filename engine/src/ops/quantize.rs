@@ -8,9 +8,9 @@
 //! raw buffer bound at aligned offsets: whole 4096-value blocks for the sum, whole rows for the pack.
 
 use super::{dispatch_grid, sources};
-pub use crate::format::checkpoint::FloatDType;
 use crate::gpu::{read_buffer, BufferUsage, Context, GpuBuffer};
-use crate::reference::ternary::words_per_row;
+use crate::layout::words_per_row;
+pub use crate::layout::FloatDType;
 use crate::{Error, Result};
 
 /// Lanes of one summing workgroup.

@@ -6,10 +6,9 @@
 use half::f16;
 
 use super::{dispatch_grid, sources};
-pub use crate::format::checkpoint::TernaryLayout;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::reference::repack::{I2S_BLOCK, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK};
-use crate::reference::ternary::words_per_row;
+pub use crate::layout::TernaryLayout;
+use crate::layout::{words_per_row, I2S_BLOCK, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK};
 use crate::{Error, Result};
 
 /// A file layout of ternary weights W[rows = out_features, cols = in_features].

@@ -6,7 +6,7 @@
 
 use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::reference::ternary::words_per_row;
+use crate::layout::words_per_row;
 use crate::{Error, Result};
 
 /// What a projection does with its value `f32(Σ t·q) · inv_scale · row_scale[n]`.

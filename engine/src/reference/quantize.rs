@@ -1,25 +1,7 @@
 //! Online absmean quantization of float latent weights: the twin of
 //! `shaders/absmean_sum.wgsl` + `shaders/absmean_quantize.wgsl`.
 
-use crate::ops::quantize::{absmean_scale, FloatDType, SUM_BLOCK, SUM_LANES};
-
-/// The little-endian values of a raw bf16/f16/f32 tensor as f32 (exact for every dtype).
-pub fn decode_floats(bytes: &[u8], dtype: FloatDType) -> Vec<f32> {
-    match dtype {
-        FloatDType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
-        FloatDType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        FloatDType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-    }
-}
+use crate::ops::quantize::{absmean_scale, SUM_BLOCK, SUM_LANES};
 
 /// Σ|x| over one block of at most [`SUM_BLOCK`] values, in the kernel's order: lane l adds
 /// x[l], x[l + SUM_LANES], … in sequence, then lanes are summed pairwise as a tree (l += l + stride).

@@ -9,16 +9,9 @@ use half::f16;
 
 use crate::{Error, Result};
 
-/// Values per I2_S block (bitnet.cpp x86 layout, `QK_I2_S`).
-pub const I2S_BLOCK: usize = 128;
-/// Bytes after an I2_S tensor's codes: one f32 scale, padded to 32 bytes.
-pub const I2S_TAIL_BYTES: usize = 32;
-/// Values per TQ1_0 / TQ2_0 block (`QK_K`).
-pub const TQ_BLOCK: usize = 256;
-/// qs[64] then an f16 d.
-pub const TQ2_0_BLOCK_BYTES: usize = 66;
-/// qs[48], qh[4] then an f16 d.
-pub const TQ1_0_BLOCK_BYTES: usize = 54;
+pub use crate::layout::{
+    I2S_BLOCK, I2S_TAIL_BYTES, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK,
+};
 
 fn code(t: i8) -> u8 {
     assert!((-1..=1).contains(&t), "ternary value {t} out of range");

@@ -1,13 +1,7 @@
 //! Rotary position embedding (NeoX rotate_half layout) and the KV-cache append that follows it.
 
+pub use crate::layout::inv_freq;
 use crate::ops::attention::AttentionShape;
-
-/// `inv_freq[j] = 1 / θ^(2j / head_dim)` in f32, as Hugging Face computes it.
-pub fn inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
-        .collect()
-}
 
 /// Rotates one head in place: pairs (j, j + hd/2) by angle `position · inv_freq[j]` (f32).
 pub fn rotate(head: &mut [f32], position: usize, inv_freq: &[f32]) {

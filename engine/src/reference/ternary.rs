@@ -5,16 +5,7 @@
 //! `(word >> 2s) & 0x03030303` gives the codes of k = 16j+4s … 16j+4s+3 as the four bytes that
 //! `dot4I8Packed` multiplies with one word of packed int8 activations. K is padded with code 1 (t = 0).
 
-/// u32 words per packed row.
-pub fn words_per_row(k: usize) -> usize {
-    k.div_ceil(16)
-}
-
-/// Bit position of column `k` within its word.
-pub fn code_shift(k: usize) -> u32 {
-    let within = k % 16;
-    (8 * (within % 4) + 2 * (within / 4)) as u32
-}
+pub use crate::layout::{code_shift, words_per_row};
 
 /// Packs ternary values t ∈ {−1, 0, 1} of a row-major [rows, k] matrix into the engine layout.
 pub fn pack_ternary(t: &[i8], rows: usize, k: usize) -> Vec<u32> {

@@ -1,7 +1,7 @@
 //! The resolved model description the engine runs, read from a Hugging Face `config.json`
 //! or from GGUF metadata, with every dimension validated.
 
-use crate::format::gguf::{GgufFile, MetaValue};
+use super::gguf::{GgufFile, MetaValue};
 use crate::{Error, Result};
 use serde_json::Value;
 
@@ -62,7 +62,7 @@ const MAX_POSITIONS: usize = 1 << 24;
 impl ModelConfig {
     /// RoPE's per-pair frequencies, linear scaling applied: `angle = position · inv_freq[j]`.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let frequencies = crate::reference::rope::inv_freq(self.rope_theta, self.head_dim);
+        let frequencies = crate::layout::inv_freq(self.rope_theta, self.head_dim);
         if self.rope_linear_factor == 1.0 {
             return frequencies;
         }

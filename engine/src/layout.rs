@@ -1,0 +1,111 @@
+//! What the GPU kernels, their Rust wrappers, the loader and the CPU twins (`reference`) agree on:
+//! the engine's packed ternary word layout, the file layouts and dtypes the repack and table kernels
+//! read, the bandwidth kernel's checksum and RoPE's frequencies. A leaf: it imports nothing from the
+//! crate, so `ops` (kernels), `format` (files) and `reference` (test oracle) can all depend on it
+//! without depending on each other (ARCHITECTURE.md, "Module layers").
+
+// ---- The engine's ternary weight layout ----
+//
+// Row n of W[N, K] is `words_per_row(K)` u32 words; word j holds k = 16j … 16j+15 as 2-bit codes
+// (code = t + 1 ∈ {0, 1, 2}); the code of k = 16j + 4s + b sits at bit 8b + 2s (CPU packer:
+// `reference::ternary::pack_ternary`). K is padded with code 1 (t = 0).
+
+/// u32 words per packed row.
+pub fn words_per_row(k: usize) -> usize {
+    k.div_ceil(16)
+}
+
+/// Bit position of column `k` within its word.
+pub fn code_shift(k: usize) -> u32 {
+    let within = k % 16;
+    (8 * (within % 4) + 2 * (within / 4)) as u32
+}
+
+// ---- File layouts and dtypes ----
+
+/// File layout of ternary codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TernaryLayout {
+    /// U8 [out/4, in]; the output axis is split into 4 blocks of out/4 rows, block i in bits 2i.
+    HfPacked,
+    /// bitnet.cpp I2_S: 128-value blocks along the input axis, MSB first, then one f32 scale.
+    I2S,
+    Tq2_0,
+    Tq1_0,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatDType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatDType {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+
+    /// The little-endian values of a raw tensor of this dtype as f32 (exact for every dtype).
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Self::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Self::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Self::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+
+    /// The element index of the first NaN or infinity in `bytes` (little-endian), if any: all
+    /// exponent bits set. One pass over the bytes that loading reads anyway.
+    pub fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Self::F32 => bytes.chunks_exact(4).position(|b| {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+            }),
+            Self::F16 => bytes
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+            Self::BF16 => bytes
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        }
+    }
+}
+
+/// Values per I2_S block (bitnet.cpp x86 layout, `QK_I2_S`).
+pub const I2S_BLOCK: usize = 128;
+/// Bytes after an I2_S tensor's codes: one f32 scale, padded to 32 bytes.
+pub const I2S_TAIL_BYTES: usize = 32;
+/// Values per TQ1_0 / TQ2_0 block (`QK_K`).
+pub const TQ_BLOCK: usize = 256;
+/// qs[64] then an f16 d.
+pub const TQ2_0_BLOCK_BYTES: usize = 66;
+/// qs[48], qh[4] then an f16 d.
+pub const TQ1_0_BLOCK_BYTES: usize = 54;
+
+// ---- Kernel twins the host needs outside tests ----
+
+/// The wrapping sum of every u32 word: what the read kernel's per-invocation sums add up to.
+pub fn checksum(words: &[u32]) -> u32 {
+    words.iter().fold(0u32, |sum, &w| sum.wrapping_add(w))
+}
+
+/// `inv_freq[j] = 1 / θ^(2j / head_dim)` in f32, as Hugging Face computes it.
+pub fn inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
+        .collect()
+}
