@@ -72,6 +72,7 @@ pub struct Generation {
     pub ids: Vec<u32>,
     /// Generated text, without special tokens and stop strings.
     pub text: String,
+    /// Why generation stopped.
     pub stop_reason: StopReason,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
@@ -253,6 +254,7 @@ impl Model {
         })
     }
 
+    /// The model's architecture: sizes, vocabulary, special tokens.
     pub fn config(&self) -> &ModelConfig {
         self.0.transformer.config()
     }

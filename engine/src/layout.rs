@@ -16,6 +16,7 @@ pub fn words_per_row(k: usize) -> usize {
 }
 
 /// Bit position of column `k` within its word.
+#[cfg(any(test, feature = "internals"))]
 pub fn code_shift(k: usize) -> u32 {
     let within = k % 16;
     (8 * (within % 4) + 2 * (within / 4)) as u32
@@ -30,14 +31,20 @@ pub enum TernaryLayout {
     HfPacked,
     /// bitnet.cpp I2_S: 128-value blocks along the input axis, MSB first, then one f32 scale.
     I2S,
+    /// ggml TQ2_0: 256-value blocks of 2-bit codes and an f16 scale, 66 bytes each.
     Tq2_0,
+    /// ggml TQ1_0: 256-value blocks of base-3 packed codes and an f16 scale, 54 bytes each.
     Tq1_0,
 }
 
+/// Element type of a float tensor in a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FloatDType {
+    /// IEEE single precision.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     BF16,
 }
 
@@ -88,6 +95,7 @@ impl FloatDType {
 /// Values per I2_S block (bitnet.cpp x86 layout, `QK_I2_S`).
 pub const I2S_BLOCK: usize = 128;
 /// Bytes after an I2_S tensor's codes: one f32 scale, padded to 32 bytes.
+#[cfg(any(test, feature = "internals"))]
 pub const I2S_TAIL_BYTES: usize = 32;
 /// Values per TQ1_0 / TQ2_0 block (`QK_K`).
 pub const TQ_BLOCK: usize = 256;
@@ -99,6 +107,7 @@ pub const TQ1_0_BLOCK_BYTES: usize = 54;
 // ---- Kernel twins the host needs outside tests ----
 
 /// The wrapping sum of every u32 word: what the read kernel's per-invocation sums add up to.
+#[cfg(any(test, feature = "internals"))]
 pub fn checksum(words: &[u32]) -> u32 {
     words.iter().fold(0u32, |sum, &w| sum.wrapping_add(w))
 }

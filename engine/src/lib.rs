@@ -27,8 +27,9 @@
 //! # Inside
 //!
 //! - [`gpu`]: the device context, buffers and kernel pipelines.
-//! - [`ops`]: one wrapper per WGSL kernel, each with a CPU twin in [`reference`].
-//! - [`format`]: safetensors, GGUF and Hugging Face config readers.
+//! - `ops`: one wrapper per WGSL kernel, each with a CPU twin in `reference` (both public with the
+//!   `internals` feature, for Tern's own tests and benchmarks).
+//! - [`format`](mod@format): safetensors, GGUF and Hugging Face config readers.
 //! - [`model`]: model configuration, weights on the GPU ([`model::Transformer`]), one sequence's KV
 //!   cache and the forward pass ([`model::Sequence`]).
 //! - [`text`]: tokenizer and chat template.
@@ -40,11 +41,21 @@ pub mod generate;
 pub mod gpu;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
-pub mod layout;
 pub mod model;
-pub mod ops;
-pub mod reference;
 pub mod text;
+
+// Internals (the `internals` feature): Tern's tests, benchmarks and tools reach the kernels and
+// their CPU twins; an app sees only the modules above.
+#[cfg(feature = "internals")]
+pub mod layout;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod layout;
+#[cfg(feature = "internals")]
+pub mod ops;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod ops;
+#[cfg(any(test, feature = "internals"))]
+pub mod reference;
 
 pub use error::{Error, Result};
 pub use generate::{

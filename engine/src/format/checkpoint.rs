@@ -14,11 +14,19 @@ pub use super::tensors::{check_finite, FloatRef, NormWeight, Projection, WeightD
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
+/// An opened, fully checked checkpoint: the config, the files its tensors live in, the tokenizer
+/// and chat-template side files, and a reference to every tensor of the forward pass.
 pub struct Checkpoint {
+    /// The model description, from `config.json` or GGUF metadata.
     pub config: ModelConfig,
+    /// The files holding tensor data; tensor references index into this.
     pub sources: Vec<Box<dyn TensorSource>>,
+    /// `tokenizer.json` of an HF directory, if present (set by discovery; `None` for GGUF).
     pub tokenizer_json: Option<String>,
+    /// `tokenizer_config.json` of an HF directory, if present (set by discovery).
     pub tokenizer_config_json: Option<String>,
+    /// Jinja chat template source: GGUF `tokenizer.chat_template`, else `tokenizer_config.json`'s
+    /// `chat_template`, else `chat_template.jinja`; `None` when the checkpoint ships none.
     pub chat_template: Option<String>,
     /// All GGUF metadata (the tokenizer is built from it); None for HF checkpoints.
     pub gguf_metadata: Option<BTreeMap<String, MetaValue>>,
@@ -185,6 +193,7 @@ impl Checkpoint {
         })
     }
 
+    /// Projection `p` of `layer`; an out-of-range layer is [`Error::Invalid`].
     pub fn projection(&self, layer: usize, p: Projection) -> Result<WeightRef> {
         let i = Projection::ALL
             .iter()
@@ -204,6 +213,7 @@ impl Checkpoint {
             .ok_or_else(|| Error::Invalid(format!("this model has no {n:?} norm")))
     }
 
+    /// [hidden]: the gain of the RMSNorm after the last layer.
     pub fn final_norm(&self) -> Result<FloatRef> {
         Ok(self.final_norm.clone())
     }

@@ -5,6 +5,7 @@ use super::gguf::{GgufFile, MetaValue};
 use crate::{Error, Result};
 use serde_json::Value;
 
+/// The feed-forward block's activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     /// relu(x)² (2B-4T).
@@ -17,37 +18,61 @@ pub enum Activation {
 /// Scales computed at load (online quantization) and GGUF scales always multiply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScaleConvention {
+    /// `w = ternary · scale` (autobitlinear, online and GGUF scales).
     Multiply,
+    /// `w = ternary / scale` (plain BitLinear).
     Divide,
 }
 
 /// Whether the projections are stored ternary (offline) or as float latents quantized at load (online).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantMode {
+    /// Stored already ternary, with their scales.
     Offline,
+    /// Stored as float latents, absmean-quantized to ternary at load.
     Online,
 }
 
+/// A transformer's shape and conventions, validated: every dimension is non-zero and within
+/// bounds, `num_kv_heads` divides `num_heads`, `head_dim` is even.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// Width of the residual stream (the embedding length).
     pub hidden_size: usize,
+    /// Transformer blocks.
     pub num_layers: usize,
+    /// Query heads.
     pub num_heads: usize,
+    /// Key/value heads (fewer than `num_heads` under grouped-query attention).
     pub num_kv_heads: usize,
+    /// Width of one attention head (`hidden_size / num_heads` unless the config says otherwise).
     pub head_dim: usize,
+    /// Width of the feed-forward block's hidden layer.
     pub intermediate_size: usize,
+    /// Rows of the embedding and the LM head.
     pub vocab_size: usize,
+    /// Epsilon added to the mean square in every RMSNorm.
     pub rms_norm_eps: f32,
+    /// RoPE base frequency (10000 when unset).
     pub rope_theta: f32,
     /// Linear RoPE scaling: positions are divided by this factor (1 = no scaling).
     pub rope_linear_factor: f32,
+    /// Longest context the model was trained for, in positions.
     pub max_position_embeddings: usize,
+    /// The feed-forward activation.
     pub activation: Activation,
+    /// BitNet's extra RMSNorms before `o_proj` and `down_proj` are present (not in llama-style
+    /// checkpoints).
     pub sub_norms: bool,
+    /// The LM head reuses the embedding matrix (no separate `lm_head` / `output` tensor).
     pub tie_word_embeddings: bool,
+    /// How stored ternary scales are applied.
     pub scale_convention: ScaleConvention,
+    /// Whether projections are stored ternary or quantized at load.
     pub quantization: QuantMode,
+    /// Beginning-of-sequence token id, if the config names one.
     pub bos_token_id: Option<u32>,
+    /// Ids that end generation according to the config (GGUF: EOS and EOT); may be empty.
     pub eos_token_ids: Vec<u32>,
 }
 

@@ -14,20 +14,34 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_ARRAY_DEPTH: u32 = 8;
 const MAX_DIMS: u32 = 4;
 
+/// One GGUF metadata value, typed as the file types it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetaValue {
+    /// GGUF `uint8`.
     U8(u8),
+    /// GGUF `int8`.
     I8(i8),
+    /// GGUF `uint16`.
     U16(u16),
+    /// GGUF `int16`.
     I16(i16),
+    /// GGUF `uint32`.
     U32(u32),
+    /// GGUF `int32`.
     I32(i32),
+    /// GGUF `uint64`.
     U64(u64),
+    /// GGUF `int64`.
     I64(i64),
+    /// GGUF `float32`.
     F32(f32),
+    /// GGUF `float64`.
     F64(f64),
+    /// GGUF `bool`.
     Bool(bool),
+    /// GGUF `string` (UTF-8).
     String(String),
+    /// GGUF `array`: values of one type, possibly nested arrays.
     Array(Vec<MetaValue>),
 }
 
@@ -46,6 +60,7 @@ impl MetaValue {
             _ => None,
         }
     }
+    /// Any float, or an integer that [`MetaValue::as_u64`] accepts, as `f64`.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Self::F32(v) => Some(v.into()),
@@ -53,18 +68,21 @@ impl MetaValue {
             _ => self.as_u64().map(|v| v as f64),
         }
     }
+    /// The string, if this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Self::String(s) => Some(s),
             _ => None,
         }
     }
+    /// The elements, if this is an array.
     pub fn as_array(&self) -> Option<&[MetaValue]> {
         match self {
             Self::Array(a) => Some(a),
             _ => None,
         }
     }
+    /// The boolean, if this is one.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Self::Bool(b) => Some(b),
@@ -76,8 +94,11 @@ impl MetaValue {
 /// The tensor types this engine reads; every other type is rejected while parsing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgmlType {
+    /// IEEE single precision, 4 bytes a value.
     F32,
+    /// IEEE half precision, 2 bytes a value.
     F16,
+    /// bfloat16, 2 bytes a value.
     BF16,
     /// bitnet.cpp: n/4 bytes of 2-bit codes, one f32 scale, padding to 32 bytes.
     I2S,
@@ -123,6 +144,7 @@ impl GgmlType {
         }
     }
 
+    /// The type's name as ggml spells it (`I2_S`, `TQ2_0`, …).
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "F32",
@@ -147,14 +169,19 @@ fn type_name(id: u32) -> String {
         .map_or_else(|| format!("#{id}"), |n| format!("{n} ({id})"))
 }
 
+/// One tensor's info from the header, checked: known type, non-zero dims, aligned, inside the data
+/// section, overlapping no other tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GgufTensor {
+    /// The tensor's name (llama.cpp naming, e.g. `blk.0.attn_q.weight`).
     pub name: String,
+    /// How its data is encoded.
     pub ggml_type: GgmlType,
     /// ggml order: dims[0] is the row length (input features for a weight).
     pub dims: Vec<u64>,
     /// Absolute offset of the data in the file.
     pub offset: u64,
+    /// Exact byte length of the data, from `ggml_type` and `dims`.
     pub len: u64,
 }
 
@@ -169,20 +196,27 @@ impl GgufTensor {
     }
 }
 
+/// A parsed GGUF header: everything but the tensor data.
 #[derive(Clone, Debug)]
 pub struct GgufFile {
+    /// Format version (2 or 3).
     pub version: u32,
+    /// Every metadata key/value pair, by key.
     pub metadata: BTreeMap<String, MetaValue>,
+    /// Tensor infos in file order.
     pub tensors: Vec<GgufTensor>,
+    /// Data alignment in bytes (`general.alignment`, 32 by default).
     pub alignment: u64,
     /// Absolute offset of the data section.
     pub data_offset: u64,
 }
 
 impl GgufFile {
+    /// The metadata value under `key`.
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.get(key)
     }
+    /// `general.architecture` (e.g. `llama`, `bitnet-b1.58`), if present and a string.
     pub fn architecture(&self) -> Option<&str> {
         self.get("general.architecture").and_then(MetaValue::as_str)
     }

@@ -10,22 +10,38 @@ use std::collections::BTreeMap;
 /// Largest JSON header accepted (the reference implementation's limit).
 pub const MAX_HEADER_LEN: u64 = 100 << 20;
 
+/// A tensor's element type, as the header's `dtype` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
+    /// `BOOL`, 1 byte.
     Bool,
+    /// `U8`.
     U8,
+    /// `I8`.
     I8,
+    /// `U16`.
     U16,
+    /// `I16`.
     I16,
+    /// `F16`: IEEE half.
     F16,
+    /// `BF16`: bfloat16.
     BF16,
+    /// `U32`.
     U32,
+    /// `I32`.
     I32,
+    /// `F32`.
     F32,
+    /// `U64`.
     U64,
+    /// `I64`.
     I64,
+    /// `F64`.
     F64,
+    /// `F8_E4M3`: 8-bit float, 4 exponent bits.
     F8E4M3,
+    /// `F8_E5M2`: 8-bit float, 5 exponent bits.
     F8E5M2,
 }
 
@@ -51,6 +67,7 @@ impl Dtype {
         })
     }
 
+    /// Bytes per element.
     pub fn size(self) -> u64 {
         match self {
             Self::Bool | Self::U8 | Self::I8 | Self::F8E4M3 | Self::F8E5M2 => 1,
@@ -64,17 +81,24 @@ impl Dtype {
 /// One tensor of a safetensors file; `offset` is absolute within the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorInfo {
+    /// The tensor's name (HF naming, e.g. `model.layers.0.self_attn.q_proj.weight`).
     pub name: String,
+    /// Element type.
     pub dtype: Dtype,
+    /// Dimensions, outermost first (`[rows, cols]` for a weight).
     pub shape: Vec<usize>,
+    /// Absolute offset of the data in the file.
     pub offset: u64,
+    /// Byte length of the data (elements × [`Dtype::size`], checked).
     pub len: u64,
 }
 
+/// A parsed and checked safetensors header: tensors inside the data section, none overlapping.
 #[derive(Clone, Debug)]
 pub struct Header {
     /// Sorted by offset.
     pub tensors: Vec<TensorInfo>,
+    /// The `__metadata__` string pairs (e.g. `format: pt`).
     pub metadata: BTreeMap<String, String>,
     /// First byte of the data section.
     pub data_start: u64,

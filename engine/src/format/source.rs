@@ -30,7 +30,9 @@ impl<T: ?Sized> SourceBounds for T {}
 pub trait TensorSource: SourceBounds {
     /// The file name (or URL) used in error messages.
     fn name(&self) -> &str;
+    /// Total size in bytes.
     fn len(&self) -> u64;
+    /// Whether the source holds no bytes.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -80,6 +82,7 @@ pub struct BytesSource {
 }
 
 impl BytesSource {
+    /// `data`, named `name` in errors.
     pub fn new(name: impl Into<String>, data: Vec<u8>) -> Self {
         Self {
             name: name.into(),
@@ -114,6 +117,7 @@ pub struct FileSource {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl FileSource {
+    /// Opens the regular file at `path`; a missing file is an [`Error::Io`] (`NotFound`).
     pub fn open(path: &std::path::Path) -> Result<Self> {
         Self::open_if_present(path)?.ok_or_else(|| {
             Error::io(

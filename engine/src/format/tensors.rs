@@ -26,61 +26,90 @@ pub fn check_finite(r: &FloatRef, first_element: usize, bytes: &[u8]) -> Result<
     }
 }
 
+/// How a projection's bytes encode its weights.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WeightData {
     /// Ternary codes in a file layout + the per-tensor scale (read as f32 and checked finite and
     /// positive; for I2_S it was read from the blob's tail; for TQ*_0 the per-block f16 scales stay in
     /// the blob and `scale` is None).
     Ternary {
+        /// How the codes are packed in the file.
         layout: TernaryLayout,
+        /// The per-tensor scale, as stored (see [`ScaleConvention`](super::config::ScaleConvention)).
         scale: Option<f32>,
     },
     /// Float latent weights [out, in] to be absmean-quantized at load (online mode).
-    Float { dtype: FloatDType },
+    Float {
+        /// The stored element type.
+        dtype: FloatDType,
+    },
 }
 
 /// A projection's bytes: `len` bytes at `offset` of `sources[source]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeightRef {
+    /// Index into the checkpoint's `sources`.
     pub source: usize,
+    /// Absolute byte offset in that source.
     pub offset: u64,
+    /// Byte length.
     pub len: u64,
     /// Output features.
     pub rows: usize,
     /// Input features.
     pub cols: usize,
+    /// The encoding of the bytes.
     pub data: WeightData,
     /// GGUF `llama` q/k: rows are permuted to the interleaved RoPE layout; the loader un-permutes them.
     pub rope_permuted: bool,
+    /// The source's name, for errors.
     pub file: String,
+    /// The tensor's name in its file.
     pub name: String,
 }
 
 /// A float tensor (norm gain: rows 1; embedding / LM head: [vocab, hidden]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FloatRef {
+    /// Index into the checkpoint's `sources`.
     pub source: usize,
+    /// Absolute byte offset in that source.
     pub offset: u64,
+    /// Byte length.
     pub len: u64,
+    /// The stored element type.
     pub dtype: FloatDType,
+    /// Rows (1 for a norm gain).
     pub rows: usize,
+    /// Elements per row.
     pub cols: usize,
+    /// The source's name, for errors.
     pub file: String,
+    /// The tensor's name in its file.
     pub name: String,
 }
 
+/// One of a layer's seven linear projections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Projection {
+    /// Attention query: [heads·hd, hidden].
     Q,
+    /// Attention key: [kv_heads·hd, hidden].
     K,
+    /// Attention value: [kv_heads·hd, hidden].
     V,
+    /// Attention output: [hidden, heads·hd].
     O,
+    /// Feed-forward gate: [intermediate, hidden].
     Gate,
+    /// Feed-forward up: [intermediate, hidden].
     Up,
+    /// Feed-forward down: [hidden, intermediate].
     Down,
 }
 
 impl Projection {
+    /// Every projection, in layer order.
     pub const ALL: [Projection; 7] = [
         Self::Q,
         Self::K,
@@ -133,11 +162,16 @@ impl Projection {
     }
 }
 
+/// One of a layer's RMSNorm gains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormWeight {
+    /// Before attention (`input_layernorm`), [hidden].
     InputLn,
+    /// Before the feed-forward block (`post_attention_layernorm`), [hidden].
     PostAttnLn,
+    /// BitNet sub-norm on the attention output, before `o_proj`, [heads·hd].
     AttnSub,
+    /// BitNet sub-norm on act(gate)·up, before `down_proj`, [intermediate].
     FfnSub,
 }
 

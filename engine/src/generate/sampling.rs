@@ -99,6 +99,7 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
+    /// The validated parameters this sampler draws with.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

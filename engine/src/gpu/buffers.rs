@@ -17,7 +17,9 @@ pub enum BufferUsage {
 /// A GPU buffer with its size in bytes. Sizes are rounded up to 4 bytes as WebGPU requires. Its
 /// bytes count in [`Context::live_buffer_bytes`] until it is dropped.
 pub struct GpuBuffer {
+    /// The wgpu buffer itself.
     pub buffer: wgpu::Buffer,
+    /// Size in bytes after rounding (at least 4, a multiple of 4).
     pub size: u64,
     live_bytes: Arc<AtomicU64>,
 }
@@ -29,6 +31,8 @@ impl Drop for GpuBuffer {
 }
 
 impl GpuBuffer {
+    /// An uninitialised buffer of `size` bytes (rounded up); fails if it exceeds the adapter's
+    /// largest buffer.
     pub fn new(ctx: &Context, label: &str, size: u64, usage: BufferUsage) -> Result<Self> {
         let size = size.max(4).next_multiple_of(4);
         if size > ctx.caps.max_buffer_bytes {
@@ -67,6 +71,7 @@ impl GpuBuffer {
         Ok(buffer)
     }
 
+    /// A buffer holding `data`'s bytes (padded with zeros to 4 bytes).
     pub fn from_slice<T: bytemuck::Pod>(
         ctx: &Context,
         label: &str,
@@ -106,6 +111,7 @@ impl GpuBuffer {
         read_buffer(ctx, &self.buffer, 0, self.size).await
     }
 
+    /// Reads the whole buffer back as `T`s (including any padding to 4 bytes).
     pub async fn read_vec<T: bytemuck::Pod>(&self, ctx: &Context) -> Result<Vec<T>> {
         let bytes = self.read(ctx).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
@@ -125,6 +131,7 @@ pub struct AllocationCount {
 }
 
 impl AllocationCount {
+    /// Starts counting on this thread, inside any count already running.
     pub fn start() -> Self {
         AllocationCount {
             enclosing: COUNTED.with(|counted| counted.replace(Some(0))),

@@ -69,15 +69,21 @@ impl ContextOptions {
 /// What the kernels may use on this device, decided once from the adapter.
 #[derive(Clone, Debug)]
 pub struct Capabilities {
+    /// The device has `SHADER_F16`: kernels may use `f16` arithmetic.
     pub shader_f16: bool,
+    /// The device has `SUBGROUP`: kernels may use subgroup operations.
     pub subgroups: bool,
+    /// The device has `TIMESTAMP_QUERY`: kernels can be timed on the GPU.
     pub timestamps: bool,
     /// Smallest subgroup size the adapter may use (0 without subgroups).
     pub subgroup_min_size: u32,
     /// The adapter is a CPU rasterizer (lavapipe, SwiftShader): one invocation per row wins there.
     pub is_cpu: bool,
+    /// Largest storage-buffer binding, in bytes (`max_storage_buffer_binding_size`).
     pub max_binding_bytes: u64,
+    /// Largest buffer, in bytes (`max_buffer_size`).
     pub max_buffer_bytes: u64,
+    /// Most invocations in one workgroup (`max_compute_invocations_per_workgroup`).
     pub max_workgroup_invocations: u32,
 }
 
@@ -85,11 +91,15 @@ pub struct Capabilities {
 /// its error state).
 #[derive(Clone)]
 pub struct Context {
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// The device's queue: writes and submits go here.
     pub queue: wgpu::Queue,
+    /// Name, vendor, backend and type of the adapter the device was made from.
     pub info: wgpu::AdapterInfo,
     /// The limits the device was created with (what it enforces).
     pub limits: wgpu::Limits,
+    /// What the kernels may use, derived from the adapter's features and `limits`.
     pub caps: Capabilities,
     /// The first wgpu error no error scope caught, until [`Context::check_errors`] returns it
     /// (wgpu's default handler would panic).
@@ -101,8 +111,11 @@ pub struct Context {
 /// One adapter as `tern info` prints it.
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
+    /// Name, vendor, backend and type of the adapter.
     pub info: wgpu::AdapterInfo,
+    /// The adapter's best limits (not those a device is created with).
     pub limits: wgpu::Limits,
+    /// Every feature the adapter offers.
     pub features: wgpu::Features,
 }
 
@@ -267,6 +280,7 @@ impl Context {
         Ok(adapters)
     }
 
+    /// [`Context::adapters`] as printable reports.
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn adapter_reports(options: &ContextOptions) -> Result<Vec<AdapterReport>> {
         Ok(Self::adapters(options)

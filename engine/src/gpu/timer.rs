@@ -38,7 +38,9 @@ impl KernelTiming {
 /// Time spent in one kernel over a profiled step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelTime {
+    /// The name the kernel was recorded under ([`StepRecorder::kernel`]).
     pub name: &'static str,
+    /// Total time over the step's dispatches of it, in milliseconds.
     pub ms: f64,
     /// How many times the step ran it (e.g. once per layer).
     pub dispatches: u32,
@@ -47,11 +49,14 @@ pub struct KernelTime {
 /// Per-kernel times of one step, in the order each kernel first ran.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelProfile {
+    /// How the times were taken.
     pub timing: KernelTiming,
+    /// One entry per kernel name.
     pub kernels: Vec<KernelTime>,
 }
 
 impl KernelProfile {
+    /// Sum of the kernels' times, in milliseconds.
     pub fn total_ms(&self) -> f64 {
         self.kernels.iter().map(|k| k.ms).sum()
     }

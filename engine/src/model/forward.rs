@@ -53,7 +53,7 @@ impl Default for ModelOptions {
 pub enum Output {
     /// The argmax token of the last position (4 bytes back).
     Argmax,
-    /// The k highest logits of the last position, sorted descending (k ≤ [`MAX_TOP_K`]).
+    /// The k highest logits of the last position, sorted descending (k ≤ 64).
     TopK(usize),
     /// All logits of the last position.
     LastLogits,
@@ -64,8 +64,11 @@ pub enum Output {
 /// What a step returns, matching the requested [`Output`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepResult {
+    /// The argmax token id ([`Output::Argmax`]).
     Token(u32),
+    /// The top-k candidates, highest logit first ([`Output::TopK`]).
     Candidates(Vec<Candidate>),
+    /// Logits, `[vocab]` for [`Output::LastLogits`] or `[T, vocab]` for [`Output::AllLogits`].
     Logits(Vec<f32>),
 }
 
@@ -77,6 +80,7 @@ pub struct LastLayerActivations {
     pub ffn_activation: Vec<f32>,
     /// The residual stream after the last layer.
     pub residual: Vec<f32>,
+    /// The residual stream after the final RMSNorm (the LM head's input).
     pub final_norm: Vec<f32>,
 }
 
@@ -121,6 +125,7 @@ impl Transformer {
         })))
     }
 
+    /// The architecture the weights were loaded for.
     pub fn config(&self) -> &ModelConfig {
         &self.0.config
     }
@@ -145,6 +150,7 @@ impl Transformer {
 /// step, made when it is created; the weights are the [`Transformer`]'s, shared.
 pub struct Sequence {
     model: Transformer,
+    /// The model's architecture (a copy of the [`Transformer`]'s).
     pub config: ModelConfig,
     /// The sizes it was made with (`max_context` capped at the model's positions).
     pub options: ModelOptions,

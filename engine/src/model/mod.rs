@@ -1,9 +1,11 @@
 //! Model configuration, weights on the GPU, KV cache and the forward pass.
 
+#[cfg(feature = "internals")]
 pub mod cpu_step;
 mod forward;
 mod graph;
 pub mod limits;
+#[cfg(any(test, feature = "internals"))]
 pub mod synthetic;
 pub mod weights;
 

@@ -16,11 +16,17 @@ use crate::{Error, Result};
 /// The dimensions of a BitNet b1.58 model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
+    /// `hidden_size`: width of the residual stream.
     pub hidden: usize,
+    /// `num_hidden_layers`.
     pub layers: usize,
+    /// `num_attention_heads` (query heads).
     pub heads: usize,
+    /// `num_key_value_heads`.
     pub kv_heads: usize,
+    /// `intermediate_size`: width of the feed-forward hidden layer.
     pub intermediate: usize,
+    /// `vocab_size`.
     pub vocab: usize,
 }
 

@@ -22,7 +22,9 @@ pub struct TernaryWeight {
     /// f32 [rows]: multiplies each row's integer dot product (file scales already inverted where the
     /// checkpoint's convention divides).
     pub row_scale: GpuBuffer,
+    /// Output features (rows of the matrix).
     pub rows: usize,
+    /// Input features (logical columns, before packing).
     pub cols: usize,
 }
 
@@ -36,7 +38,9 @@ pub struct DenseWeight {
 
 /// A projection's weight: ternary (BitNet b1.58) or dense (the baseline it is compared against).
 pub enum ProjectionWeight {
+    /// Loaded with [`ProjectionKind::Ternary`].
     Ternary(TernaryWeight),
+    /// Loaded with [`ProjectionKind::Dense`].
     Dense(DenseWeight),
 }
 
@@ -67,25 +71,37 @@ pub enum ProjectionKind {
     Dense,
 }
 
+/// One transformer block's weights on the GPU.
 pub struct LayerWeights {
+    /// f32 [hidden]: RMSNorm weight before attention.
     pub input_norm: GpuBuffer,
+    /// f32 [hidden]: RMSNorm weight before the feed-forward block.
     pub post_attention_norm: GpuBuffer,
-    /// `None` for architectures without sub-norms (plain llama-style BitNet).
+    /// f32 [heads·hd]: RMSNorm weight on the attention output, before `o`; `None` for
+    /// architectures without sub-norms (plain llama-style BitNet).
     pub attention_sub_norm: Option<GpuBuffer>,
+    /// f32 [intermediate]: RMSNorm weight on act(gate)·up, before `down`; `None` like
+    /// `attention_sub_norm`.
     pub ffn_sub_norm: Option<GpuBuffer>,
     /// Rows: q (heads·hd), then k and v (kv_heads·hd each).
     pub qkv: ProjectionWeight,
+    /// Attention output projection: [hidden, heads·hd].
     pub o: ProjectionWeight,
     /// Rows: gate (intermediate), then up (intermediate).
     pub gate_up: ProjectionWeight,
+    /// Feed-forward output projection: [hidden, intermediate].
     pub down: ProjectionWeight,
 }
 
+/// A whole model's weights on the GPU.
 pub struct Weights {
+    /// [vocab, hidden] token embedding, in its stored float dtype.
     pub embedding: DenseTable,
     /// `None` when the head is tied to the embedding.
     pub lm_head: Option<DenseTable>,
+    /// f32 [hidden]: RMSNorm weight after the last layer.
     pub final_norm: GpuBuffer,
+    /// One entry per transformer block, in order.
     pub layers: Vec<LayerWeights>,
 }
 

@@ -3,6 +3,7 @@
 //! [`crate::reference`] that the tests compare against.
 
 pub mod attention;
+#[cfg(feature = "internals")]
 pub mod bandwidth;
 pub mod dense_matvec;
 pub mod dense_projection;
@@ -47,6 +48,7 @@ pub mod sources {
     pub const ATTENTION_COMBINE: &str = shader!("attention_combine", "step");
     pub const ATTENTION_DECODE: &str = shader!("attention_decode", "step", "attention");
     pub const ATTENTION_PREFILL: &str = shader!("attention_prefill", "step", "attention");
+    #[cfg(feature = "internals")]
     pub const COPY_BANDWIDTH: &str = shader!("copy_bandwidth");
     pub const DENSE_MATVEC: &str = shader!("dense_matvec", "step");
     pub const DENSE_PROJECTION: &str = shader!("dense_projection", "step", "epilogue");
@@ -72,6 +74,7 @@ pub mod sources {
     );
 
     /// `(name, source)` of every kernel above.
+    #[cfg(feature = "internals")]
     pub const ALL: &[(&str, &str)] = &[
         ("absmean_quantize", ABSMEAN_QUANTIZE),
         ("absmean_sum", ABSMEAN_SUM),

@@ -88,6 +88,7 @@ impl Quantizer {
 
     /// Binds at most `bytes` of a tensor at once (below the adapter's limit), so that small tensors
     /// take the chunked path too (tests).
+    #[cfg(feature = "internals")]
     pub fn with_max_window(mut self, bytes: u64) -> Self {
         self.max_window = self.max_window.min(bytes);
         self

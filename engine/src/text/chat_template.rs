@@ -26,13 +26,17 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>
 /// For vocabularies without turn markers: `Role: content` lines after the BOS.
 pub const PLAIN_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ message['role'] | capitalize + ': ' + message['content'] | trim + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
 
+/// One turn of a conversation, as chat templates see it (`message['role']`, `message['content']`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// Who speaks: `system`, `user` or `assistant`.
     pub role: String,
+    /// What was said, as plain text.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message from `role` saying `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         ChatMessage {
             role: role.into(),
@@ -47,7 +51,9 @@ impl ChatMessage {
 /// typed (`<|eot_id|>` inside a message) must stay text, or a user could forge a turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderedPrompt {
+    /// The template's output.
     pub text: String,
+    /// Whether `text` already begins with the BOS token's text, so the tokenizer must not add one.
     pub starts_with_bos: bool,
     /// For each message, the byte range of `text` that is its content (`None` when the
     /// template rewrote the content or it is empty).

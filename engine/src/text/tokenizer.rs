@@ -303,10 +303,12 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// Id of the vocabulary entry spelled `token` (added tokens included), if any.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// Vocabulary entry of `id` as stored (byte-level BPE spelling, not decoded text).
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
@@ -316,10 +318,12 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Beginning-of-sequence id, if the vocabulary has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
     }
 
+    /// End-of-sequence id, if known (see [`Tokenizer::with_special_ids`]).
     pub fn eos_id(&self) -> Option<u32> {
         self.eos
     }
