@@ -99,9 +99,9 @@ pub const I2S_BLOCK: usize = 128;
 pub const I2S_TAIL_BYTES: usize = 32;
 /// Values per TQ1_0 / TQ2_0 block (`QK_K`).
 pub const TQ_BLOCK: usize = 256;
-/// qs[64] then an f16 d.
+/// `qs[64]` then an f16 d.
 pub const TQ2_0_BLOCK_BYTES: usize = 66;
-/// qs[48], qh[4] then an f16 d.
+/// `qs[48]`, `qh[4]` then an f16 d.
 pub const TQ1_0_BLOCK_BYTES: usize = 54;
 
 // ---- Kernel twins the host needs outside tests ----

@@ -35,6 +35,8 @@
 //! - [`text`]: tokenizer and chat template.
 //! - [`generate`]: the front door above, sampling and generation.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod format;
 pub mod generate;

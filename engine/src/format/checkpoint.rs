@@ -213,7 +213,7 @@ impl Checkpoint {
             .ok_or_else(|| Error::Invalid(format!("this model has no {n:?} norm")))
     }
 
-    /// [hidden]: the gain of the RMSNorm after the last layer.
+    /// `[hidden]`: the gain of the RMSNorm after the last layer.
     pub fn final_norm(&self) -> Result<FloatRef> {
         Ok(self.final_norm.clone())
     }

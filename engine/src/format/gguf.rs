@@ -177,7 +177,7 @@ pub struct GgufTensor {
     pub name: String,
     /// How its data is encoded.
     pub ggml_type: GgmlType,
-    /// ggml order: dims[0] is the row length (input features for a weight).
+    /// ggml order: `dims[0]` is the row length (input features for a weight).
     pub dims: Vec<u64>,
     /// Absolute offset of the data in the file.
     pub offset: u64,
@@ -186,7 +186,7 @@ pub struct GgufTensor {
 }
 
 impl GgufTensor {
-    /// Row length (ggml ne[0]; `in` for a weight).
+    /// Row length (ggml `ne[0]`; `in` for a weight).
     pub fn cols(&self) -> u64 {
         self.dims[0]
     }

@@ -13,6 +13,7 @@ use crate::{Error, Result};
 /// single-threaded JS handles, so neither the sources nor their reads are `Send`.
 #[cfg(not(target_arch = "wasm32"))]
 pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+/// A source's pending read; not `Send` on wasm32, whose sources hold single-threaded JS handles.
 #[cfg(target_arch = "wasm32")]
 pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
 
@@ -21,6 +22,7 @@ pub type ReadFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
 pub trait SourceBounds: Send + Sync {}
 #[cfg(not(target_arch = "wasm32"))]
 impl<T: Send + Sync + ?Sized> SourceBounds for T {}
+/// No bounds on wasm32, where sources hold single-threaded JS handles.
 #[cfg(target_arch = "wasm32")]
 pub trait SourceBounds {}
 #[cfg(target_arch = "wasm32")]

@@ -165,13 +165,13 @@ impl Projection {
 /// One of a layer's RMSNorm gains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormWeight {
-    /// Before attention (`input_layernorm`), [hidden].
+    /// Before attention (`input_layernorm`), `[hidden]`.
     InputLn,
-    /// Before the feed-forward block (`post_attention_layernorm`), [hidden].
+    /// Before the feed-forward block (`post_attention_layernorm`), `[hidden]`.
     PostAttnLn,
-    /// BitNet sub-norm on the attention output, before `o_proj`, [heads·hd].
+    /// BitNet sub-norm on the attention output, before `o_proj`, `[heads·hd]`.
     AttnSub,
-    /// BitNet sub-norm on act(gate)·up, before `down_proj`, [intermediate].
+    /// BitNet sub-norm on act(gate)·up, before `down_proj`, `[intermediate]`.
     FfnSub,
 }
 

@@ -219,7 +219,7 @@ fn by_rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// log softmax(logits)[index], in f64: a token's log-probability (perplexity sums these).
+/// log softmax(logits)`[index]`, in f64: a token's log-probability (perplexity sums these).
 pub fn log_softmax_at(logits: &[f32], index: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();

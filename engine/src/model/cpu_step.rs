@@ -1,5 +1,5 @@
 //! The CPU twin of a whole step of the dense baseline: [`dense_logits`] follows
-//! [`super::graph::bitnet_step`] line for line, each kernel replaced by its CPU twin
+//! `model::graph::bitnet_step` (the step the GPU runs) line for line, each kernel replaced by its CPU twin
 //! ([`crate::reference`]) on host vectors, every weight read from the checkpoint as it is needed.
 //! It is the oracle of the dense forward's test (f16 projections, f32 activations, as the dense
 //! kernels compute them).

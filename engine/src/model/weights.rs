@@ -19,7 +19,7 @@ use crate::{Error, Result};
 pub struct TernaryWeight {
     /// u32 [rows, words_per_row(cols)].
     pub codes: GpuBuffer,
-    /// f32 [rows]: multiplies each row's integer dot product (file scales already inverted where the
+    /// f32 `[rows]`: multiplies each row's integer dot product (file scales already inverted where the
     /// checkpoint's convention divides).
     pub row_scale: GpuBuffer,
     /// Output features (rows of the matrix).
@@ -73,14 +73,14 @@ pub enum ProjectionKind {
 
 /// One transformer block's weights on the GPU.
 pub struct LayerWeights {
-    /// f32 [hidden]: RMSNorm weight before attention.
+    /// f32 `[hidden]`: RMSNorm weight before attention.
     pub input_norm: GpuBuffer,
-    /// f32 [hidden]: RMSNorm weight before the feed-forward block.
+    /// f32 `[hidden]`: RMSNorm weight before the feed-forward block.
     pub post_attention_norm: GpuBuffer,
-    /// f32 [heads·hd]: RMSNorm weight on the attention output, before `o`; `None` for
+    /// f32 `[heads·hd]`: RMSNorm weight on the attention output, before `o`; `None` for
     /// architectures without sub-norms (plain llama-style BitNet).
     pub attention_sub_norm: Option<GpuBuffer>,
-    /// f32 [intermediate]: RMSNorm weight on act(gate)·up, before `down`; `None` like
+    /// f32 `[intermediate]`: RMSNorm weight on act(gate)·up, before `down`; `None` like
     /// `attention_sub_norm`.
     pub ffn_sub_norm: Option<GpuBuffer>,
     /// Rows: q (heads·hd), then k and v (kv_heads·hd each).
@@ -99,7 +99,7 @@ pub struct Weights {
     pub embedding: DenseTable,
     /// `None` when the head is tied to the embedding.
     pub lm_head: Option<DenseTable>,
-    /// f32 [hidden]: RMSNorm weight after the last layer.
+    /// f32 `[hidden]`: RMSNorm weight after the last layer.
     pub final_norm: GpuBuffer,
     /// One entry per transformer block, in order.
     pub layers: Vec<LayerWeights>,

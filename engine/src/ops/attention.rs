@@ -20,14 +20,18 @@ const DECODE_LANES: usize = 4;
 /// Attention geometry of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads; divides `heads`.
     pub kv_heads: usize,
+    /// Width of one head: a multiple of 4, at most [`MAX_HEAD_DIM`].
     pub head_dim: usize,
     /// Positions the KV cache holds.
     pub max_seq: usize,
 }
 
 impl AttentionShape {
+    /// [`Error::Invalid`] unless the kernels can run this shape (see the fields).
     pub fn validate(&self) -> Result<()> {
         let ok = self.kv_heads > 0
             && self.heads.is_multiple_of(self.kv_heads)
@@ -65,8 +69,11 @@ pub struct AttentionBuffers<'a> {
     pub step: &'a GpuBuffer,
     /// Rotated queries: token t, head h at `t·q_stride + h·head_dim` (e.g. the fused q|k|v buffer).
     pub q: &'a GpuBuffer,
+    /// Elements (f32) from one token's queries to the next.
     pub q_stride: usize,
+    /// This layer's K cache, f32 [kv_heads, max_seq, head_dim].
     pub k_cache: &'a GpuBuffer,
+    /// This layer's V cache, laid out like `k_cache`.
     pub v_cache: &'a GpuBuffer,
     /// f32 [T, heads·head_dim].
     pub out: &'a GpuBuffer,
@@ -107,6 +114,7 @@ pub struct AttentionDecode {
     combine: wgpu::ComputePipeline,
 }
 
+/// [`AttentionDecode`]'s bind groups for one site, with its parameters and scratch.
 pub struct AttentionDecodeBinding {
     partial: wgpu::BindGroup,
     combine: wgpu::BindGroup,
@@ -117,6 +125,7 @@ pub struct AttentionDecodeBinding {
 }
 
 impl AttentionDecode {
+    /// Builds the partial and combine pipelines.
     pub fn new(ctx: &Context) -> Self {
         AttentionDecode {
             partial: ctx.pipeline("attention_decode", sources::ATTENTION_DECODE, "main", &[]),
@@ -193,6 +202,7 @@ pub struct AttentionPrefill {
     pipeline: wgpu::ComputePipeline,
 }
 
+/// [`AttentionPrefill`]'s bind group for one site, with its parameters.
 pub struct AttentionPrefillBinding {
     bind_group: wgpu::BindGroup,
     heads: u32,
@@ -200,12 +210,14 @@ pub struct AttentionPrefillBinding {
 }
 
 impl AttentionPrefill {
+    /// Builds the pipeline.
     pub fn new(ctx: &Context) -> Self {
         AttentionPrefill {
             pipeline: ctx.pipeline("attention_prefill", sources::ATTENTION_PREFILL, "main", &[]),
         }
     }
 
+    /// Makes the bind group for one site.
     pub fn bind(
         &self,
         ctx: &Context,

@@ -29,9 +29,11 @@ pub struct BandwidthReport {
     pub copy_gbps: f64,
     /// Bytes of the source buffer (all chunks).
     pub bytes: u64,
+    /// Binding-sized buffers the source was split into.
     pub chunks: usize,
 }
 
+/// The read and copy kernels of the bandwidth yardstick.
 pub struct CopyBandwidth {
     read: wgpu::ComputePipeline,
     copy: wgpu::ComputePipeline,
@@ -58,6 +60,7 @@ fn layout(bytes: u64) -> Result<(u32, u32)> {
 }
 
 impl CopyBandwidth {
+    /// Builds both pipelines.
     pub fn new(ctx: &Context) -> Self {
         CopyBandwidth {
             read: ctx.pipeline(
@@ -142,6 +145,7 @@ impl CopyBandwidth {
         })
     }
 
+    /// Runs the kernel `binding` was made for over its chunk once.
     pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, binding: &BandwidthBinding) {
         pass.set_pipeline(if binding.is_copy {
             &self.copy

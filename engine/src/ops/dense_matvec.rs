@@ -16,6 +16,7 @@ pub enum MatvecLayout {
 }
 
 impl MatvecLayout {
+    /// Per invocation on CPU adapters, per workgroup elsewhere.
     pub fn for_adapter(ctx: &Context) -> Self {
         if ctx.caps.is_cpu {
             MatvecLayout::RowPerInvocation
@@ -37,6 +38,7 @@ struct Params {
 const ROWS_PER_WORKGROUP: u32 = 64;
 const WORKGROUP_PER_ROW: u32 = 128;
 
+/// f32 `out = table · x` for one or more tokens over a [`DenseTable`] (the LM head's logits).
 pub struct DenseMatvec {
     pipeline: wgpu::ComputePipeline,
     layout: MatvecLayout,
@@ -55,6 +57,7 @@ impl DenseMatvec {
         Self::with_layout(ctx, dtype, cols, MatvecLayout::for_adapter(ctx))
     }
 
+    /// As [`DenseMatvec::new`] with a given layout (tests run both).
     pub fn with_layout(
         ctx: &Context,
         dtype: FloatDType,

@@ -18,6 +18,7 @@ pub enum DenseLayout {
 }
 
 impl DenseLayout {
+    /// Per invocation on CPU adapters, per workgroup elsewhere.
     pub fn for_adapter(ctx: &Context) -> Self {
         if ctx.caps.is_cpu {
             DenseLayout::RowPerInvocation
@@ -68,6 +69,8 @@ pub struct DenseProjectionBinding {
     chunks: Vec<ChunkBinding>,
 }
 
+/// A float-weight projection with an [`Epilogue`]: a matvec for decode, a tiled matmul for
+/// prefill.
 pub struct DenseProjection {
     decode: wgpu::ComputePipeline,
     prefill: wgpu::ComputePipeline,
@@ -123,6 +126,7 @@ impl DenseProjection {
         }
     }
 
+    /// Checks `site`'s tables and buffers against this kernel and makes one bind group per chunk.
     pub fn bind(
         &self,
         ctx: &Context,

@@ -10,8 +10,11 @@ use crate::{Error, Result};
 
 /// Rows `first_row .. first_row + rows` of a table, in a buffer of their own.
 pub struct RowChunk {
+    /// The chunk's rows in the table's dtype, padded to 16 bytes.
     pub buffer: GpuBuffer,
+    /// Index of the chunk's first row in the whole table.
     pub first_row: usize,
+    /// Rows in this chunk.
     pub rows: usize,
 }
 
@@ -19,9 +22,13 @@ pub struct RowChunk {
 /// padded to 16 bytes so kernels may read them as `vec4<u32>`; a chunk's row count is a multiple of 8
 /// (except the last) so every chunk starts on a 16-byte boundary of the full matrix's bytes.
 pub struct DenseTable {
+    /// Element type of every chunk.
     pub dtype: FloatDType,
+    /// Rows of the whole matrix (vocab for the embedding and the head).
     pub rows: usize,
+    /// Elements per row (hidden for the embedding and the head).
     pub cols: usize,
+    /// The chunks, in row order, covering every row once.
     pub chunks: Vec<RowChunk>,
 }
 
@@ -147,6 +154,7 @@ struct Params {
     _pad: u32,
 }
 
+/// Looks up token rows of a [`DenseTable`] into f32 activations.
 pub struct Embedding {
     pipeline: wgpu::ComputePipeline,
     dtype: FloatDType,
@@ -161,6 +169,7 @@ pub struct EmbeddingBinding {
 const WORKGROUP: u32 = 64;
 
 impl Embedding {
+    /// Builds the pipeline for tables of `dtype`.
     pub fn new(ctx: &Context, dtype: FloatDType) -> Self {
         let pipeline = ctx.pipeline(
             "embedding",
@@ -171,7 +180,7 @@ impl Embedding {
         Embedding { pipeline, dtype }
     }
 
-    /// `step`: [`super::StepParams`] (T = `tokens`); `ids`: u32 [T]; `out`: f32 [T, table.cols].
+    /// `step`: [`super::StepParams`] (T = `tokens`); `ids`: u32 `[T]`; `out`: f32 [T, table.cols].
     /// Ids outside the table leave their output row untouched.
     pub fn bind(
         &self,

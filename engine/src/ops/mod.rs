@@ -42,25 +42,44 @@ macro_rules! shader {
 /// appended; natively, so without the browser's `enable subgroups;`). The wrappers take their
 /// source from here, so a test that translates these translates exactly what runs.
 pub mod sources {
+    /// Online quantization, second pass: float latents to packed ternary codes.
     pub const ABSMEAN_QUANTIZE: &str = shader!("absmean_quantize", "float_load");
+    /// Online quantization, first pass: Σ|w| of a float tensor in fixed-order partial sums.
     pub const ABSMEAN_SUM: &str = shader!("absmean_sum", "float_load");
+    /// Greedy selection: each row's argmax ([`super::select::Argmax`]).
     pub const ARGMAX: &str = shader!("argmax");
+    /// Decode attention, second pass: merges the per-chunk softmax states.
     pub const ATTENTION_COMBINE: &str = shader!("attention_combine", "step");
+    /// Decode attention, first pass: one query over chunks of the KV cache.
     pub const ATTENTION_DECODE: &str = shader!("attention_decode", "step", "attention");
+    /// Prefill attention: T causal queries with an online softmax.
     pub const ATTENTION_PREFILL: &str = shader!("attention_prefill", "step", "attention");
     #[cfg(feature = "internals")]
+    /// The memory-bandwidth yardstick's read and copy kernels.
     pub const COPY_BANDWIDTH: &str = shader!("copy_bandwidth");
+    /// Dense matvec over one table chunk (the LM head).
     pub const DENSE_MATVEC: &str = shader!("dense_matvec", "step");
+    /// Float-weight projections with the ternary epilogues (the FP16 baseline).
     pub const DENSE_PROJECTION: &str = shader!("dense_projection", "step", "epilogue");
+    /// Embedding gather from one table chunk.
     pub const EMBEDDING: &str = shader!("embedding", "step");
+    /// Repacks HF packed U8 ternary weights into the engine layout.
     pub const REPACK_HF_PACKED: &str = shader!("repack_hf_packed", "repack");
+    /// Repacks GGUF I2_S ternary weights into the engine layout.
     pub const REPACK_I2S: &str = shader!("repack_i2s", "repack");
+    /// Repacks GGUF TQ1_0 ternary weights into the engine layout.
     pub const REPACK_TQ1_0: &str = shader!("repack_tq1_0", "repack");
+    /// Repacks GGUF TQ2_0 ternary weights into the engine layout.
     pub const REPACK_TQ2_0: &str = shader!("repack_tq2_0", "repack");
+    /// Plain f32 RMSNorm (the final norm).
     pub const RMSNORM: &str = shader!("rmsnorm");
+    /// RMSNorm fused with per-token absmax int8 quantization.
     pub const RMSNORM_QUANT: &str = shader!("rmsnorm_quant");
+    /// RoPE on q and k fused with the KV-cache append.
     pub const ROPE: &str = shader!("rope", "step");
+    /// The k highest logits of each row ([`super::select::TopK`]).
     pub const TOPK: &str = shader!("topk");
+    /// Ternary projection for decode, without subgroups.
     pub const TERNARY_MATVEC: &str = shader!("ternary_matvec", "step", "epilogue");
     /// The matmul reuses the matvec's bindings and row helpers.
     pub const TERNARY_MATMUL: &str = concat!(
@@ -130,6 +149,7 @@ pub struct StepParams {
     pub pos: u32,
     /// Tokens processed in this step (T).
     pub tokens: u32,
+    /// Zero: pads the uniform to 16 bytes.
     pub _pad: [u32; 2],
 }
 

@@ -74,6 +74,7 @@ pub struct Quantizer {
 }
 
 impl Quantizer {
+    /// Builds both passes for f32, f16 and bf16 latents.
     pub fn new(ctx: &Context) -> Self {
         let build = |label: &str, source: &str, dtype: FloatDType| {
             ctx.pipeline(label, source, "main", &[("DTYPE", dtype.shader_code())])

@@ -13,6 +13,7 @@ use crate::{Error, Result};
 
 /// A file layout of ternary weights W[rows = out_features, cols = in_features].
 impl TernaryLayout {
+    /// The layout's name in messages (`HF packed U8`, `I2_S`, `TQ2_0`, `TQ1_0`).
     pub fn name(self) -> &'static str {
         match self {
             TernaryLayout::HfPacked => "HF packed U8",
@@ -93,6 +94,7 @@ pub struct Repacker {
 }
 
 impl Repacker {
+    /// Builds the four pipelines.
     pub fn new(ctx: &Context) -> Self {
         Repacker {
             hf_packed: ctx.pipeline("repack_hf_packed", sources::REPACK_HF_PACKED, "main", &[]),

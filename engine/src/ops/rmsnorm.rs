@@ -13,6 +13,7 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// f32 RMSNorm of each token's row, times a gain.
 pub struct RmsNorm {
     pipeline: wgpu::ComputePipeline,
 }
@@ -24,13 +25,14 @@ pub struct RmsNormBinding {
 }
 
 impl RmsNorm {
+    /// Builds the pipeline.
     pub fn new(ctx: &Context) -> Self {
         RmsNorm {
             pipeline: ctx.pipeline("rmsnorm", sources::RMSNORM, "main", &[]),
         }
     }
 
-    /// `x`: f32 [T, k]; `gain`: f32 [k]; `y`: f32 [T, k] (may not alias `x`).
+    /// `x`: f32 [T, k]; `gain`: f32 `[k]`; `y`: f32 [T, k] (may not alias `x`).
     pub fn bind(
         &self,
         ctx: &Context,

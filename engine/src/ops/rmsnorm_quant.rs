@@ -14,6 +14,8 @@ struct Params {
     normalize: u32,
 }
 
+/// Optional RMSNorm then absmax int8 quantization of each token's row, for the ternary
+/// projections.
 pub struct RmsNormQuant {
     pipeline: wgpu::ComputePipeline,
 }
@@ -25,13 +27,14 @@ pub struct RmsNormQuantBinding {
 }
 
 impl RmsNormQuant {
+    /// Builds the pipeline.
     pub fn new(ctx: &Context) -> Self {
         RmsNormQuant {
             pipeline: ctx.pipeline("rmsnorm_quant", sources::RMSNORM_QUANT, "main", &[]),
         }
     }
 
-    /// `x`: f32 [T, k]; `gain`: f32 [k]; `xq`: u32 [T, padded_activation_words(k)]; `stats`: [T] ActStats.
+    /// `x`: f32 [T, k]; `gain`: f32 `[k]`; `xq`: u32 [T, padded_activation_words(k)]; `stats`: `[T]` ActStats.
     /// `norm`: `Some(eps)` normalizes with `gain` first; `None` only quantizes (`gain` is not read).
     #[allow(clippy::too_many_arguments)]
     pub fn bind(

@@ -17,6 +17,7 @@ struct Params {
 
 const WORKGROUP: u32 = 64;
 
+/// Rotates a step's q in place and appends its rotated k and raw v to the layer's KV cache.
 pub struct Rope {
     pipeline: wgpu::ComputePipeline,
 }
@@ -30,6 +31,7 @@ pub struct RopeBinding {
 }
 
 impl Rope {
+    /// Builds the pipeline.
     pub fn new(ctx: &Context) -> Self {
         Rope {
             pipeline: ctx.pipeline("rope", sources::ROPE, "main", &[]),

@@ -15,6 +15,7 @@ pub const MAX_TOP_K: usize = 64;
 pub struct Candidate {
     /// Token id; `u32::MAX` marks an empty slot (fewer than k non-NaN logits).
     pub index: u32,
+    /// The token's logit.
     pub value: f32,
 }
 
@@ -63,18 +64,20 @@ fn dispatch(
     pass.dispatch_workgroups(rows, 1, 1);
 }
 
+/// Greedy selection: the id of each row's highest logit.
 pub struct Argmax {
     pipeline: wgpu::ComputePipeline,
 }
 
 impl Argmax {
+    /// Builds the pipeline.
     pub fn new(ctx: &Context) -> Self {
         Argmax {
             pipeline: ctx.pipeline("argmax", sources::ARGMAX, "main", &[]),
         }
     }
 
-    /// `logits`: f32 [rows, vocab]; `out`: u32 [rows] (usable directly as the next step's token ids).
+    /// `logits`: f32 [rows, vocab]; `out`: u32 `[rows]` (usable directly as the next step's token ids).
     pub fn bind(
         &self,
         ctx: &Context,
@@ -102,11 +105,13 @@ impl Argmax {
     }
 }
 
+/// The k highest logits of each row, as [`Candidate`]s sorted descending.
 pub struct TopK {
     pipeline: wgpu::ComputePipeline,
 }
 
 impl TopK {
+    /// Builds the pipeline.
     pub fn new(ctx: &Context) -> Self {
         TopK {
             pipeline: ctx.pipeline("topk", sources::TOPK, "main", &[]),

@@ -12,12 +12,14 @@ const WG: u32 = 64;
 /// Tokens per invocation: the shader's `TILE`.
 const TILE: u32 = 8;
 
+/// Ternary projection of T tokens at once (prefill), 8 tokens per invocation.
 pub struct TernaryMatmul {
     pipeline: wgpu::ComputePipeline,
     epilogue: Epilogue,
 }
 
 impl TernaryMatmul {
+    /// The kernel for `epilogue`.
     pub fn new(ctx: &Context, epilogue: Epilogue) -> Self {
         let source = sources::TERNARY_MATMUL;
         let constants = [("EPILOGUE", epilogue.shader_code()), ("WG", f64::from(WG))];
@@ -27,6 +29,7 @@ impl TernaryMatmul {
         }
     }
 
+    /// Checks `site`'s buffers against its sizes and makes its bind group.
     pub fn bind(&self, ctx: &Context, site: &TernaryProjection<'_>) -> Result<TernaryBinding> {
         bind_projection(ctx, "ternary_matmul", &self.pipeline, self.epilogue, site)
     }

@@ -60,6 +60,8 @@ pub enum MatvecLayout {
 }
 
 impl MatvecLayout {
+    /// The fastest layout this adapter supports: per invocation on CPU adapters, per subgroup
+    /// where there are subgroups, else workgroup reduction.
     pub fn for_adapter(ctx: &Context) -> Self {
         if ctx.caps.is_cpu {
             MatvecLayout::RowPerInvocation
@@ -86,13 +88,13 @@ pub struct TernaryProjection<'a> {
     /// u32 [rows, words_per_row(k)] in the engine layout ([`crate::reference::ternary`]), in a buffer
     /// of at least [`weight_bytes`].
     pub weights: &'a GpuBuffer,
-    /// f32 [rows]: the scale each row's value is multiplied by.
+    /// f32 `[rows]`: the scale each row's value is multiplied by.
     pub row_scale: &'a GpuBuffer,
     /// [`super::StepParams`]: T is read from it at run time.
     pub step: &'a GpuBuffer,
     /// u32 [T, padded_activation_words(k)]: packed int8 activations.
     pub xq: &'a GpuBuffer,
-    /// [T] [`super::ActStats`].
+    /// `[T]` [`super::ActStats`].
     pub stats: &'a GpuBuffer,
     /// f32 [T, epilogue.outputs(rows)].
     pub out: &'a GpuBuffer,
@@ -187,6 +189,7 @@ pub(crate) fn bind_projection(
     })
 }
 
+/// Ternary projection of one token (decode): int8 activations times ternary rows.
 pub struct TernaryMatvec {
     pipeline: wgpu::ComputePipeline,
     epilogue: Epilogue,
@@ -257,6 +260,7 @@ impl TernaryMatvec {
         })
     }
 
+    /// Checks `site`'s buffers against its sizes and makes its bind group.
     pub fn bind(&self, ctx: &Context, site: &TernaryProjection<'_>) -> Result<TernaryBinding> {
         bind_projection(ctx, "ternary_matvec", &self.pipeline, self.epilogue, site)
     }

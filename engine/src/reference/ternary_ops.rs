@@ -10,9 +10,11 @@ use crate::ops::{padded_activation_words, ActStats};
 pub struct PackedTernary<'a> {
     /// u32 [rows, words_per_row(k)] in the engine layout.
     pub packed: &'a [u32],
+    /// Weight rows (2·I for a fused gate|up weight).
     pub rows: usize,
+    /// Input width: logical columns before packing.
     pub k: usize,
-    /// f32 [rows].
+    /// f32 `[rows]`.
     pub row_scale: &'a [f32],
 }
 

@@ -45,7 +45,7 @@ impl ChatMessage {
     }
 }
 
-/// A rendered prompt. Tokenize it with [`Tokenizer::encode_prompt`]: templates that write
+/// A rendered prompt, as [`ChatTemplate::prompt_ids`] tokenizes it: templates that write
 /// `bos_token` themselves (2B-4T's HF template) must not get a second one from the tokenizer,
 /// templates that do not (its GGUF template) need the tokenizer's; and control-token text a user
 /// typed (`<|eot_id|>` inside a message) must stay text, or a user could forge a turn.
