@@ -17,12 +17,7 @@ use crate::energy::{self, Dims};
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
     /// A model directory, .gguf file or Hugging Face repo id.
-    #[arg(
-        long,
-        short = 'm',
-        conflicts_with = "shape",
-        required_unless_present_any = ["shape", "sweep"]
-    )]
+    #[arg(long, short = 'm', conflicts_with = "shape")]
     pub model: Option<String>,
     /// A synthetic checkpoint with random ternary weights instead of a model: `2b4t`, `tiny`, or
     /// `hidden,layers,heads,kv_heads,intermediate,vocab`.
@@ -77,6 +72,13 @@ impl KernelTimingArg {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.model.is_none() && args.shape.is_none() && !args.sweep {
+        bail!(
+            "what to measure? --shape 2b4t (a synthetic BitNet b1.58 2B-4T; also `tiny` or \
+             `hidden,layers,heads,kv_heads,intermediate,vocab`), --model M (a model directory, \
+             .gguf file or repo id), or --sweep (ternary vs dense at four sizes)"
+        );
+    }
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
         bail!("--prompt-tokens and --gen-tokens must be at least 1");
     }

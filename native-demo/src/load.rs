@@ -19,9 +19,10 @@ pub struct ModelArgs {
     /// Default: tern-pydoc-6m, the small model trained by Tern and shipped in its repository.
     #[arg(long, short = 'm')]
     pub model: Option<String>,
-    /// KV-cache length in tokens (at most the model's max_position_embeddings).
-    #[arg(long, default_value_t = 4096)]
-    pub context: usize,
+    /// KV-cache length in tokens, cut to the model's max_position_embeddings [default: 4096;
+    /// `perplexity`: 512, its evaluation window].
+    #[arg(long, alias = "ctx", value_name = "TOKENS")]
+    pub context: Option<usize>,
     /// Tokens per prefill batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
@@ -31,6 +32,11 @@ impl ModelArgs {
     /// The model's name as the user knows it: the `--model` argument, or the default's name.
     pub fn name(&self) -> &str {
         self.model.as_deref().unwrap_or(DEFAULT_MODEL_NAME)
+    }
+
+    /// The KV-cache length asked: `--context`, else 4096.
+    pub fn context(&self) -> usize {
+        self.context.unwrap_or(4096)
     }
 }
 
@@ -68,7 +74,7 @@ pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
     )?;
     bar.finish_and_clear();
     Ok(model.session(SessionOptions {
-        max_context: args.context,
+        max_context: args.context(),
         max_batch: args.batch,
     })?)
 }

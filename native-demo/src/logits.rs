@@ -50,30 +50,32 @@ pub fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args)]
 pub struct PerplexityArgs {
+    // `--context` is the evaluation window here: tokens per window (non-overlapping; each starts
+    // from an empty cache), 512 unless given.
     #[command(flatten)]
     model: ModelArgs,
     /// A UTF-8 text file.
     #[arg(long)]
     file: PathBuf,
-    /// Tokens per evaluation window (non-overlapping; each starts from an empty cache).
-    #[arg(long, default_value_t = 512)]
-    ctx: usize,
 }
 
 /// Perplexity = exp(mean negative log-likelihood of each token given the ones before it in its window).
 pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<()> {
-    if args.ctx < 2 {
-        bail!("--ctx must be at least 2");
+    let mut model = args.model.clone();
+    let window = *model.context.get_or_insert(512);
+    if window < 2 {
+        bail!("--context must be at least 2");
     }
-    let mut session = session(&args.model)?;
+    // The file first: a wrong path fails before a model is loaded.
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
+    let mut session = session(&model)?;
     let ids = session.model().tokenizer().encode(&text, true)?;
     if ids.len() < 2 {
         bail!("{}: fewer than two tokens", args.file.display());
     }
     let vocab = session.model().config().vocab_size;
-    let window = args.ctx.min(session.max_context());
+    let window = session.max_context();
     let (mut nll, mut count) = (0f64, 0usize);
     for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
         let logits = pollster::block_on(session.logits(chunk, false))?;

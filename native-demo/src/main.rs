@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Chat interactively (streaming, chat template applied; /reset, /exit).
+    /// Chat interactively (streaming, chat template applied; /help lists the commands, Ctrl-C stops a reply).
     Chat(generate::ChatArgs),
     /// Generate once from a prompt (or token ids) and stream the result to stdout.
     Run(generate::RunArgs),

@@ -672,3 +672,288 @@ fn a_kv_cache_beyond_the_binding_limit_is_refused_naming_the_limit() {
         assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
     }
 }
+
+/// The chat's opening line, `/help`, unknown commands, `/system`, `/save` and `/load`.
+#[test]
+fn chat_commands() {
+    let dir = tempdir();
+    let file = dir.join("conversation.json");
+    let file = file.to_str().unwrap();
+    let out = chat_on_fixture(&format!(
+        "/help\n/system Answer in French.\nHello\n/save {file}\n/reset\n/load {file}\nAgain\n/exit\n"
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("context 256 (the model's maximum; --context 4096 asked)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bitnet-2b4t on "), "{stderr}");
+    for command in [
+        "/system TEXT",
+        "/save FILE",
+        "/load FILE",
+        "/reset",
+        "/exit",
+    ] {
+        assert!(stderr.contains(command), "/help lists {command}: {stderr}");
+    }
+    assert!(stderr.contains("[3 messages saved"), "{stderr}");
+    assert!(stderr.contains("[3 messages loaded"), "{stderr}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(saved[0]["role"], "system");
+    assert_eq!(saved[0]["content"], "Answer in French.");
+    assert_eq!(saved[1]["role"], "user");
+    assert_eq!(saved[1]["content"], "Hello");
+    assert_eq!(saved[2]["role"], "assistant");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("> ").count(),
+        8,
+        "a prompt before each of the eight lines"
+    );
+}
+
+/// An unknown `/command` is an error line, never a message to the model.
+#[test]
+fn chat_unknown_command_does_not_reach_the_model() {
+    let out = chat_on_fixture("/bogus\n/exit\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("unknown command /bogus"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "> > ", "no reply");
+}
+
+/// A child process whose stdout and stderr are collected as they come.
+struct Live {
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Live {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |mut from: Box<dyn Read + Send>| {
+            let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let to = text.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    to.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            text
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Live {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits (at most a minute) until `ready` holds for what stdout has so far.
+    fn wait_stdout(&self, what: &str, ready: impl Fn(&str) -> bool) {
+        let start = std::time::Instant::now();
+        while !ready(&self.stdout.lock().unwrap()) {
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "waited for {what}; stdout {:?}, stderr {:?}",
+                self.stdout.lock().unwrap(),
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(mut self) -> (std::process::ExitStatus, String, String) {
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let out = self.stdout.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (status, out, err)
+    }
+}
+
+/// Ctrl-C (SIGINT) during a reply stops that reply and the chat goes on; at the prompt it quits.
+#[test]
+fn chat_ctrl_c_stops_the_reply_and_keeps_the_session() {
+    let mut chat = Live::spawn(&[
+        "chat",
+        "-m",
+        &fixture("bitnet-2b4t"),
+        "-n",
+        "200",
+        "--ignore-eos",
+    ]);
+    chat.wait_stdout("the first prompt", |s| s == "> ");
+    chat.send("Tell me a long story.\n");
+    chat.wait_stdout("the first reply to start", |s| s.len() > 2);
+    chat.interrupt();
+    // Each prompt after a reply follows the reply's newline.
+    chat.wait_stdout("the second prompt", |s| s.contains("\n> "));
+    assert!(
+        chat.stderr.lock().unwrap().contains("[reply stopped]"),
+        "{:?}",
+        chat.stderr.lock().unwrap()
+    );
+    let first_reply_end = chat.stdout.lock().unwrap().len();
+    chat.send("And another one.\n");
+    chat.wait_stdout("the second reply and the third prompt", |s| {
+        s.matches("\n> ").count() >= 2
+    });
+    let out = chat.stdout.lock().unwrap().clone();
+    assert!(
+        out[first_reply_end..].trim_end_matches("> ").trim().len() > 2,
+        "the second message is answered: {out:?}"
+    );
+    chat.interrupt();
+    let (status, _, stderr) = chat.wait();
+    assert!(
+        status.success(),
+        "Ctrl-C at the prompt quits cleanly: {stderr}"
+    );
+    assert_eq!(stderr.matches("[reply stopped]").count(), 1, "{stderr}");
+}
+
+#[test]
+fn max_tokens_zero_generates_nothing() {
+    for flag in ["-n", "--max-tokens"] {
+        let out = success(&[
+            "run",
+            "-m",
+            &fixture("plain-bitnet"),
+            "--prompt",
+            "Once upon a time",
+            flag,
+            "0",
+            "--print-ids",
+        ]);
+        assert_eq!(out.trim(), "", "{flag} 0");
+    }
+}
+
+/// `tern run … | head`: a closed stdout ends the command quietly, with success.
+#[test]
+fn run_into_a_closed_pipe_stops_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "run",
+            "-m",
+            &fixture("bitnet-2b4t"),
+            "--prompt",
+            "Once upon a time",
+            "-n",
+            "240",
+            "--ignore-eos",
+        ])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is closed here; the next writes fail with EPIPE.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("broken pipe"), "{stderr}");
+}
+
+#[test]
+fn negative_temperatures_are_refused_in_both_spellings() {
+    for args in [
+        &["run", "--prompt", "hi", "--temperature=-1"][..],
+        &["run", "--prompt", "hi", "--temperature", "-1"],
+        &["chat", "--temperature=-0.5"],
+    ] {
+        let out = tern(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(
+            stderr.contains("negative temperatures are invalid"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn every_sampling_option_has_help() {
+    // Long help: each option's line, then its description on the next line.
+    let help = success(&["run", "--help"]);
+    let lines: Vec<&str> = help.lines().collect();
+    for option in [
+        "--max-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--min-p",
+        "--repetition-penalty",
+        "--seed",
+        "--stop",
+        "--ignore-eos",
+    ] {
+        let at = lines
+            .iter()
+            .position(|l| l.contains(&format!("{option} <")) || l.trim_end().ends_with(option))
+            .unwrap_or_else(|| panic!("{option} in {help}"));
+        let next = lines.get(at + 1).map_or("", |l| l.trim());
+        assert!(
+            !next.is_empty() && !next.starts_with('[') && !next.starts_with('-'),
+            "{option} has no help: {:?}",
+            &lines[at..(at + 2).min(lines.len())]
+        );
+    }
+}
+
+/// `perplexity` has `--context` (the window; `--ctx` is a hidden alias) and checks `--file` before
+/// loading the model.
+#[test]
+fn perplexity_options_and_a_missing_file() {
+    let help = success(&["perplexity", "--help"]);
+    assert!(help.contains("--context"), "{help}");
+    assert!(!help.contains("--ctx"), "{help}");
+    let out = tern(&[
+        "perplexity",
+        "-m",
+        "/no/such/model",
+        "--file",
+        "/no/such/text.txt",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("/no/such/text.txt"), "{stderr}");
+}
+
+#[test]
+fn bench_without_a_model_or_shape_says_how() {
+    let out = tern(&["bench"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--shape 2b4t"), "{stderr}");
+}
