@@ -160,10 +160,13 @@ pub struct SessionOptions {
 }
 
 impl Default for SessionOptions {
+    /// The engine's default sizes ([`crate::model::ModelOptions::default`]): 4096 positions,
+    /// prefill batches of 128.
     fn default() -> Self {
+        let sizes = crate::model::ModelOptions::default();
         SessionOptions {
-            max_context: 4096,
-            max_batch: 128,
+            max_context: sizes.max_context,
+            max_batch: sizes.max_batch,
         }
     }
 }

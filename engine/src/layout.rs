@@ -104,7 +104,7 @@ pub const TQ2_0_BLOCK_BYTES: usize = 66;
 /// `qs[48]`, `qh[4]` then an f16 d.
 pub const TQ1_0_BLOCK_BYTES: usize = 54;
 
-// ---- Kernel twins the host needs outside tests ----
+// ---- Kernel twins the host computes too: the bandwidth check's checksum, RoPE's frequencies ----
 
 /// The wrapping sum of every u32 word: what the read kernel's per-invocation sums add up to.
 #[cfg(any(test, feature = "internals"))]

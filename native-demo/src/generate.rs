@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::bail;
-use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, Session, StopReason};
+use tern::generate::{GenerateOptions, SamplingParams, Session, StopReason};
 use tern::text::chat_template::ChatMessage;
 
 use crate::load::{session, ModelArgs};
@@ -242,21 +242,22 @@ impl Input {
     }
 }
 
-/// What Ctrl-C does: stops the reply while one is being generated, quits at the prompt.
+/// What Ctrl-C does: stops the reply while one is being generated (the reply's token callback
+/// sees the flag and cancels, so a Ctrl-C just before the generation starts counts too), quits at
+/// the prompt.
 struct Interrupts {
     replying: Arc<AtomicBool>,
     interrupted: Arc<AtomicBool>,
 }
 
 impl Interrupts {
-    fn install(cancel: CancelHandle) -> Self {
+    fn install() -> Self {
         let replying = Arc::new(AtomicBool::new(false));
         let interrupted = Arc::new(AtomicBool::new(false));
         let (r, i) = (replying.clone(), interrupted.clone());
         let installed = ctrlc::set_handler(move || {
             if r.load(Ordering::SeqCst) {
                 i.store(true, Ordering::SeqCst);
-                cancel.cancel();
             } else {
                 // At the prompt (plain input; rustyline reads Ctrl-C as a key): quit.
                 eprintln!();
@@ -321,7 +322,7 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
         .collect();
     let mut messages = opening.clone();
     banner(args, &session);
-    let interrupts = Interrupts::install(session.cancel_handle());
+    let interrupts = Interrupts::install();
     let cancel = session.cancel_handle();
     let mut input = Input::new();
     while let Some(line) = input.line()? {
@@ -408,7 +409,6 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
         let generation = pollster::block_on(session.generate(&prompt, &options, |event| {
             print!("{}", event.text);
             let _ = std::io::stdout().flush();
-            // A Ctrl-C that came before this generation armed its cancel flag still counts.
             if interrupts.interrupted() {
                 cancel.cancel();
             }

@@ -34,9 +34,10 @@ impl ModelArgs {
         self.model.as_deref().unwrap_or(DEFAULT_MODEL_NAME)
     }
 
-    /// The KV-cache length asked: `--context`, else 4096.
+    /// The KV-cache length asked: `--context`, else the engine's default (4096).
     pub fn context(&self) -> usize {
-        self.context.unwrap_or(4096)
+        self.context
+            .unwrap_or(SessionOptions::default().max_context)
     }
 }
 

@@ -4,9 +4,10 @@
 //! It is the oracle of the dense forward's test (f16 projections, f32 activations, as the dense
 //! kernels compute them).
 
-use crate::format::checkpoint::{Checkpoint, NormWeight, Projection, WeightData};
-use crate::format::config::{Activation, ModelConfig};
+use crate::format::checkpoint::{Checkpoint, FloatRef, NormWeight, Projection, WeightData};
+use crate::format::config::ModelConfig;
 use crate::format::source::{complete_now, read_range};
+use crate::model::graph::gated_epilogue;
 use crate::ops::attention::AttentionShape;
 use crate::ops::embedding::FloatDType;
 use crate::ops::ternary_matvec::Epilogue;
@@ -21,10 +22,7 @@ use crate::{Error, Result};
 /// for a checkpoint of f16 latent projections.
 pub fn dense_logits(checkpoint: &Checkpoint, ids: &[u32], max_seq: usize) -> Result<Vec<f32>> {
     let c = &checkpoint.config;
-    let gated = match c.activation {
-        Activation::Relu2 => Epilogue::Relu2Mul,
-        Activation::Silu => Epilogue::SiluMul,
-    };
+    let gated = gated_epilogue(c.activation);
     let g = CpuGraph::new(checkpoint, ids.len(), max_seq);
 
     let mut x = g.embedding(ids)?;
@@ -132,8 +130,12 @@ impl<'a> CpuGraph<'a> {
         let Some(norm) = norm else {
             return Ok(x.to_vec());
         };
-        let gain = self.checkpoint.norm(layer, norm)?;
-        let gain = complete_now("cpu step", self.checkpoint.read_f32_vector(&gain))?;
+        self.rmsnorm(x, &self.checkpoint.norm(layer, norm)?)
+    }
+
+    /// `x` RMS-normalized with the gain tensor `gain`.
+    fn rmsnorm(&self, x: &[f32], gain: &FloatRef) -> Result<Vec<f32>> {
+        let gain = complete_now("cpu step", self.checkpoint.read_f32_vector(gain))?;
         Ok(rmsnorm(x, &gain, self.config.rms_norm_eps))
     }
 
@@ -197,9 +199,7 @@ impl<'a> CpuGraph<'a> {
     }
 
     fn final_norm(&self, x: &[f32]) -> Result<Vec<f32>> {
-        let gain = self.checkpoint.final_norm()?;
-        let gain = complete_now("cpu step", self.checkpoint.read_f32_vector(&gain))?;
-        Ok(rmsnorm(x, &gain, self.config.rms_norm_eps))
+        self.rmsnorm(x, &self.checkpoint.final_norm()?)
     }
 
     /// Logits [T, vocab]: the head (the embedding when tied) times the normalized rows.

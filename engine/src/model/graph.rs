@@ -104,7 +104,8 @@ pub(super) fn bitnet_step(
     g.final_norm(&a.x, &weights.final_norm, &a.normed)
 }
 
-fn gated_epilogue(activation: Activation) -> Epilogue {
+/// The epilogue that applies the feed-forward activation to gate and multiplies by up.
+pub(super) fn gated_epilogue(activation: Activation) -> Epilogue {
     match activation {
         Activation::Relu2 => Epilogue::Relu2Mul,
         Activation::Silu => Epilogue::SiluMul,
