@@ -122,6 +122,19 @@ fn aligned_and_unaligned_rows() {
 }
 
 #[test]
+fn inputs_smaller_than_one_vec4() {
+    // 1-3 floats of x (and of output): the kernel still binds x as vec4s on one path, which
+    // WebGPU refuses below 16 bytes; random_shapes draws such shapes only now and then.
+    for_each_adapter(|ctx| {
+        for dtype in DTYPES {
+            for (rows, cols, tokens) in [(1, 1, 1), (3, 2, 1), (2, 3, 1), (5, 1, 3)] {
+                check(ctx, dtype, rows, cols, 8, tokens, (rows * 10 + cols) as u64);
+            }
+        }
+    });
+}
+
+#[test]
 fn lm_head_bf16_128256_x_2560() {
     // The 2B-4T LM head (tied to the 656 MB embedding): six chunks under lavapipe's 128 MiB bindings.
     let (rows, cols) = (128_256, 2560);

@@ -30,6 +30,9 @@ impl Drop for GpuBuffer {
     }
 }
 
+/// The smallest buffer made on the device: one `vec4<f32>`.
+const MIN_DEVICE_BYTES: u64 = 16;
+
 impl GpuBuffer {
     /// An uninitialised buffer of `size` bytes (rounded up); fails if it exceeds the adapter's
     /// largest buffer.
@@ -51,7 +54,10 @@ impl GpuBuffer {
         };
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size,
+            // At least one vec4: a kernel may also view an f32 buffer as `array<vec4<f32>>` (the
+            // dense matvec's aligned path), and WebGPU refuses to bind fewer bytes than one element.
+            // `size` stays what was asked; reads and copies use it.
+            size: size.max(MIN_DEVICE_BYTES),
             usage,
             mapped_at_creation: false,
         });
