@@ -42,6 +42,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let record = first + c * (hd + 2u);
             acc = acc + partials[record + 2u + d] * exp(partials[record] - m);
         }
-        out[head * hd + d] = acc / l;
+        out[step.row * params.heads * hd + head * hd + d] = acc / l;
     }
 }

@@ -75,7 +75,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let lane = i / hd4;
         var value = vec4<f32>(0.0);
         if (lane < lanes) {
-            let q_base = (first_head + lane) * hd + 4u * (i % hd4);
+            let q_base = step.row * params.q_stride + (first_head + lane) * hd + 4u * (i % hd4);
             value = vec4<f32>(q[q_base], q[q_base + 1u], q[q_base + 2u], q[q_base + 3u]);
         }
         q_shared[i] = value;

@@ -53,7 +53,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let cache_base = kv_head * params.max_seq * hd4;
 
     if (lid < hd4) {
-        let q_base = t * params.q_stride + head * hd + 4u * lid;
+        let q_base = (step.row + t) * params.q_stride + head * hd + 4u * lid;
         q_shared[lid] = vec4<f32>(q[q_base], q[q_base + 1u], q[q_base + 2u], q[q_base + 3u]);
     }
     workgroupBarrier();
@@ -101,7 +101,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let l = reduce_sum(lid, partial_sum);
     if (lid < hd4) {
-        let o = t * params.heads * hd + head * hd + 4u * lid;
+        let o = (step.row + t) * params.heads * hd + head * hd + 4u * lid;
         let result = acc / l;
         out[o] = result.x;
         out[o + 1u] = result.y;

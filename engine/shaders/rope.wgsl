@@ -58,7 +58,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let head = (index % per_token) / half_dim;
     let j = index % half_dim;
-    let src = t * all_heads * params.head_dim + head * params.head_dim + j;
+    let src = (step.row + t) * all_heads * params.head_dim + head * params.head_dim + j;
     let x1 = qkv[src];
     let x2 = qkv[src + half_dim];
     if (head >= params.heads + params.kv_heads) {

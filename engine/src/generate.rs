@@ -4,6 +4,8 @@
 //! strings, token budget), cancellation, and reuse of the KV cache for a prompt that extends the
 //! previous one.
 
+mod batch;
+mod reply;
 pub mod sampling;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +19,10 @@ use crate::model::weights::LoadProgress;
 use crate::model::weights::ProjectionKind;
 use crate::model::{Output, Sequence, StepResult, Transformer};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
-use crate::text::stream::{StopMatcher, TextStreamer};
 use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
+pub use batch::{Batch, BatchEvent, BatchOptions, RequestId};
+use reply::Reply;
 pub use sampling::{log_softmax_at, Sampler, SamplingParams};
 
 /// Largest top-k served from the GPU's candidate list instead of full logits.
@@ -393,38 +396,29 @@ impl Session {
                 limit,
             });
         }
-        let mut sampler = Sampler::new(options.sampling.clone())?;
-        let output = output_for(&options.sampling);
+        let mut reply = Reply::new(&self.model, options)?;
 
         // Reuse the cache for the common prefix; at least the last prompt token is recomputed.
         let reused = common_prefix(&self.history, prompt).min(prompt.len() - 1);
         self.history.truncate(reused);
         self.sequence.truncate(reused);
         let started = now();
-        let mut next = self.sequence.forward(&prompt[reused..], output).await?;
+        let mut next = self
+            .sequence
+            .forward(&prompt[reused..], reply.output())
+            .await?;
         self.history.extend_from_slice(&prompt[reused..]);
         let prefill_seconds = now() - started;
 
-        let mut streamer = TextStreamer::new(self.model.tokenizer().clone(), true);
-        let mut stops = StopMatcher::new(options.stop.iter().cloned());
-        let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
         let decode_started = now();
         let stop_reason = loop {
-            let id = choose(&mut sampler, next, &self.history)?;
-            generated.push(id);
-            if !options.ignore_eos && self.model.0.end_ids.binary_search(&id).is_ok() {
-                on_token(TokenEvent { id, text: "" });
-                break StopReason::EndOfSequence;
-            }
-            let shown = stops.push(&streamer.push(id)?);
-            text.push_str(&shown);
-            on_token(TokenEvent { id, text: &shown });
-            if let Some(stop) = stops.stopped() {
-                break StopReason::StopString(stop.to_string());
-            }
-            if generated.len() >= options.max_new_tokens {
-                break StopReason::MaxTokens;
+            let token = reply.accept(next, &self.history)?;
+            on_token(TokenEvent {
+                id: token.id,
+                text: &token.text,
+            });
+            if let Some(stop) = token.stop {
+                break stop;
             }
             if self.cancel.is_cancelled() {
                 break StopReason::Cancelled;
@@ -432,53 +426,23 @@ impl Session {
             if self.sequence.position() >= limit {
                 break StopReason::ContextFull;
             }
-            next = self.sequence.forward(&[id], output).await?;
-            self.history.push(id);
+            next = self.sequence.forward(&[token.id], reply.output()).await?;
+            self.history.push(token.id);
         };
-        if !matches!(stop_reason, StopReason::StopString(_)) {
-            let tail = stops.push(&streamer.finish()?) + &stops.flush();
-            if !tail.is_empty() {
-                text.push_str(&tail);
-                on_token(TokenEvent {
-                    id: *generated.last().expect("one token"),
-                    text: &tail,
-                });
-            }
+        let (tail, generation) = reply.finish(stop_reason)?;
+        if !tail.is_empty() {
+            on_token(TokenEvent {
+                id: *generation.ids.last().expect("a reply has a token"),
+                text: &tail,
+            });
         }
         Ok(Generation {
-            ids: generated,
-            text,
-            stop_reason,
             prompt_tokens: prompt.len(),
             prefilled_tokens: prompt.len() - reused,
             prefill_seconds,
             decode_seconds: now() - decode_started,
+            ..generation
         })
-    }
-}
-
-/// The cheapest readback that serves `sampling`: the argmax for greedy decoding, the GPU's top-k
-/// candidates when top-k bounds the choice, the full logits otherwise.
-fn output_for(sampling: &SamplingParams) -> Output {
-    if sampling.repetition_penalty != 1.0 {
-        Output::LastLogits
-    } else if sampling.is_greedy() {
-        Output::Argmax
-    } else if (1..=GPU_TOP_K).contains(&sampling.top_k) {
-        Output::TopK(sampling.top_k)
-    } else {
-        Output::LastLogits
-    }
-}
-
-fn choose(sampler: &mut Sampler, result: StepResult, history: &[u32]) -> Result<u32> {
-    match result {
-        StepResult::Token(id) => Ok(id),
-        StepResult::Candidates(c) => {
-            let pairs: Vec<(u32, f32)> = c.iter().map(|c| (c.index, c.value)).collect();
-            sampler.sample_candidates(&pairs, history)
-        }
-        StepResult::Logits(logits) => sampler.sample(&logits, history),
     }
 }
 
@@ -495,6 +459,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Seconds since the Unix epoch (0 in the browser, which has no clock here).
 fn now() -> f64 {
     #[cfg(not(target_arch = "wasm32"))]
     {

@@ -24,6 +24,10 @@
 //! desktop app would; in the browser, [`Model::load`], [`Model::open_session`] and
 //! [`Session::chat_async`] are the same calls without blocking. The C API is the `tern-capi` crate.
 //!
+//! Many conversations on one GPU (a server, an app with several chats): [`Model::batch`] gives a
+//! [`Batch`] that runs up to N requests together — one pass over the weights per step for all of
+//! them — admitting new ones between steps ([`Batch::submit`], [`Batch::step`]).
+//!
 //! # Inside
 //!
 //! - [`gpu`]: the device context, buffers and kernel pipelines.
@@ -61,7 +65,7 @@ pub mod reference;
 
 pub use error::{Error, Result};
 pub use generate::{
-    CancelHandle, GenerateOptions, Generation, Model, OpenOptions, SamplingParams, Session,
-    SessionOptions, StopReason, TokenEvent,
+    Batch, BatchEvent, BatchOptions, CancelHandle, GenerateOptions, Generation, Model, OpenOptions,
+    RequestId, SamplingParams, Session, SessionOptions, StopReason, TokenEvent,
 };
 pub use text::chat_template::ChatMessage;

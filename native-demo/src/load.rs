@@ -41,7 +41,16 @@ impl ModelArgs {
     }
 }
 
+/// A session of the model `args` name, with their context and prefill batch sizes.
 pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
+    Ok(model(args)?.session(SessionOptions {
+        max_context: args.context(),
+        max_batch: args.batch,
+    })?)
+}
+
+/// The model `args` name, loaded with a progress bar on the adapter TERN_BACKEND/TERN_ADAPTER pick.
+pub fn model(args: &ModelArgs) -> anyhow::Result<Model> {
     let source = match &args.model {
         Some(model) => model.clone(),
         None => {
@@ -74,8 +83,5 @@ pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
         },
     )?;
     bar.finish_and_clear();
-    Ok(model.session(SessionOptions {
-        max_context: args.context(),
-        max_batch: args.batch,
-    })?)
+    Ok(model)
 }

@@ -1,18 +1,21 @@
 //! `tern serve`: an OpenAI-compatible HTTP server (chat and text completions, streaming over SSE).
 //!
-//! The GPU holds one model and one KV cache, so one worker thread owns the [`Session`] and takes
-//! jobs from a bounded queue in arrival order: requests never interleave, and each streams its
-//! events back over its own channel. Request handlers validate, render and tokenize the prompt
-//! before queueing, so the worker only ever sees token ids that fit the context, and a full queue
-//! is refused at once (503). A client that goes away drops the receiving end; the worker sees the
-//! send fail and cancels that generation. Consecutive requests that share a prompt prefix (a
-//! growing chat) reuse the cached keys and values.
+//! One worker thread owns the GPU through a [`Batch`] of `--parallel` slots (continuous batching:
+//! every step decodes one token for each running request in one pass over the weights, and
+//! admits waiting requests between steps, prefilling long prompts a chunk per step). Requests wait
+//! for a slot in a bounded queue, in arrival order; a full queue is refused at once (503 with
+//! Retry-After). Each request streams its events back over its own channel. Request handlers
+//! validate, render and tokenize the prompt before queueing, so the worker only ever sees token
+//! ids that fit the context. A client that goes away drops the receiving end; the worker sees it
+//! and cancels that generation. `/metrics` reports requests, tokens, queue depth, busy slots, time
+//! to first token and per-request decode speed in the Prometheus text format.
 //!
 //! Browsers are kept out unless invited: only loopback (or explicitly allowed) `Host` names are
 //! served, which defeats DNS rebinding; requests with an `Origin` need `--cors-origin`; and POST
 //! bodies must be `application/json`, which a cross-site form or `text/plain` fetch cannot send
 //! without a CORS preflight.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, TrySendError};
@@ -33,18 +36,25 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, Session, StopReason};
+use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, StopReason};
 use tern::text::chat_template::{ChatMessage, ChatTemplate};
 use tern::text::tokenizer::Tokenizer;
+use tern::{Batch, BatchEvent, BatchOptions, RequestId};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::load::{session, ModelArgs};
+use crate::load::{self, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -67,7 +77,11 @@ pub struct ServeArgs {
     /// repeatable or comma-separated, `*` allows any. Requests from other origins get 403.
     #[arg(long = "cors-origin", value_delimiter = ',', value_name = "ORIGIN")]
     cors_origins: Vec<String>,
-    /// Requests that may wait for the model; more are refused with 503 and Retry-After.
+    /// Requests generated at once, each with its own KV cache of --context positions [default:
+    /// as many caches as fit the memory budget of the adapter, 1 to 8; printed at start].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    parallel: Option<u16>,
+    /// Requests that may wait for a free slot; more are refused with 503 and Retry-After.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     queue: u16,
     /// Open connections at most; more wait in the listen backlog.
@@ -97,29 +111,54 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Bind before the slow model load, so that a busy port fails at once.
     let listener = bind(&args.host, args.port)?;
     let access = Arc::new(Access::new(args, listener.local_addr()?));
-    let session = session(&args.model)?;
+    let model = load::model(&args.model)?;
+    let parallel = match args.parallel {
+        Some(n) => n.into(),
+        None => default_parallel(&model, args.model.context()),
+    };
+    let batch = model.batch(BatchOptions {
+        slots: parallel,
+        max_context: args.model.context(),
+        max_batch: args.model.batch,
+    })?;
+    eprintln!(
+        "{parallel} parallel slot(s) of {} tokens ({} MiB of KV cache each; --parallel N to \
+         change), up to {} more requests queued",
+        batch.max_context(),
+        batch.slot_bytes() >> 20,
+        args.queue
+    );
     let prompter = Arc::new(Prompter {
-        tokenizer: session.model().tokenizer().clone(),
-        template: session.model().template().clone(),
-        context: session.max_context(),
+        tokenizer: model.tokenizer().clone(),
+        template: model.template().clone(),
+        context: batch.max_context(),
     });
+    let metrics = Arc::new(Metrics::new(parallel));
     let (jobs, queue) = mpsc::sync_channel(args.queue.into());
     // Set when shutdown's grace period ends: the worker cancels what it is running and what waits.
     let stopping = CancelHandle::default();
-    let worker_stopping = stopping.clone();
+    let worker = Worker {
+        batch,
+        queue,
+        stopping: stopping.clone(),
+        metrics: Arc::clone(&metrics),
+        requests: HashMap::new(),
+    };
     std::thread::Builder::new()
         .name("tern-gpu".into())
-        .spawn(move || work(session, queue, worker_stopping))?;
+        .spawn(move || worker.run())?;
     let state = Arc::new(Server {
         model: args.model.name().to_string(),
         created: unix_seconds(),
         jobs,
         prompter,
+        metrics,
         body_timeout: args.body_timeout,
         next_id: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(retrieve_model))
         .route("/v1/chat/completions", post(chat_completions))
@@ -415,6 +454,7 @@ struct Server {
     created: u64,
     jobs: mpsc::SyncSender<Job>,
     prompter: Arc<Prompter>,
+    metrics: Arc<Metrics>,
     body_timeout: Duration,
     next_id: AtomicU64,
 }
@@ -447,9 +487,13 @@ impl Server {
             prompt,
             options,
             events,
+            queued: Instant::now(),
         };
         match self.jobs.try_send(job) {
-            Ok(()) => Ok(receiver),
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                Ok(receiver)
+            }
             Err(TrySendError::Full(_)) => Err(ApiError {
                 retry_after_seconds: Some(1),
                 ..ApiError::server("the server is busy: too many requests are waiting, retry later")
@@ -506,6 +550,7 @@ struct Job {
     prompt: Vec<u32>,
     options: GenerateOptions,
     events: UnboundedSender<Event>,
+    queued: Instant,
 }
 
 enum Event {
@@ -520,59 +565,271 @@ struct Summary {
     finish_reason: &'static str,
 }
 
-/// The GPU worker: runs queued jobs one at a time until the server goes away. Once `stopping` is
-/// set it cancels the running generation and answers the waiting jobs without generating.
-fn work(mut session: Session, queue: mpsc::Receiver<Job>, stopping: CancelHandle) {
-    for job in queue {
-        if job.events.is_closed() {
-            continue;
-        }
-        let started = Instant::now();
-        let event = match generate(&mut session, &job, &stopping) {
-            Ok(summary) => {
-                eprintln!(
-                    "{} prompt + {} completion tokens in {:.2} s, finish: {}",
-                    summary.prompt_tokens,
-                    summary.completion_tokens,
-                    started.elapsed().as_secs_f64(),
-                    summary.finish_reason
-                );
-                Event::Done(summary)
+/// A request the batch is running or holding.
+struct InFlight {
+    events: UnboundedSender<Event>,
+    queued: Instant,
+    first_token: Option<Instant>,
+}
+
+/// The GPU worker: feeds queued jobs to the batch as slots free up and steps it until the server
+/// goes away. Once `stopping` is set it cancels what runs and answers what waits without
+/// generating.
+struct Worker {
+    batch: Batch,
+    queue: mpsc::Receiver<Job>,
+    stopping: CancelHandle,
+    metrics: Arc<Metrics>,
+    requests: HashMap<RequestId, InFlight>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            if !self.admit() {
+                return;
             }
-            Err(error) => Event::Failed(error),
+            for (id, request) in &self.requests {
+                if request.events.is_closed() || self.stopping.is_cancelled() {
+                    self.batch.cancel(*id);
+                }
+            }
+            match pollster::block_on(self.batch.step()) {
+                Ok(events) => events.into_iter().for_each(|event| self.deliver(event)),
+                Err(error) => {
+                    eprintln!("the GPU failed, no more requests can run: {error}");
+                    for (_, request) in self.requests.drain() {
+                        let error = tern::Error::Gpu(error.to_string());
+                        let _ = request.events.send(Event::Failed(error));
+                    }
+                    return;
+                }
+            }
+            self.metrics.slots_busy.set(self.batch.running() as i64);
+        }
+    }
+
+    /// Moves queued jobs into the batch while it has free slots, waiting for one when nothing
+    /// runs. False once the server has gone away and nothing is left to run.
+    fn admit(&mut self) -> bool {
+        while self.batch.running() + self.batch.waiting() < self.batch.slots() {
+            let job = if self.batch.is_idle() {
+                match self.queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            } else {
+                match self.queue.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            self.metrics.queue_depth.dec();
+            if job.events.is_closed() {
+                continue;
+            }
+            if self.stopping.is_cancelled() {
+                let _ = job.events.send(Event::Done(Summary {
+                    prompt_tokens: job.prompt.len(),
+                    completion_tokens: 0,
+                    finish_reason: "cancelled",
+                }));
+                continue;
+            }
+            match self.batch.submit(job.prompt, job.options) {
+                Ok(id) => {
+                    let request = InFlight {
+                        events: job.events,
+                        queued: job.queued,
+                        first_token: None,
+                    };
+                    self.requests.insert(id, request);
+                }
+                Err(error) => {
+                    let _ = job.events.send(Event::Failed(error));
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends a batch event to its client; a client that has gone away gets its request cancelled.
+    fn deliver(&mut self, event: BatchEvent) {
+        let id = event.request();
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
         };
-        let _ = job.events.send(event);
+        match event {
+            BatchEvent::Token { text, .. } => {
+                if request.first_token.is_none() {
+                    let waited = request.queued.elapsed();
+                    self.metrics
+                        .time_to_first_token
+                        .observe(waited.as_secs_f64());
+                    request.first_token = Some(Instant::now());
+                }
+                if !text.is_empty() && request.events.send(Event::Text(text)).is_err() {
+                    self.batch.cancel(id);
+                }
+            }
+            BatchEvent::Finished {
+                text, generation, ..
+            } => {
+                let request = self.requests.remove(&id).expect("a known request");
+                if !text.is_empty() {
+                    let _ = request.events.send(Event::Text(text));
+                }
+                let summary = Summary {
+                    prompt_tokens: generation.prompt_tokens,
+                    completion_tokens: generation.ids.len(),
+                    finish_reason: match generation.stop_reason {
+                        StopReason::EndOfSequence | StopReason::StopString(_) => "stop",
+                        StopReason::MaxTokens | StopReason::ContextFull => "length",
+                        StopReason::Cancelled => "cancelled",
+                    },
+                };
+                let seconds = request.queued.elapsed().as_secs_f64();
+                eprintln!(
+                    "{} prompt + {} completion tokens in {seconds:.2} s, finish: {}",
+                    summary.prompt_tokens, summary.completion_tokens, summary.finish_reason
+                );
+                self.metrics.finished(&summary, &generation);
+                let _ = request.events.send(Event::Done(summary));
+            }
+            BatchEvent::Failed { error, .. } => {
+                let request = self.requests.remove(&id).expect("a known request");
+                self.metrics.failed();
+                let _ = request.events.send(Event::Failed(error));
+            }
+        }
     }
 }
 
-fn generate(session: &mut Session, job: &Job, stopping: &CancelHandle) -> tern::Result<Summary> {
-    if stopping.is_cancelled() {
-        return Ok(Summary {
-            prompt_tokens: job.prompt.len(),
-            completion_tokens: 0,
-            finish_reason: "cancelled",
-        });
-    }
-    let cancel = session.cancel_handle();
-    let generation = pollster::block_on(session.generate(&job.prompt, &job.options, |token| {
-        let gone = if token.text.is_empty() {
-            job.events.is_closed()
-        } else {
-            job.events.send(Event::Text(token.text.into())).is_err()
-        };
-        if gone || stopping.is_cancelled() {
-            cancel.cancel();
+/// What `/metrics` reports, in the Prometheus text format.
+struct Metrics {
+    registry: Registry,
+    requests: Family<Vec<(String, String)>, Counter>,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+    queue_depth: Gauge,
+    slots_busy: Gauge,
+    time_to_first_token: Histogram,
+    decode_tokens_per_second: Histogram,
+}
+
+impl Metrics {
+    fn new(slots: usize) -> Metrics {
+        let mut registry = Registry::with_prefix("tern");
+        let requests = Family::<Vec<(String, String)>, Counter>::default();
+        let (prompt_tokens, completion_tokens) = (Counter::default(), Counter::default());
+        let (queue_depth, slots_busy): (Gauge, Gauge) = Default::default();
+        let slot_count: Gauge = Gauge::default();
+        slot_count.set(slots as i64);
+        // 10 ms to ~80 s, and 0.5 to ~1000 tokens/s, doubling.
+        let time_to_first_token = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let decode_tokens_per_second = Histogram::new(exponential_buckets(0.5, 2.0, 12));
+        registry.register(
+            "requests",
+            "Requests ended, by finish reason (stop, length, cancelled, error)",
+            requests.clone(),
+        );
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens of ended requests",
+            prompt_tokens.clone(),
+        );
+        registry.register(
+            "completion_tokens",
+            "Tokens generated",
+            completion_tokens.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a slot",
+            queue_depth.clone(),
+        );
+        registry.register("slots_busy", "Slots generating now", slots_busy.clone());
+        registry.register("slots", "Slots in all (--parallel)", slot_count);
+        registry.register(
+            "time_to_first_token_seconds",
+            "From a request's arrival in the queue to its first token",
+            time_to_first_token.clone(),
+        );
+        registry.register(
+            "decode_tokens_per_second",
+            "Each request's generation speed after its first token",
+            decode_tokens_per_second.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            prompt_tokens,
+            completion_tokens,
+            queue_depth,
+            slots_busy,
+            time_to_first_token,
+            decode_tokens_per_second,
         }
-    }))?;
-    Ok(Summary {
-        prompt_tokens: generation.prompt_tokens,
-        completion_tokens: generation.ids.len(),
-        finish_reason: match generation.stop_reason {
-            StopReason::EndOfSequence | StopReason::StopString(_) => "stop",
-            StopReason::MaxTokens | StopReason::ContextFull => "length",
-            StopReason::Cancelled => "cancelled",
-        },
-    })
+    }
+
+    fn count(&self, finish_reason: &str) {
+        let labels = vec![("finish_reason".to_string(), finish_reason.to_string())];
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    fn finished(&self, summary: &Summary, generation: &tern::Generation) {
+        self.count(summary.finish_reason);
+        self.prompt_tokens.inc_by(summary.prompt_tokens as u64);
+        self.completion_tokens
+            .inc_by(summary.completion_tokens as u64);
+        if summary.completion_tokens > 1 && generation.decode_seconds > 0.0 {
+            let rate = (summary.completion_tokens - 1) as f64 / generation.decode_seconds;
+            self.decode_tokens_per_second.observe(rate);
+        }
+    }
+
+    fn failed(&self) {
+        self.count("error");
+    }
+}
+
+async fn metrics_text(State(server): State<Arc<Server>>) -> Response {
+    let mut body = String::new();
+    match encode(&mut body, &server.metrics.registry) {
+        Ok(()) => (
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => ApiError::server("the metrics could not be written").into_response(),
+    }
+}
+
+/// Slots when `--parallel` is not given: as many KV caches of `context` positions as fit a budget,
+/// 1 to 8. wgpu reports no memory size, so the budget is a quarter of the available system memory
+/// on a CPU adapter (llvmpipe, SwiftShader: the caches live in RAM) and 2 GiB on a GPU — what any
+/// GPU that holds the model beside its caches can spare.
+fn default_parallel(model: &tern::Model, context: usize) -> usize {
+    let c = model.config();
+    let context = context.clamp(1, c.max_position_embeddings.max(1));
+    let slot_bytes = (2 * c.num_layers * c.num_kv_heads * c.head_dim * context * 4).max(1) as u64;
+    let gpu_budget = 2u64 << 30;
+    let budget = match model.transformer().context().info.device_type {
+        wgpu::DeviceType::Cpu => available_memory().map_or(gpu_budget, |bytes| bytes / 4),
+        _ => gpu_budget,
+    };
+    (budget / slot_bytes).clamp(1, 8) as usize
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes (Linux).
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 // ---- Requests ----

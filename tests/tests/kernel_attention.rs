@@ -53,7 +53,8 @@ impl Case {
         let step = StepParams {
             pos: self.pos as u32,
             tokens: self.tokens as u32,
-            _pad: [0; 2],
+            row: 0,
+            _pad: 0,
         };
         let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
         let q = GpuBuffer::from_slice(ctx, "q", &self.q, BufferUsage::Storage).unwrap();

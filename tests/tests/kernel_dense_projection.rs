@@ -88,7 +88,8 @@ fn run_gpu(
     let step = StepParams {
         pos: 0,
         tokens: tokens as u32,
-        _pad: [0; 2],
+        row: 0,
+        _pad: 0,
     };
     let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
     let xb = GpuBuffer::from_slice(ctx, "x", x, BufferUsage::Storage).unwrap();

@@ -28,7 +28,8 @@ fn run_gpu(ctx: &Context, table: &DenseTable, ids: &[u32]) -> Vec<f32> {
     let step = StepParams {
         pos: 0,
         tokens: ids.len() as u32,
-        _pad: [0; 2],
+        row: 0,
+        _pad: 0,
     };
     let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
     let ids_buffer = GpuBuffer::from_slice(ctx, "ids", ids, BufferUsage::Storage).unwrap();

@@ -25,7 +25,8 @@ fn check(ctx: &Context, shape: AttentionShape, theta: f32, pos: usize, tokens: u
     let step = StepParams {
         pos: pos as u32,
         tokens: tokens as u32,
-        _pad: [0; 2],
+        row: 0,
+        _pad: 0,
     };
     let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
     let qkv_b = GpuBuffer::from_slice(ctx, "qkv", &qkv, BufferUsage::Storage).unwrap();

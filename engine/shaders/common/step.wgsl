@@ -4,8 +4,8 @@
 struct StepParams {
     pos: u32,    // position of the step's first token
     tokens: u32, // tokens in this step
-    _pad0: u32,
-    _pad1: u32,
+    row: u32,    // row of the step's first token in the activations (a batch: the sequence's slot)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: StepParams;

@@ -4,13 +4,17 @@
 //! through a [`GraphBuilder`] that binds each kernel to its buffers; every step then replays the
 //! [`StepGraph`]: no allocation per token, and prefill and decode come from the same description
 //! (a ternary projection runs as the matmul for T > 1 tokens and as the matvec for one; attention
-//! runs causal over the batch or split over the cache).
+//! runs causal over the batch or split over the cache). A step may carry several sequences, each in
+//! its own [`Slot`] (its rows of the activations, its KV cache): the projections run once over all
+//! their rows, and each sequence's RoPE and attention run over its own cache.
 
 use std::sync::Arc;
 
 use crate::format::config::{Activation, ModelConfig};
-use crate::gpu::{Context, GpuBuffer, StepRecorder};
-use crate::model::weights::{LayerWeights, ProjectionWeight, TernaryWeight, Weights};
+use crate::gpu::{BufferUsage, Context, GpuBuffer, StepRecorder};
+use crate::model::weights::{
+    LayerWeights, ProjectionKind, ProjectionWeight, TernaryWeight, Weights,
+};
 use crate::ops::attention::{
     AttentionBuffers, AttentionDecode, AttentionDecodeBinding, AttentionPrefill,
     AttentionPrefillBinding, AttentionShape,
@@ -21,15 +25,16 @@ use crate::ops::embedding::{Embedding, EmbeddingBinding, FloatDType};
 use crate::ops::rmsnorm::{RmsNorm, RmsNormBinding};
 use crate::ops::rmsnorm_quant::{RmsNormQuant, RmsNormQuantBinding};
 use crate::ops::rope::{Rope, RopeBinding};
-use crate::ops::select::{Argmax, TopK};
+use crate::ops::select::{Argmax, Candidate, TopK, MAX_TOP_K};
 use crate::ops::ternary_matmul::TernaryMatmul;
 use crate::ops::ternary_matvec::{Epilogue, TernaryBinding, TernaryMatvec, TernaryProjection};
+use crate::ops::{padded_activation_words, ActStats, StepParams};
 use crate::{Error, Result};
 
-/// The buffers a step reads and writes, sized for up to `max_batch` tokens and reused by every
-/// layer in turn.
+/// The buffers a step reads and writes, sized for up to `rows` tokens and reused by every layer in
+/// turn.
 pub(super) struct Activations {
-    /// `StepParams` of the step: position of its first token, token count T.
+    /// `StepParams` of the step: token count T (the rows of every buffer below in use).
     pub step: GpuBuffer,
     /// `StepParams` with T = 1, for the LM head over the last position only.
     pub last_step: GpuBuffer,
@@ -55,10 +60,74 @@ pub(super) struct Activations {
     pub last: GpuBuffer,
     /// The last position's logits [vocab].
     pub logits: GpuBuffer,
-    /// Every position's logits [T, vocab] (teacher forcing).
+    /// Every row's logits [T, vocab] (teacher forcing; a batch's sequences).
     pub all_logits: GpuBuffer,
+    /// The argmax token of each row of `all_logits` [T] (or of `logits`).
     pub argmax: GpuBuffer,
+    /// The top candidates of each row of `all_logits` [T, MAX_TOP_K] (or of `logits`).
     pub top_k: GpuBuffer,
+}
+
+impl Activations {
+    /// Buffers for steps of up to `rows` tokens.
+    pub fn new(
+        c: &Context,
+        config: &ModelConfig,
+        projections: ProjectionKind,
+        rows: usize,
+    ) -> Result<Activations> {
+        let (t, h, v) = (rows, config.hidden_size, config.vocab_size);
+        let attention_width = config.num_heads * config.head_dim;
+        let qkv_width = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim;
+        let widest = h.max(attention_width).max(config.intermediate_size);
+        let f32s =
+            |label: &str, n: usize| GpuBuffer::new(c, label, (n * 4) as u64, BufferUsage::Storage);
+        Ok(Activations {
+            step: step_params(c, "step")?,
+            last_step: step_params(c, "last step")?,
+            ids: GpuBuffer::new(c, "ids", (t * 4) as u64, BufferUsage::Storage)?,
+            x: f32s("residual", t * h)?,
+            xq: GpuBuffer::new(
+                c,
+                "xq",
+                (t * padded_activation_words(widest) * 4) as u64,
+                BufferUsage::Storage,
+            )?,
+            stats: GpuBuffer::new(
+                c,
+                "act stats",
+                (t * size_of::<ActStats>()) as u64,
+                BufferUsage::Storage,
+            )?,
+            dense_input: match projections {
+                ProjectionKind::Dense => Some(f32s("dense input", t * widest)?),
+                ProjectionKind::Ternary => None,
+            },
+            qkv: f32s("qkv", t * qkv_width)?,
+            attention: f32s("attention", t * attention_width)?,
+            ffn: f32s("ffn", t * config.intermediate_size)?,
+            normed: f32s("normed", t * h)?,
+            last: f32s("last", h)?,
+            logits: f32s("logits", v)?,
+            all_logits: f32s("all logits", t * v)?,
+            argmax: GpuBuffer::new(c, "argmax", (t * 4) as u64, BufferUsage::Storage)?,
+            top_k: GpuBuffer::new(
+                c,
+                "top-k",
+                (t * MAX_TOP_K * size_of::<Candidate>()) as u64,
+                BufferUsage::Storage,
+            )?,
+        })
+    }
+}
+
+/// A `StepParams` uniform for one token at position 0 (each step writes its own).
+fn step_params(c: &Context, label: &str) -> Result<GpuBuffer> {
+    let one_token = StepParams {
+        tokens: 1,
+        ..StepParams::default()
+    };
+    GpuBuffer::from_slice(c, label, &[one_token], BufferUsage::Uniform)
 }
 
 /// One layer's K and V caches, [kv_heads, max_context, head_dim] f32 each.
@@ -67,19 +136,53 @@ pub(super) struct KvCache {
     pub v: GpuBuffer,
 }
 
+/// One sequence's place in a step: its `StepParams` (its position, its token count, its first row
+/// in the activations) and each layer's KV cache. A lone sequence is one slot; a batch has one per
+/// sequence it can hold.
+pub(super) struct Slot {
+    pub step: GpuBuffer,
+    pub cache: Vec<KvCache>,
+}
+
+impl Slot {
+    /// A slot with an empty cache of `shape.max_seq` positions per layer.
+    pub fn new(c: &Context, layers: usize, shape: AttentionShape) -> Result<Slot> {
+        let bytes = (shape.cache_len() * 4) as u64;
+        let cache = (0..layers)
+            .map(|_| {
+                Ok(KvCache {
+                    k: GpuBuffer::new(c, "k cache", bytes, BufferUsage::Storage)?,
+                    v: GpuBuffer::new(c, "v cache", bytes, BufferUsage::Storage)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Slot {
+            step: step_params(c, "slot step")?,
+            cache,
+        })
+    }
+}
+
+/// What a slot does in one step: `tokens` tokens from cache position `position`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SlotStep {
+    pub position: u32,
+    pub tokens: u32,
+}
+
 /// The step of a BitNet b1.58 transformer (llama-like blocks with sub-norms), top to bottom.
 pub(super) fn bitnet_step(
     g: &mut GraphBuilder<'_>,
     weights: &Weights,
     a: &Activations,
-    cache: &[KvCache],
+    slots: &[Slot],
 ) -> Result<()> {
     let c = g.config;
     let (hidden, attention_width) = (c.hidden_size, c.num_heads * c.head_dim);
     let gated = gated_epilogue(c.activation);
 
     g.embedding(&weights.embedding, &a.ids, &a.x)?;
-    for (layer, kv) in weights.layers.iter().zip(cache) {
+    for (l, layer) in weights.layers.iter().enumerate() {
         let LayerWeights {
             input_norm,
             post_attention_norm,
@@ -90,8 +193,11 @@ pub(super) fn bitnet_step(
         // Attention block: x += o(sub_norm(attention(rope(q|k|v(input_norm(x))))))
         let input = Input::normed(&a.x, hidden, Some(input_norm));
         g.project(Site::Qkv, &layer.qkv, input, Epilogue::Store, &a.qkv)?;
-        g.rope_and_append(&a.qkv, kv)?;
-        g.attention(&a.qkv, kv, &a.attention)?;
+        // Each sequence's queries attend over its own keys and values.
+        for (s, slot) in slots.iter().enumerate() {
+            g.rope_and_append(s, &slot.step, &a.qkv, &slot.cache[l])?;
+            g.attention(s, &slot.step, &a.qkv, &slot.cache[l], &a.attention)?;
+        }
         let input = Input::normed(&a.attention, attention_width, attention_sub_norm.as_ref());
         g.project(Site::O, &layer.o, input, Epilogue::AddResidual, &a.x)?;
 
@@ -226,8 +332,12 @@ enum Node {
         binding: DenseProjectionBinding,
         names: [&'static str; 2],
     },
-    Rope(RopeBinding),
+    Rope {
+        slot: usize,
+        binding: RopeBinding,
+    },
     Attention {
+        slot: usize,
         decode: AttentionDecodeBinding,
         prefill: AttentionPrefillBinding,
     },
@@ -239,9 +349,16 @@ pub(super) struct StepGraph {
 }
 
 impl StepGraph {
-    /// Records the step for `tokens` tokens starting at `position`: the matvecs and the split
-    /// attention for one token, the matmuls and the causal attention for a batch.
-    pub fn record(&self, recorder: &mut StepRecorder<'_>, k: &Kernels, tokens: u32, position: u32) {
+    /// Records the step over `tokens` rows: the matvecs for one, the matmuls for more. `slots`
+    /// says what each slot does (`None`: nothing, its RoPE and attention are skipped): the split
+    /// attention for one token, the causal attention for more.
+    pub fn record(
+        &self,
+        recorder: &mut StepRecorder<'_>,
+        k: &Kernels,
+        tokens: u32,
+        slots: &[Option<SlotStep>],
+    ) {
         let decode = tokens == 1;
         for node in &self.nodes {
             match node {
@@ -276,21 +393,24 @@ impl StepGraph {
                             .kernel(matmul_name, |p| kernel.dispatch_prefill(p, binding, tokens));
                     }
                 }
-                Node::Rope(b) => recorder.kernel("rope", |p| k.rope.dispatch(p, b, tokens)),
-                Node::Attention {
-                    decode: split,
-                    prefill: causal,
-                } => {
-                    if decode {
-                        recorder.kernel("attention_decode", |p| {
-                            k.attention_decode.dispatch(p, split, position)
-                        });
-                    } else {
-                        recorder.kernel("attention_prefill", |p| {
-                            k.attention_prefill.dispatch(p, causal, tokens)
-                        });
+                Node::Rope { slot, binding } => {
+                    if let Some(s) = slots[*slot] {
+                        recorder.kernel("rope", |p| k.rope.dispatch(p, binding, s.tokens));
                     }
                 }
+                Node::Attention {
+                    slot,
+                    decode: split,
+                    prefill: causal,
+                } => match slots[*slot] {
+                    Some(s) if s.tokens == 1 => recorder.kernel("attention_decode", |p| {
+                        k.attention_decode.dispatch(p, split, s.position)
+                    }),
+                    Some(s) => recorder.kernel("attention_prefill", |p| {
+                        k.attention_prefill.dispatch(p, causal, s.tokens)
+                    }),
+                    None => {}
+                },
             }
         }
     }
@@ -435,26 +555,40 @@ impl<'a> GraphBuilder<'a> {
         kernel
     }
 
-    /// Rotates q and k of `qkv` in place and appends k and v at the step's positions of `cache`.
-    fn rope_and_append(&mut self, qkv: &GpuBuffer, cache: &KvCache) -> Result<()> {
+    /// Rotates q and k of slot `slot`'s rows of `qkv` in place and appends k and v at its positions
+    /// of `cache` (`step`: the slot's position, token count and first row).
+    fn rope_and_append(
+        &mut self,
+        slot: usize,
+        step: &GpuBuffer,
+        qkv: &GpuBuffer,
+        cache: &KvCache,
+    ) -> Result<()> {
         let binding = self.kernels.rope.bind(
             self.ctx,
             self.shape,
             &self.inv_freq,
-            &self.act.step,
+            step,
             qkv,
             &cache.k,
             &cache.v,
         )?;
-        self.nodes.push(Node::Rope(binding));
+        self.nodes.push(Node::Rope { slot, binding });
         Ok(())
     }
 
-    /// `out` = causal GQA attention of the queries in `qkv` over `cache`.
-    fn attention(&mut self, qkv: &GpuBuffer, cache: &KvCache, out: &GpuBuffer) -> Result<()> {
+    /// Slot `slot`'s rows of `out` = causal GQA attention of its queries in `qkv` over `cache`.
+    fn attention(
+        &mut self,
+        slot: usize,
+        step: &GpuBuffer,
+        qkv: &GpuBuffer,
+        cache: &KvCache,
+        out: &GpuBuffer,
+    ) -> Result<()> {
         let s = self.shape;
         let buffers = AttentionBuffers {
-            step: &self.act.step,
+            step,
             q: qkv,
             q_stride: (s.heads + 2 * s.kv_heads) * s.head_dim,
             k_cache: &cache.k,
@@ -463,6 +597,7 @@ impl<'a> GraphBuilder<'a> {
         };
         let k = self.kernels;
         self.nodes.push(Node::Attention {
+            slot,
             decode: k.attention_decode.bind(self.ctx, s, &buffers)?,
             prefill: k.attention_prefill.bind(self.ctx, s, &buffers)?,
         });

@@ -1,5 +1,6 @@
 //! Model configuration, weights on the GPU, KV cache and the forward pass.
 
+mod batch;
 #[cfg(feature = "internals")]
 pub mod cpu_step;
 mod forward;
@@ -9,4 +10,5 @@ pub mod limits;
 pub mod synthetic;
 pub mod weights;
 
+pub use batch::{DecodeRow, SequenceBatch};
 pub use forward::{LastLayerActivations, ModelOptions, Output, Sequence, StepResult, Transformer};

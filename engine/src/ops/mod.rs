@@ -141,7 +141,7 @@ pub struct ActStats {
 }
 
 /// The per-step uniform the model writes before each submit, so bind groups stay fixed across tokens.
-/// WGSL twin: `struct StepParams { pos: u32, tokens: u32, _pad0: u32, _pad1: u32 }`.
+/// WGSL twin: `struct StepParams { pos: u32, tokens: u32, row: u32, _pad: u32 }`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct StepParams {
@@ -149,8 +149,11 @@ pub struct StepParams {
     pub pos: u32,
     /// Tokens processed in this step (T).
     pub tokens: u32,
+    /// Row of the step's first token in the activation buffers: 0 for a lone sequence; a batched
+    /// decode step gives each sequence's RoPE and attention the row of its slot.
+    pub row: u32,
     /// Zero: pads the uniform to 16 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// K padded to a multiple of 16 (one u32 of ternary codes), in u32 words of packed int8 activations.

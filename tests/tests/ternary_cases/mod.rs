@@ -130,7 +130,8 @@ impl Case {
         let step = StepParams {
             pos: 0,
             tokens: self.tokens as u32,
-            _pad: [0; 2],
+            row: 0,
+            _pad: 0,
         };
         let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
         let weights = GpuBuffer::new(

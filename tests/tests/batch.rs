@@ -1,0 +1,210 @@
+//! Continuous batching in the engine: sequences decoded together in a `SequenceBatch` get
+//! bit-identical logits to each sequence run alone in a `Sequence`, whatever shares the step with
+//! them — sequences admitted and retired between steps, slots reused, rows left idle between busy
+//! ones, and each row reading back a different output (argmax, top-k, logits).
+
+use tern::format::checkpoint::Checkpoint;
+use tern::model::weights::ProjectionKind;
+use tern::model::{DecodeRow, Output, Sequence, SequenceBatch, StepResult, Transformer};
+use tern_tests::contexts;
+use tern_tests::goldens::fixture;
+
+const CONTEXT: usize = 96;
+const CHUNK: usize = 16;
+
+/// A prompt and how many tokens to decode after it.
+struct Request {
+    prompt: Vec<u32>,
+    decode: usize,
+}
+
+fn requests(vocab: u32) -> Vec<Request> {
+    // Mixed lengths: one token, shorter and longer than a prefill chunk, several chunks.
+    let lengths = [1, 3, 17, 40, 5, 33, 2, 9, 16, 12];
+    let budgets = [6, 9, 3, 12, 1, 7, 10, 4, 8, 5];
+    lengths
+        .iter()
+        .zip(budgets)
+        .enumerate()
+        .map(|(i, (&len, decode))| Request {
+            prompt: (0..len)
+                .map(|j| (1 + i as u32 * 7919 + j as u32 * 104_729) % vocab)
+                .collect(),
+            decode,
+        })
+        .collect()
+}
+
+fn logits(result: StepResult) -> Vec<f32> {
+    match result {
+        StepResult::Logits(logits) => logits,
+        other => panic!("expected logits, got {other:?}"),
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Each request alone: the logits after its prompt and after each greedy token.
+fn alone(model: &Transformer, request: &Request) -> Vec<Vec<f32>> {
+    let mut sequence = pollster::block_on(Sequence::new(model, CONTEXT, CHUNK)).unwrap();
+    let mut steps = vec![logits(
+        pollster::block_on(sequence.forward(&request.prompt, Output::LastLogits)).unwrap(),
+    )];
+    for _ in 0..request.decode {
+        let token = argmax(steps.last().unwrap());
+        steps.push(logits(
+            pollster::block_on(sequence.forward(&[token], Output::LastLogits)).unwrap(),
+        ));
+    }
+    steps
+}
+
+/// A sequence in a slot of the batch: which request, and the logits it has seen so far.
+struct Running {
+    request: usize,
+    steps: Vec<Vec<f32>>,
+}
+
+#[test]
+fn batched_sequences_get_the_logits_they_get_alone() {
+    for ctx in contexts() {
+        let adapter = ctx.adapter_name();
+        let checkpoint = Checkpoint::open(&fixture("bitnet-2b4t")).unwrap();
+        let model = pollster::block_on(Transformer::load(
+            ctx,
+            &checkpoint,
+            ProjectionKind::Ternary,
+            &mut |_, _| {},
+        ))
+        .unwrap();
+        let vocab = model.config().vocab_size;
+        let requests = requests(vocab as u32);
+        let expected: Vec<Vec<Vec<f32>>> = requests.iter().map(|r| alone(&model, r)).collect();
+
+        let mut batch = pollster::block_on(SequenceBatch::new(&model, 4, CONTEXT, CHUNK)).unwrap();
+        let mut slots: Vec<Option<Running>> = (0..4).map(|_| None).collect();
+        let mut waiting = 0..requests.len();
+        let mut finished = 0;
+        let mut step = 0usize;
+        while finished < requests.len() {
+            // Admit one waiting request per step into the highest free slot, so that rows below
+            // busy ones sit idle now and then.
+            if let Some(slot) = slots.iter().rposition(Option::is_none) {
+                if let Some(request) = waiting.next() {
+                    batch.truncate(slot, 0);
+                    let first = pollster::block_on(batch.forward(
+                        slot,
+                        &requests[request].prompt,
+                        Output::LastLogits,
+                    ))
+                    .unwrap();
+                    slots[slot] = Some(Running {
+                        request,
+                        steps: vec![logits(first)],
+                    });
+                }
+            }
+            // One decode step for every running sequence that has tokens left; rows cycle through
+            // the three outputs.
+            let mut rows = Vec::new();
+            for (slot, running) in slots.iter().enumerate() {
+                let Some(running) = running else { continue };
+                if running.steps.len() > requests[running.request].decode {
+                    continue;
+                }
+                let output = match (slot + step) % 3 {
+                    0 => Output::Argmax,
+                    1 => Output::TopK(5),
+                    _ => Output::LastLogits,
+                };
+                let token = argmax(running.steps.last().unwrap());
+                rows.push(DecodeRow {
+                    slot,
+                    token,
+                    output,
+                });
+            }
+            let results = pollster::block_on(batch.decode(&rows)).unwrap();
+            for (row, result) in rows.iter().zip(results) {
+                let running = slots[row.slot].as_mut().unwrap();
+                let at = running.steps.len();
+                let want = &expected[running.request][at];
+                let what = format!(
+                    "request {} token {at} in slot {} of {} rows on {adapter}",
+                    running.request,
+                    row.slot,
+                    rows.len()
+                );
+                match result {
+                    StepResult::Token(id) => assert_eq!(id, argmax(want), "{what}"),
+                    StepResult::Candidates(candidates) => {
+                        assert_eq!(candidates.len(), 5, "{what}");
+                        assert_eq!(candidates[0].index, argmax(want), "{what}");
+                        for c in candidates {
+                            let value = want[c.index as usize];
+                            assert_eq!(c.value.to_bits(), value.to_bits(), "{what}");
+                        }
+                    }
+                    StepResult::Logits(logits) => {
+                        let bits = |l: &[f32]| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&logits), bits(want), "{what}: logits differ");
+                    }
+                }
+                // The next token comes from the expected logits: every row, whatever it read
+                // back, continues exactly as alone.
+                running.steps.push(want.clone());
+            }
+            for slot in slots.iter_mut() {
+                if slot
+                    .as_ref()
+                    .is_some_and(|r| r.steps.len() > requests[r.request].decode)
+                {
+                    *slot = None;
+                    finished += 1;
+                }
+            }
+            step += 1;
+        }
+        assert_eq!(waiting.len(), 0);
+    }
+}
+
+#[test]
+fn a_batch_refuses_bad_rows() {
+    let ctx = &contexts()[0];
+    let checkpoint = Checkpoint::open(&fixture("bitnet-2b4t")).unwrap();
+    let model = pollster::block_on(Transformer::load(
+        ctx,
+        &checkpoint,
+        ProjectionKind::Ternary,
+        &mut |_, _| {},
+    ))
+    .unwrap();
+    let mut batch = pollster::block_on(SequenceBatch::new(&model, 2, 8, 4)).unwrap();
+    let row = |slot, token| DecodeRow {
+        slot,
+        token,
+        output: Output::Argmax,
+    };
+    let refused = |batch: &mut SequenceBatch, rows: &[DecodeRow]| {
+        pollster::block_on(batch.decode(rows))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(refused(&mut batch, &[row(2, 1)]).contains("slot 2 does not exist"));
+    assert!(refused(&mut batch, &[row(0, 1), row(0, 2)]).contains("twice"));
+    let vocab = model.config().vocab_size as u32;
+    assert!(refused(&mut batch, &[row(1, vocab)]).contains("outside the vocabulary"));
+    pollster::block_on(batch.forward(1, &[1; 8], Output::Argmax)).unwrap();
+    assert!(refused(&mut batch, &[row(0, 1), row(1, 1)]).contains("context"));
+    // Nothing moved: slot 0 is still empty, slot 1 full.
+    assert_eq!((batch.position(0), batch.position(1)), (0, 8));
+}
