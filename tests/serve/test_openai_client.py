@@ -2,10 +2,13 @@
 
 Starts the server on a free 127.0.0.1 port with an API key, then checks non-streaming and streaming
 chat and text completions (usage counts, the stream equal to the whole reply), OpenAI error types
-(a wrong API key, an unknown role, an unknown model, a prompt too long), and a load test:
-rounds of 32 concurrent streaming chats, some of whose clients hang up midway. Every completed
-stream must equal the same request alone (greedy), the server must stay up, and its resident memory
-must stay flat from round to round. Prints the load-test figures.
+(a wrong API key, an unknown role, an unknown model, a prompt too long), and the continuous
+batching under load (`--parallel 8`): three rounds of 32 different requests at once — chat and text
+completions, streamed and whole, greedy and seeded sampling, mixed prompt lengths and budgets, one
+in eight hanging up midway. Every completed reply must equal the same request served alone, /metrics
+must account for them, a queue overflow must get 503 + Retry-After while the server keeps serving,
+and its resident memory must stay flat over the rounds and over 1000 short requests with hang-ups.
+Prints the load-test figures.
 
     python3 -m venv /tmp/venv-openai && /tmp/venv-openai/bin/pip install -r tests/serve/requirements.txt
     /tmp/venv-openai/bin/python tests/serve/test_openai_client.py --tern target/debug/tern \
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -25,6 +29,8 @@ import openai
 MESSAGES = ["Hello", "Tell me a story", "What is 2+2?", "Bonjour", "Write a haiku"]
 MAX_TOKENS = 20
 API_KEY = "test-key"
+PARALLEL = 8
+QUEUE = 40
 
 
 def start_server(tern, model):
@@ -35,7 +41,8 @@ def start_server(tern, model):
     )
     server = subprocess.Popen(
         # The queue holds every client of the load test.
-        [tern, "serve", "--model", model, "--port", "0", "--context", "256", "--queue", "64"],
+        [tern, "serve", "--model", model, "--port", "0", "--context", "256",
+         "--parallel", str(PARALLEL), "--queue", str(QUEUE)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -179,22 +186,75 @@ def check_api_key(base, model):
     print("openai client: a wrong API key is refused (401)")
 
 
-def load_test(client, model, server, rounds, clients, hang_ups):
-    alone = [chat(client, model, m).choices[0].message.content for m in MESSAGES]
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex".split()
+
+
+def request_specs(count):
+    """`count` different requests: mixed prompt lengths and budgets, chat and text completions,
+    streamed or whole, greedy or seeded sampling; every eighth hangs up after two chunks."""
+    specs = []
+    for i in range(count):
+        words = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + (i * 13) % 60))
+        specs.append(
+            {
+                "chat": i % 2 == 0,
+                "stream": i % 4 < 2,
+                "prompt": f"{MESSAGES[i % len(MESSAGES)]}: {words}",
+                "max_tokens": 4 + (i * 7) % 37,
+                "sampling": {"temperature": 0} if i % 3 else {"temperature": 0.8, "seed": i},
+                "hang_up": i % 8 == 5,
+            }
+        )
+    return specs
+
+
+def run_request(client, model, spec, hang_up=False):
+    """The reply's text, or None if the client hung up midway."""
+    common = dict(model=model, max_tokens=200 if hang_up else spec["max_tokens"], **spec["sampling"])
+    if spec["chat"]:
+        call = client.chat.completions.create
+        common["messages"] = [{"role": "user", "content": spec["prompt"]}]
+        piece = lambda choice: choice.delta.content or ""  # noqa: E731
+    else:
+        call = client.completions.create
+        common["prompt"] = spec["prompt"]
+        piece = lambda choice: choice.text or ""  # noqa: E731
+    if not spec["stream"] and not hang_up:
+        reply = call(**common).choices[0]
+        return reply.message.content if spec["chat"] else reply.text
+    stream = call(stream=True, **common)
+    text = []
+    for count, chunk in enumerate(stream):
+        if hang_up and count == 2:
+            stream.close()
+            return None
+        text.extend(piece(choice) for choice in chunk.choices)
+    return "".join(text)
+
+
+def metrics(base):
+    """The server's /metrics as {name{labels}: value}."""
+    with urllib.request.urlopen(base + "/metrics") as response:
+        body = response.read().decode()
+    values = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def load_test(client, model, server, base, rounds, clients):
+    """Rounds of `clients` different requests at once against `--parallel` slots: every completed
+    reply equals the same request served alone, hang-ups are cancelled, memory stays flat."""
+    specs = request_specs(clients)
+    alone = [run_request(client, model, spec) for spec in specs]
     memory = []
     for round_index in range(rounds):
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=clients) as pool:
             futures = [
-                pool.submit(
-                    stream_chat,
-                    client,
-                    model,
-                    MESSAGES[i % len(MESSAGES)],
-                    max_tokens=200 if i % (clients // hang_ups) == 0 else MAX_TOKENS,
-                    hang_up_after=2 if i % (clients // hang_ups) == 0 else None,
-                )
-                for i in range(clients)
+                pool.submit(run_request, client, model, spec, spec["hang_up"]) for spec in specs
             ]
             results = [f.result() for f in futures]
         seconds = time.monotonic() - started
@@ -202,16 +262,70 @@ def load_test(client, model, server, rounds, clients, hang_ups):
         for i, result in enumerate(results):
             if result is not None:
                 completed += 1
-                assert result[0] == alone[i % len(MESSAGES)], (i, result[0])
+                assert result == alone[i], (i, specs[i], result, alone[i])
+            else:
+                assert specs[i]["hang_up"], i
         assert server.poll() is None, "the server exited"
         memory.append(resident_kib(server.pid))
         print(
-            f"load round {round_index + 1}: {clients} concurrent streams, {completed} completed, "
-            f"{clients - completed} hung up, {seconds:.2f} s, server RSS {memory[-1] / 1024:.1f} MiB"
+            f"load round {round_index + 1}: {clients} concurrent requests, {completed} completed "
+            f"(each identical to it alone), {clients - completed} hung up, {seconds:.2f} s, "
+            f"server RSS {memory[-1] / 1024:.1f} MiB"
         )
     growth = memory[-1] - memory[0]
     assert growth < 16 * 1024, f"server memory grew by {growth} KiB over {rounds - 1} rounds"
-    print(f"load test OK: memory growth after round 1: {growth / 1024:.1f} MiB")
+    values = metrics(base)
+    assert values["tern_slots"] == PARALLEL, values
+    assert values["tern_slots_busy"] == 0 and values["tern_queue_depth"] == 0, values
+    assert values['tern_requests_total{finish_reason="cancelled"}'] >= rounds * sum(
+        s["hang_up"] for s in specs
+    ), values
+    assert values["tern_time_to_first_token_seconds_count"] >= rounds * clients, values
+    print(f"load test OK: memory growth after round 1: {growth / 1024:.1f} MiB; /metrics agrees")
+
+
+def full_queue(client, model, server, clients):
+    """More requests than slots and queue hold: the rest get 503 with Retry-After at once, and the
+    server answers normally afterwards."""
+    refused = []
+
+    def one(_):
+        try:
+            chat(client, model, "Hello", max_tokens=200)
+            return None
+        except openai.APIStatusError as error:
+            refused.append(error)
+            return error.status_code
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        codes = list(pool.map(one, range(clients)))
+    assert refused, "no request was refused with the queue full"
+    assert all(code in (None, 503) for code in codes), codes
+    assert all(e.response.headers.get("retry-after") for e in refused), "no Retry-After"
+    assert server.poll() is None, "the server exited"
+    assert chat(client, model, "Hello").choices[0].finish_reason == "length"
+    print(f"full queue: {len(refused)} of {clients} refused with 503 + Retry-After; still serving")
+
+
+def churn(client, model, server, requests):
+    """`requests` short requests, a fifth of them hung up after their first chunk: the server's
+    memory after them is what it was after the first hundred."""
+    spec = {"chat": True, "stream": True, "prompt": "Hi", "max_tokens": 3, "sampling": {}}
+
+    def one(i):
+        return run_request(client, model, spec, hang_up=i % 5 == 0)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(one, range(100)))
+        before = resident_kib(server.pid)
+        started = time.monotonic()
+        list(pool.map(one, range(requests - 100)))
+    growth = resident_kib(server.pid) - before
+    seconds = time.monotonic() - started
+    assert server.poll() is None, "the server exited"
+    assert growth < 16 * 1024, f"server memory grew by {growth} KiB over {requests} requests"
+    print(f"churn: {requests} requests ({requests // 5} hung up) in {seconds:.1f} s, "
+          f"memory growth {growth / 1024:.1f} MiB")
 
 
 def main():
@@ -220,7 +334,7 @@ def main():
     parser.add_argument("--model", required=True, help="the model to serve")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--hang-ups", type=int, default=8, help="clients that disconnect per round")
+    parser.add_argument("--churn", type=int, default=1000, help="requests of the memory check")
     args = parser.parse_args()
 
     server, base, log = start_server(args.tern, args.model)
@@ -228,9 +342,11 @@ def main():
         client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0, timeout=300)
         check_api_key(base, args.model)
         check_basics(client, args.model)
-        load_test(client, args.model, server, args.rounds, args.clients, args.hang_ups)
+        load_test(client, args.model, server, base, args.rounds, args.clients)
+        full_queue(client, args.model, server, PARALLEL + QUEUE + 64)
+        churn(client, args.model, server, args.churn)
         cancelled = sum("finish: cancelled" in line for line in log)
-        assert cancelled >= args.hang_ups, f"only {cancelled} generations were cancelled"
+        assert cancelled >= args.rounds * 4, f"only {cancelled} generations were cancelled"
     finally:
         server.kill()
         server.wait()
