@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use tern::format::checkpoint::Checkpoint;
 use tern::gpu::{Context, ContextOptions, KernelProfile, KernelTiming};
 use tern::model::synthetic::{self, Shape};
+use tern::model::weights::ProjectionKind;
 use tern::model::{ModelOptions, Sequence};
+use tern::{BatchEvent, BatchOptions, GenerateOptions, Model};
 use tern::ops::bandwidth;
 
 use crate::compare::{self, Baseline};
@@ -49,6 +51,12 @@ pub struct BenchArgs {
     /// Profiled decode steps after the timed ones; `kernel_ms` keeps each kernel's fastest.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub profile_steps: u64,
+    /// Continuous batching: for each N of the list, N requests at once (--prompt-tokens then
+    /// --gen-tokens each, greedy) through a batch of N slots. Reports aggregate and per-stream
+    /// decode tok/s (steps where all N decode), time to first token p50/p95 and GPU memory, and
+    /// each aggregate over one stream's.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...", conflicts_with_all = ["sweep", "compare"])]
+    pub concurrent: Vec<usize>,
     /// How `kernel_ms` is timed: GPU timestamps where the adapter has them, else CPU-timed submits.
     #[arg(long, value_enum, default_value_t = KernelTimingArg::Auto)]
     pub kernel_timing: KernelTimingArg,
@@ -98,6 +106,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if !args.concurrent.is_empty() {
+        let report = pollster::block_on(concurrent(&ctx, args))?;
+        if args.json {
+            println!("{report}");
+        } else {
+            print_concurrent(&report);
+        }
+        return Ok(());
+    }
     let mut report = pollster::block_on(measure(ctx.clone(), args))?;
     if let (Some(Baseline::Dense), Some(shape)) = (args.compare, &args.shape) {
         let shape = Shape::parse(shape)?;
@@ -115,19 +132,7 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     // More positions for the profiled decode steps after the timed ones.
     let context = args.prompt_tokens + args.gen_tokens + args.profile_steps as usize;
     let start = Instant::now();
-    let (checkpoint, source) = match (&args.model, &args.shape) {
-        (Some(model), _) => {
-            let path = tern::hub::resolve(model, true)?;
-            let checkpoint =
-                Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            (checkpoint, model.clone())
-        }
-        (None, Some(shape)) => {
-            let checkpoint = synthetic::checkpoint(Shape::parse(shape)?, context, 0x7e27)?;
-            (checkpoint, format!("synthetic {shape}"))
-        }
-        (None, None) => bail!("give --model or --shape"),
-    };
+    let (checkpoint, source) = open_checkpoint(args, context)?;
     let options = ModelOptions {
         max_context: context,
         max_batch: args.batch,
@@ -209,6 +214,153 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
         "energy": energy,
         "energy_estimate": energy::estimate(dims),
     }))
+}
+
+/// The checkpoint `--model` names, or a synthetic one of `--shape` with `context` positions; and
+/// how to call it in the report.
+fn open_checkpoint(args: &BenchArgs, context: usize) -> anyhow::Result<(Checkpoint, String)> {
+    Ok(match (&args.model, &args.shape) {
+        (Some(model), _) => {
+            let path = tern::hub::resolve(model, true)?;
+            let checkpoint =
+                Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            (checkpoint, model.clone())
+        }
+        (None, Some(shape)) => {
+            let checkpoint = synthetic::checkpoint(Shape::parse(shape)?, context, 0x7e27)?;
+            (checkpoint, format!("synthetic {shape}"))
+        }
+        (None, None) => bail!("give --model or --shape"),
+    })
+}
+
+/// `--concurrent`: each count of streams through one batch, in one process on one adapter.
+async fn concurrent(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Value> {
+    if args.concurrent.contains(&0) {
+        bail!("--concurrent counts must be at least 1");
+    }
+    let context = args.prompt_tokens + args.gen_tokens + 1;
+    let (mut checkpoint, source) = open_checkpoint(args, context)?;
+    let vocab = checkpoint.config.vocab_size;
+    if checkpoint.tokenizer_json.is_none() {
+        checkpoint.tokenizer_json = Some(synthetic::word_level_tokenizer(vocab));
+    }
+    let model = Model::load(ctx, &checkpoint, ProjectionKind::Ternary, &mut |_, _| {}).await?;
+    drop(checkpoint);
+    let options = GenerateOptions {
+        max_new_tokens: args.gen_tokens,
+        ignore_eos: true,
+        ..GenerateOptions::default()
+    };
+    let mut settings = Vec::new();
+    for &streams in &args.concurrent {
+        let sizes = BatchOptions {
+            slots: streams,
+            max_context: context,
+            max_batch: args.batch,
+        };
+        let mut batch = model.open_batch(sizes).await?;
+        for i in 0..streams {
+            let prompt = (0..args.prompt_tokens)
+                .map(|j| ((1 + i * 7919 + j * 104_729) % vocab) as u32)
+                .collect();
+            batch.submit(prompt, options.clone())?;
+        }
+        let start = Instant::now();
+        let mut started = std::collections::HashSet::new();
+        let mut first_token_s = Vec::new();
+        // Tokens and seconds of the steps where every stream decoded: N streams' steady state.
+        let (mut steady_tokens, mut steady_s) = (0, 0.0);
+        while !batch.is_idle() {
+            let step_start = Instant::now();
+            let events = batch.step().await?;
+            let step_s = step_start.elapsed().as_secs_f64();
+            let (mut tokens, mut firsts) = (0, 0);
+            for event in events {
+                match event {
+                    BatchEvent::Token { request, .. } => {
+                        tokens += 1;
+                        if started.insert(request) {
+                            first_token_s.push(start.elapsed().as_secs_f64());
+                            firsts += 1;
+                        }
+                    }
+                    BatchEvent::Failed { error, .. } => bail!("{error}"),
+                    BatchEvent::Finished { .. } => {}
+                }
+            }
+            if firsts == 0 && tokens == streams {
+                steady_tokens += tokens;
+                steady_s += step_s;
+            }
+        }
+        first_token_s.sort_by(f64::total_cmp);
+        let percentile = |p: f64| {
+            let i = ((first_token_s.len() as f64 * p).ceil() as usize).max(1) - 1;
+            first_token_s[i.min(first_token_s.len() - 1)] * 1e3
+        };
+        let aggregate = (steady_s > 0.0).then(|| steady_tokens as f64 / steady_s);
+        settings.push(json!({
+            "streams": streams,
+            "aggregate_decode_tok_s": aggregate,
+            "per_stream_decode_tok_s": aggregate.map(|a| a / streams as f64),
+            "steady_steps": steady_tokens / streams,
+            "ttft_p50_ms": percentile(0.5),
+            "ttft_p95_ms": percentile(0.95),
+            "gpu_bytes": model.transformer().gpu_bytes() + batch.state_bytes(),
+            "kv_cache_bytes_per_slot": batch.slot_bytes(),
+            "wall_s": start.elapsed().as_secs_f64(),
+        }));
+    }
+    let single = settings
+        .iter()
+        .find(|s| s["streams"] == 1)
+        .and_then(|s| s["aggregate_decode_tok_s"].as_f64());
+    for setting in &mut settings {
+        let ratio = match (setting["aggregate_decode_tok_s"].as_f64(), single) {
+            (Some(aggregate), Some(single)) => json!(aggregate / single),
+            _ => Value::Null,
+        };
+        setting["aggregate_over_single"] = ratio;
+    }
+    Ok(json!({
+        "model": source,
+        "adapter": ctx.adapter_name(),
+        "prompt_tokens": args.prompt_tokens,
+        "gen_tokens": args.gen_tokens,
+        "weight_bytes": model.transformer().gpu_bytes(),
+        "concurrent": settings,
+    }))
+}
+
+fn print_concurrent(report: &Value) {
+    println!(
+        "{} on {}: {} prompt + {} generated tokens per stream",
+        report["model"].as_str().unwrap_or("?"),
+        report["adapter"].as_str().unwrap_or("?"),
+        report["prompt_tokens"],
+        report["gen_tokens"]
+    );
+    println!(
+        "{:>7} {:>13} {:>13} {:>9} {:>12} {:>12} {:>10}",
+        "streams", "aggregate/s", "per stream/s", "vs one", "TTFT p50 ms", "TTFT p95 ms", "GPU MiB"
+    );
+    let number = |v: &Value, width: usize| match v.as_f64() {
+        Some(x) => format!("{x:>width$.2}"),
+        None => format!("{:>width$}", "-"),
+    };
+    for s in report["concurrent"].as_array().into_iter().flatten() {
+        println!(
+            "{:>7} {} {} {} {} {} {:>10}",
+            s["streams"],
+            number(&s["aggregate_decode_tok_s"], 13),
+            number(&s["per_stream_decode_tok_s"], 13),
+            number(&s["aggregate_over_single"], 9),
+            number(&s["ttft_p50_ms"], 12),
+            number(&s["ttft_p95_ms"], 12),
+            s["gpu_bytes"].as_u64().unwrap_or(0) >> 20
+        );
+    }
 }
 
 /// {kernel name: ms in one decode step}, summed over the step's dispatches (e.g. all layers).

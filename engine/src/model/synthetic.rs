@@ -122,6 +122,19 @@ impl Shape {
     }
 }
 
+/// A word-level tokenizer.json whose token `i` is the word `t{i}`, for `vocab` ids: a synthetic
+/// checkpoint given it runs through the front door ([`crate::Model`]), which needs a tokenizer.
+pub fn word_level_tokenizer(vocab: usize) -> String {
+    let words: Map<String, Value> = (0..vocab).map(|i| (format!("t{i}"), json!(i))).collect();
+    json!({
+        "version": "1.0",
+        "added_tokens": [],
+        "pre_tokenizer": { "type": "Whitespace" },
+        "model": { "type": "WordLevel", "vocab": words, "unk_token": "t0" },
+    })
+    .to_string()
+}
+
 /// A checkpoint of `shape` with random ternary weights (deterministic in `seed`).
 pub fn checkpoint(shape: Shape, max_position_embeddings: usize, seed: u64) -> Result<Checkpoint> {
     build(shape, max_position_embeddings, seed, false)
