@@ -10,8 +10,8 @@ use tern::gpu::{Context, ContextOptions, KernelProfile, KernelTiming};
 use tern::model::synthetic::{self, Shape};
 use tern::model::weights::ProjectionKind;
 use tern::model::{ModelOptions, Sequence};
-use tern::{BatchEvent, BatchOptions, GenerateOptions, Model};
 use tern::ops::bandwidth;
+use tern::{BatchEvent, BatchOptions, GenerateOptions, Model};
 
 use crate::compare::{self, Baseline};
 use crate::energy::{self, Dims};

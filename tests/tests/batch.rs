@@ -208,3 +208,135 @@ fn a_batch_refuses_bad_rows() {
     // Nothing moved: slot 0 is still empty, slot 1 full.
     assert_eq!((batch.position(0), batch.position(1)), (0, 8));
 }
+
+/// The front door's scheduler: every request's reply through a `Batch` of 3 slots equals the one a
+/// fresh `Session` gives it alone — greedy, seeded sampling (GPU top-k and full logits), a
+/// repetition penalty, a stop string — while requests queue, prefill in chunks between decode
+/// steps, get cancelled midway, and (second round) start from the whole prefill chunks of a
+/// previous prompt left in a slot.
+#[test]
+fn batch_replies_equal_the_replies_of_sessions_alone() {
+    use std::collections::HashMap;
+    use tern::{
+        BatchEvent, BatchOptions, ChatMessage, GenerateOptions, Model, OpenOptions, SamplingParams,
+        SessionOptions, StopReason,
+    };
+
+    for ctx in contexts() {
+        let adapter = ctx.adapter_name();
+        let options = OpenOptions {
+            context: Some(ctx.clone()),
+            ..OpenOptions::default()
+        };
+        let model = Model::open_with(&fixture("bitnet-2b4t").to_string_lossy(), options).unwrap();
+        let (context, chunk) = (160, 8);
+        let requests: Vec<(Vec<u32>, GenerateOptions)> = (0..10)
+            .map(|i| {
+                let text = "tell me about the sea and the ships ".repeat(1 + i % 4);
+                let prompt = model
+                    .chat_prompt(&[ChatMessage::new("user", &format!("{text}{i}"))])
+                    .unwrap();
+                let sampling = match i % 4 {
+                    0 => SamplingParams::default(),
+                    1 => SamplingParams {
+                        temperature: 0.9,
+                        top_k: 20,
+                        seed: Some(i as u64),
+                        ..SamplingParams::default()
+                    },
+                    2 => SamplingParams {
+                        temperature: 0.7,
+                        top_p: 0.9,
+                        seed: Some(100 + i as u64),
+                        ..SamplingParams::default()
+                    },
+                    _ => SamplingParams {
+                        repetition_penalty: 1.3,
+                        ..SamplingParams::default()
+                    },
+                };
+                let options = GenerateOptions {
+                    max_new_tokens: 3 + (i * 5) % 17,
+                    sampling,
+                    stop: if i == 6 { vec!["e".into()] } else { Vec::new() },
+                    ignore_eos: i % 2 == 0,
+                };
+                (prompt, options)
+            })
+            .collect();
+        let sizes = SessionOptions {
+            max_context: context,
+            max_batch: chunk,
+        };
+        let alone: Vec<_> = requests
+            .iter()
+            .map(|(prompt, options)| {
+                let mut session = model.session(sizes).unwrap();
+                pollster::block_on(session.generate(prompt, options, |_| {})).unwrap()
+            })
+            .collect();
+
+        let mut batch = model
+            .batch(BatchOptions {
+                slots: 3,
+                max_context: context,
+                max_batch: chunk,
+            })
+            .unwrap();
+        for round in 0..2 {
+            let ids: Vec<_> = requests
+                .iter()
+                .map(|(prompt, options)| batch.submit(prompt.clone(), options.clone()).unwrap())
+                .collect();
+            let cancelled = ids[4 + round];
+            let mut tokens: HashMap<_, usize> = HashMap::new();
+            let mut done = HashMap::new();
+            while !batch.is_idle() {
+                let events = pollster::block_on(batch.step());
+                for event in events.unwrap_or_else(|e| panic!("{adapter}: {e}")) {
+                    match event {
+                        BatchEvent::Token { request, .. } => {
+                            let count = tokens.entry(request).or_default();
+                            *count += 1;
+                            if request == cancelled && *count == 2 {
+                                batch.cancel(request);
+                            }
+                        }
+                        BatchEvent::Finished {
+                            request,
+                            generation,
+                            ..
+                        } => {
+                            done.insert(request, generation);
+                        }
+                        BatchEvent::Failed { error, .. } => panic!("{adapter}: {error}"),
+                    }
+                }
+            }
+            for (i, id) in ids.iter().enumerate() {
+                let got = &done[id];
+                let what = format!("request {i} round {round} on {adapter}");
+                if *id == cancelled {
+                    assert_eq!(got.stop_reason, StopReason::Cancelled, "{what}");
+                    assert_eq!(got.ids[..], alone[i].ids[..got.ids.len()], "{what}");
+                    continue;
+                }
+                assert_eq!(got.ids, alone[i].ids, "{what}");
+                assert_eq!(got.text, alone[i].text, "{what}");
+                assert_eq!(got.stop_reason, alone[i].stop_reason, "{what}");
+                if round == 1 {
+                    // Every prompt of round 2 was prefilled in round 1 and finds whole chunks of
+                    // itself in some slot unless they were overwritten since.
+                    assert!(got.prefilled_tokens <= got.prompt_tokens, "{what}");
+                }
+            }
+            let reused: usize = ids
+                .iter()
+                .map(|id| done[id].prompt_tokens - done[id].prefilled_tokens)
+                .sum();
+            if round == 1 {
+                assert!(reused > 0, "no prompt reused a cached chunk on {adapter}");
+            }
+        }
+    }
+}

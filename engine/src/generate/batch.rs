@@ -4,7 +4,9 @@
 //! Each step the scheduler
 //! 1. ends cancelled requests, waiting or running;
 //! 2. admits waiting requests, oldest first, into free slots (each slot is a KV cache of the
-//!    batch's context length, allocated once and reused);
+//!    batch's context length, allocated once and reused) — into the slot whose cache already holds
+//!    the longest part of the prompt (a chat that grows turn by turn), of which whole prefill chunks
+//!    are kept;
 //! 3. runs **one prefill chunk** (at most `max_batch` prompt tokens) of the oldest request still
 //!    reading its prompt, so a long prompt delays the others by one chunk per step, never by the
 //!    whole prompt;
@@ -13,11 +15,14 @@
 //!
 //! Each request has its own sampler (parameters and seed), stop strings and token budget; its
 //! tokens and text come back as [`BatchEvent`]s. A request's reply is identical to the one it gets
-//! alone in the batch (tests/tests/batch.rs): no number depends on what shares the step.
+//! alone in the batch (tests/tests/batch.rs): no number depends on what shares the step. Keeping
+//! only whole chunks of an earlier prompt keeps that true: those keys and values are exactly what
+//! the same chunks would compute again, while a cut inside a chunk (or through the reply's tokens,
+//! computed one at a time) would change how later positions are computed, and with them the bits.
 
 use std::collections::VecDeque;
 
-use crate::generate::{now, GenerateOptions, Generation, Model, Reply, StopReason};
+use crate::generate::{common_prefix, now, GenerateOptions, Generation, Model, Reply, StopReason};
 use crate::model::{DecodeRow, SequenceBatch, StepResult};
 use crate::{Error, Result};
 
@@ -90,6 +95,8 @@ struct Running {
     reply: Reply,
     /// Tokens in the slot's cache: the prompt read so far, then the reply.
     history: Vec<u32>,
+    /// Prompt tokens whose keys and values the slot already held.
+    kept: usize,
     /// The token chosen last, to feed at the next decode step.
     next: Option<u32>,
     cancelled: bool,
@@ -108,6 +115,8 @@ pub struct Batch {
     waiting: VecDeque<Waiting>,
     /// Requests cancelled while waiting: they end at the next step.
     cancelled: Vec<Waiting>,
+    /// The prompt whose whole prefill chunks each slot's cache holds (its last request's).
+    cached_prompts: Vec<Vec<u32>>,
     next_request: u64,
 }
 
@@ -130,6 +139,7 @@ impl Model {
         Ok(Batch {
             model: self.clone(),
             slots: (0..sequences.slots()).map(|_| None).collect(),
+            cached_prompts: vec![Vec::new(); sequences.slots()],
             sequences,
             waiting: VecDeque::new(),
             cancelled: Vec::new(),
@@ -256,19 +266,30 @@ impl Batch {
     }
 
     fn admit(&mut self) {
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].is_some() {
-                continue;
-            }
+        while self.slots.iter().any(Option::is_none) {
             let Some(waiting) = self.waiting.pop_front() else {
                 break;
             };
-            self.sequences.truncate(slot, 0);
+            // The free slot that keeps the most of the prompt (the lowest on a tie).
+            let chunk = self.sequences.max_batch();
+            let (kept, slot) = (0..self.slots.len())
+                .filter(|&slot| self.slots[slot].is_none())
+                .map(|slot| {
+                    let cached = &self.cached_prompts[slot];
+                    let shared =
+                        common_prefix(cached, &waiting.prompt).min(waiting.prompt.len() - 1);
+                    (shared / chunk * chunk, slot)
+                })
+                .max_by_key(|&(kept, slot)| (kept, std::cmp::Reverse(slot)))
+                .expect("a free slot");
+            self.sequences.truncate(slot, kept);
+            self.cached_prompts[slot].truncate(kept);
             self.slots[slot] = Some(Running {
                 request: waiting.request,
                 reply: waiting.reply,
+                history: waiting.prompt[..kept].to_vec(),
+                kept,
                 prompt: waiting.prompt,
-                history: Vec::new(),
                 next: None,
                 cancelled: false,
                 prefill_started: now(),
@@ -297,6 +318,7 @@ impl Batch {
         let result = self.sequences.forward(slot, &chunk, output).await;
         let running = self.slots[slot].as_mut().expect("the slot runs a request");
         running.history.extend_from_slice(&chunk);
+        self.cached_prompts[slot].extend_from_slice(&chunk);
         match result {
             Ok(result) if end == running.prompt.len() => {
                 running.prefill_seconds = now() - running.prefill_started;
@@ -387,6 +409,7 @@ impl Batch {
         events: &mut Vec<BatchEvent>,
     ) -> Result<()> {
         let running = self.slots[slot].take().expect("a running slot");
+        let prefilled = running.prompt.len().min(running.history.len());
         let (text, generation) = running.reply.finish(stop)?;
         let decode_seconds = running
             .decode_started
@@ -396,7 +419,7 @@ impl Batch {
             text,
             generation: Generation {
                 prompt_tokens: running.prompt.len(),
-                prefilled_tokens: running.prompt.len().min(running.history.len()),
+                prefilled_tokens: prefilled - running.kept,
                 prefill_seconds: running.prefill_seconds,
                 decode_seconds,
                 ..generation
@@ -406,6 +429,7 @@ impl Batch {
     }
 
     fn fail(&mut self, slot: usize, error: Error, events: &mut Vec<BatchEvent>) -> Result<()> {
+        self.cached_prompts[slot].clear();
         if let Error::Gpu(_) = error {
             // The device itself failed: nothing further can run.
             return Err(error);
