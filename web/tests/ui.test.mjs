@@ -131,9 +131,15 @@ async function expectError(page, url, kind, mentions) {
     detail: document.getElementById("error-detail").textContent,
     state: document.body.dataset.state,
     loadEnabled: !document.getElementById("load").disabled,
+    newChatEnabled: !document.getElementById("new-chat").disabled,
+    status: document.getElementById("status").textContent,
+    progressHidden: document.getElementById("progress-box").hidden,
+    emptyBubbles: [...document.querySelectorAll(".message .body")].filter((b) => !b.textContent).length,
   }));
   check(shown.kind === kind && mentions.test(shown.detail) && shown.state === "idle" && shown.loadEnabled,
     `${url.split("?")[1]}: "${shown.title}" (${shown.kind}) in the page, model chooser usable`, shown.detail);
+  check(!/…/.test(shown.status) && shown.progressHidden && shown.newChatEnabled && shown.emptyBubbles === 0,
+    `${url.split("?")[1]}: nothing left in progress (status, bar, New chat, bubbles)`, JSON.stringify(shown));
 }
 
 for (const [what, path] of [["xtask (cargo build --release -p xtask)", xtask], ["tern (cargo build -p tern-cli)", tern],
@@ -155,6 +161,8 @@ for (const [message, kind] of [
   ["https://h/model.safetensors: header: header length 7517702313401935932 exceeds the file (1800 bytes) or the 104857600-byte limit", "model"],
   ["https://h/config.json: field `hidden_size`: missing", "model"],
   ["RuntimeError: unreachable", "crash"],
+  ["download: http://127.0.0.1:1/m/config.json: Failed to fetch", "network"],
+  ["download: https://huggingface.co/x/y/resolve/main/config.json: NetworkError when attempting to fetch resource.", "network"],
 ]) {
   const got = classifyError(new Error(message)).kind;
   check(got === kind, `"${message.slice(0, 60)}…" reads as ${kind}`, got === kind ? "" : `got ${got}`);
@@ -260,8 +268,40 @@ try {
   check(afterTokens === "4", "a new message after stop and new chat gets its reply",
     `${afterTokens} tokens: ${JSON.stringify(await after.textContent())}`);
 
-  // 5. The model chooser shows the cached bytes and clears them.
+  // 5. Failures keep the page working. A model that fails to load leaves the one in use loaded.
   await page.click("#change-model");
+  await page.fill("#model-input", "/models/missing");
+  await page.click("#load");
+  await page.locator("#error").waitFor({ state: "visible", timeout: LOAD_TIMEOUT });
+  const kept = await page.evaluate(() => ({ state: document.body.dataset.state, status: document.getElementById("status").textContent }));
+  check(kept.state === "ready" && kept.status.startsWith("/models/bitnet-2b4t"),
+    "a model that fails to load keeps the one in use", JSON.stringify(kept));
+  const keptReply = await sendAndWait(page, "Hi");
+  check(await keptReply.getAttribute("data-tokens") === "4", "the kept model still replies");
+  // A turn the engine refuses (longer than the context): no empty bubble, no "Thinking…", the
+  // message back in the composer, New chat usable.
+  const bubbles = await page.locator(".message").count();
+  const long = "Hello there ".repeat(200).trim();
+  await page.fill("#prompt", long);
+  await page.press("#prompt", "Enter");
+  await page.locator("#error").waitFor({ state: "visible", timeout: LOAD_TIMEOUT });
+  await page.waitForFunction(() => document.body.dataset.state === "ready");
+  const failedTurn = await page.evaluate(() => ({
+    kind: document.getElementById("error").dataset.kind,
+    stats: document.getElementById("stats").textContent,
+    emptyBubbles: [...document.querySelectorAll(".message .body")].filter((b) => !b.textContent).length,
+    bubbles: document.querySelectorAll(".message").length,
+    prompt: document.getElementById("prompt").value.length,
+    newChat: !document.getElementById("new-chat").disabled,
+  }));
+  check(failedTurn.kind === "context" && !/Thinking/.test(failedTurn.stats) && failedTurn.emptyBubbles === 0 &&
+    failedTurn.bubbles === bubbles && failedTurn.prompt === long.length && failedTurn.newChat,
+    "a failed turn leaves no empty bubble, no \"Thinking…\", its message in the composer, New chat usable",
+    JSON.stringify(failedTurn));
+  await page.fill("#prompt", "");
+
+  // 6. The model chooser shows the cached bytes and clears them.
+  if (await page.isHidden("#model-panel")) await page.click("#change-model");
   const cacheText = await page.locator("#cache-text").textContent();
   check(/\d/.test(cacheText) && cachesUsed === await page.isVisible("#cache"), "the cached downloads are shown", cacheText);
   if (cachesUsed) {
@@ -272,8 +312,9 @@ try {
     check(left === 0, "Clear empties the download cache", `${left} entries left`);
   }
 
-  // 6. Error paths: the message names the problem and the chooser stays usable.
+  // 7. Error paths: the message names the problem and the chooser stays usable.
   await expectError(page, `${base}/www/?model=/models/missing`, "model", /404|not found/i);
+  await expectError(page, `${base}/www/?model=http://127.0.0.1:1/models/nothing-listens`, "network", /fetch/i);
   await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-truncated`, "model", /model\.safetensors/);
   await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-not-a-model`, "model", /model\.safetensors/);
   await page.close();
@@ -281,7 +322,7 @@ try {
   await browser.close();
 }
 
-// 7. Browsers that cannot run the engine: the page on a plain-http origin that is not localhost
+// 8. Browsers that cannot run the engine: the page on a plain-http origin that is not localhost
 // (no secure context: navigator.gpu is missing), and WebGPU without an adapter (Chromium offers
 // none here without --enable-unsafe-webgpu; a machine with a real GPU may offer one, and then that
 // case is skipped).

@@ -52,7 +52,8 @@ const ui = {
 let worker = null;
 let messages = []; // the conversation sent to the engine: [{role, content}]
 let reply = null; // the assistant message being streamed: {element, text}
-let modelName = "";
+let modelName = ""; // the model in use (loaded), "" before one is
+let loadingName = ""; // the model being loaded
 // What each locally served model is (from the server's index), shown once it is loaded.
 const descriptions = new Map();
 
@@ -68,7 +69,7 @@ function setState(state) {
   ui.send.hidden = generating;
   ui.stop.hidden = !generating;
   ui.stop.disabled = false;
-  ui.newChat.disabled = !ready || messages.length === 0;
+  ui.newChat.disabled = generating || state === "loading";
   ui.modelInput.disabled = state === "loading";
   ui.modelForm.querySelector("button").disabled = state === "loading";
   ui.changeModel.hidden = !(ready || generating);
@@ -124,25 +125,25 @@ function startWorker() {
     event.preventDefault();
     showError({ kind: "startup", message: event.message || "the worker script failed to load" });
     worker = null;
-    finishReply(true);
+    modelName = "";
+    ui.status.textContent = "No model loaded";
+    failTurn();
     setState("idle");
     ui.progressBox.hidden = true;
   };
 }
 
+// The model in use (if any) stays until the new one has loaded; its conversation is cleared then.
 function loadModel(input) {
+  if (document.body.dataset.state === "generating") return;
   hideError();
-  modelName = input.trim();
+  loadingName = input.trim();
   if (!worker) startWorker();
-  messages = [];
-  ui.messages.replaceChildren();
-  ui.empty.hidden = false;
-  ui.stats.textContent = "";
   ui.progress.removeAttribute("value");
   ui.progressText.textContent = "Connecting…";
   ui.progressPercent.textContent = "";
   ui.progressBox.hidden = false;
-  ui.status.textContent = `Loading ${modelName}…`;
+  ui.status.textContent = `Loading ${loadingName}…`;
   setState("loading");
   worker.postMessage({
     type: "load",
@@ -162,10 +163,13 @@ const handlers = {
     }
   },
   loaded({ info }) {
+    modelName = loadingName;
+    clearConversation();
     ui.progressBox.hidden = true;
     ui.modelPanel.hidden = true;
     const gpu = formatBytes(info.gpuBytes);
     ui.status.textContent = `${modelName} · ${gpu} on ${info.adapter || "WebGPU"}`;
+    ui.status.dataset.loaded = ui.status.textContent;
     ui.status.title = `${info.model.numLayers} layers, hidden ${info.model.hiddenSize}, vocabulary ${info.model.vocabSize}, context ${info.maxContext} tokens; ${info.backend}${info.shaderF16 ? ", f16" : ""}${info.subgroups ? ", subgroups" : ""}`;
     document.body.dataset.model = modelName;
     const about = descriptions.get(modelName);
@@ -198,22 +202,28 @@ const handlers = {
     ui.stats.dataset.tokensPerSecond = rate.toFixed(2);
     reply.element.dataset.tokens = stats.generatedTokens;
     reply.element.dataset.stopReason = stats.stopReason;
-    finishReply(false);
+    finishReply();
     setState("ready");
   },
-  error({ during, kind, message }) {
+  error({ during, kind, message, kept }) {
     showError({ kind, message });
     if (during === "load") {
       ui.progressBox.hidden = true;
-      ui.status.textContent = "No model loaded";
-      setState("idle");
       ui.modelPanel.hidden = false;
+      if (kept) {
+        // The model in use is still loaded: its conversation goes on.
+        ui.status.textContent = ui.status.dataset.loaded;
+        setState("ready");
+      } else {
+        modelName = "";
+        ui.status.textContent = "No model loaded";
+        setState("idle");
+      }
     } else if (during === "chat") {
-      // The failed turn is dropped from the conversation so the next message can be sent.
-      messages.pop();
-      finishReply(true);
+      failTurn();
       const engineGone = kind === "crash" || kind === "device-lost";
       if (engineGone) {
+        modelName = "";
         ui.status.textContent = "No model loaded";
         ui.modelPanel.hidden = false;
       }
@@ -238,12 +248,27 @@ function addMessage(role, text) {
   return { element, body, text };
 }
 
-function finishReply(failed) {
+function finishReply() {
   if (!reply) return;
   reply.element.classList.remove("streaming");
   reply.element.dataset.done = "true";
-  if (failed) reply.element.classList.add("failed");
   reply = null;
+}
+
+// A turn the engine failed: its bubbles go (the error is shown above the conversation), the
+// message goes back into the composer to send again, and the conversation is as before it.
+function failTurn() {
+  if (!reply) return;
+  const turn = [reply.element.previousElementSibling, reply.element];
+  reply = null;
+  const sent = messages.pop();
+  for (const element of turn) element?.remove();
+  ui.empty.hidden = ui.messages.childElementCount > 0;
+  if (sent?.role === "user" && !ui.prompt.value) {
+    ui.prompt.value = sent.content;
+    autosize();
+  }
+  ui.stats.textContent = "";
 }
 
 function generationOptions() {
@@ -271,14 +296,17 @@ function send() {
   worker.postMessage({ type: "chat", messages, options: generationOptions() });
 }
 
-function newChat() {
+function clearConversation() {
   messages = [];
   ui.messages.replaceChildren();
   ui.empty.hidden = false;
   ui.stats.textContent = "";
+}
+
+function newChat() {
+  clearConversation();
   hideError();
-  worker?.postMessage({ type: "reset" });
-  setState("ready");
+  if (modelName) worker?.postMessage({ type: "reset" });
   ui.prompt.focus();
 }
 

@@ -5,7 +5,7 @@
 //                {type: "stop"} | {type: "reset"} | {type: "cache-size"} | {type: "clear-cache"}
 // Worker → page: {type: "progress", loaded, total} | {type: "loaded", info} | {type: "cache", bytes} |
 //                {type: "token", text, pieces} | {type: "done", text, stats, timing} |
-//                {type: "error", during, kind, message}
+//                {type: "error", during, kind, message, kept (a load: the previous model is still in use)}
 import init, { Engine } from "../pkg/tern.js";
 import { classifyError } from "./errors.js";
 
@@ -39,15 +39,14 @@ async function reportCache(clear) {
   }
 }
 
+// The model in use stays loaded until the new one has loaded (a failed load keeps it: `kept`).
 async function load({ url, maxContext }) {
-  engine?.dispose();
-  engine = null;
   try {
     await wasmReady;
     const problem = await webgpuProblem();
-    if (problem) return post({ type: "error", during: "load", ...problem });
+    if (problem) return post({ type: "error", during: "load", kept: engine !== null, ...problem });
     let lastPost = 0;
-    engine = await Engine.load(url, {
+    const loaded = await Engine.load(url, {
       maxContext,
       onProgress: (loaded, total) => {
         // At most ~20 updates a second: the bar does not need every chunk.
@@ -58,10 +57,12 @@ async function load({ url, maxContext }) {
         }
       },
     });
+    engine?.dispose();
+    engine = loaded;
     post({ type: "loaded", info: engine.info() });
     reportCache(false);
   } catch (error) {
-    fail("load", error);
+    post({ type: "error", during: "load", kept: engine !== null, ...classifyError(error) });
   }
 }
 
