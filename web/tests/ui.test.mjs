@@ -268,6 +268,35 @@ try {
   check(afterTokens === "4", "a new message after stop and new chat gets its reply",
     `${afterTokens} tokens: ${JSON.stringify(await after.textContent())}`);
 
+  // Settings are clamped to their ranges and to the model, with a note saying so.
+  const context = await page.evaluate(() => ({ value: document.getElementById("max-context").value,
+    max: document.getElementById("max-context").max }));
+  check(context.value === "256" && context.max === "256", "the context field holds the model's max_position_embeddings (256)",
+    JSON.stringify(context));
+  for (const [id, typed, expected, says] of [["max-context", "100000", "256", /Context: 100000 is outside 64–256/],
+    ["temperature", "5", "2", /Temperature: 5 is outside 0–2/], ["temperature", "-1", "0", /Temperature: -1 is outside/],
+    ["top-p", "0", "0.01", /Top-p: 0 is outside 0\.01–1/], ["max-tokens", "", "512", /Max tokens: .* is not a number/]]) {
+    await page.fill(`#${id}`, typed);
+    await page.dispatchEvent(`#${id}`, "change");
+    const shown = { value: await page.inputValue(`#${id}`), note: await page.isVisible("#settings-note") &&
+      await page.textContent("#settings-note") };
+    check(shown.value === expected && says.test(shown.note), `${id} ${JSON.stringify(typed)} is clamped to ${expected} with a note`,
+      JSON.stringify(shown));
+  }
+  await page.fill("#temperature", "2");
+  await page.fill("#top-p", "0");
+  await page.fill("#max-tokens", "4");
+  await page.fill("#max-context", "256");
+  await page.dispatchEvent("#max-context", "change");
+  const sampled = await sendAndWait(page, "Hi");
+  check(await sampled.getAttribute("data-tokens") === "4" && await page.isHidden("#error"),
+    "a reply with top-p 0 (clamped) and temperature 2", await sampled.textContent());
+  await page.fill("#temperature", "0");
+  await page.fill("#top-p", "1");
+  await page.dispatchEvent("#top-p", "change");
+  await page.dispatchEvent("#max-tokens", "change");
+  check(await page.isHidden("#settings-note"), "the note goes once the settings are in range");
+
   // 5. Failures keep the page working. A model that fails to load leaves the one in use loaded.
   await page.click("#change-model");
   await page.fill("#model-input", "/models/missing");

@@ -47,7 +47,13 @@ const ui = {
     maxTokens: $("max-tokens"),
     maxContext: $("max-context"),
   },
+  settingsNote: $("settings-note"),
 };
+// The settings' names in their notes; whole numbers where the engine takes a count.
+const SETTING_LABELS = { temperature: "Temperature", topP: "Top-p", maxTokens: "Max tokens", maxContext: "Context" };
+const INTEGER_SETTINGS = new Set(["maxTokens", "maxContext"]);
+const settingNotes = new Map(); // the settings clamped last, each with why
+let requestedContext = 0; // the context asked for (field or address), a model's limit aside
 
 let worker = null;
 let messages = []; // the conversation sent to the engine: [{role, content}]
@@ -98,9 +104,31 @@ function formatBytes(n) {
   return `${(n / 1e9).toFixed(2)} GB`;
 }
 
-function numberSetting(input, parse = Number) {
-  const value = parse(input.value);
-  return Number.isFinite(value) ? value : parse(input.defaultValue);
+/**
+ * The setting `name` within its input's min and max (the context's max is the loaded model's
+ * max_position_embeddings). A value outside them, or not a number, is replaced in the field and a
+ * note under the composer says so.
+ */
+function setting(name, why = "") {
+  const input = ui.settings[name];
+  const raw = input.value.trim();
+  const [min, max] = [Number(input.min), Number(input.max)];
+  const parsed = raw === "" ? NaN : Number(raw);
+  let value = INTEGER_SETTINGS.has(name) ? Math.round(parsed) : parsed;
+  let note = "";
+  if (!Number.isFinite(value)) {
+    value = Math.min(max, Math.max(min, Number(input.defaultValue)));
+    note = `${SETTING_LABELS[name]}: “${raw}” is not a number; using ${value}.`;
+  } else if (value < min || value > max) {
+    value = Math.min(max, Math.max(min, value));
+    note = `${SETTING_LABELS[name]}: ${raw} is outside ${min}–${max}${why}; using ${value}.`;
+  }
+  if (String(value) !== raw) input.value = String(value);
+  if (note) settingNotes.set(name, note);
+  else settingNotes.delete(name);
+  ui.settingsNote.textContent = [...settingNotes.values()].join(" ");
+  ui.settingsNote.hidden = settingNotes.size === 0;
+  return value;
 }
 
 function scrollToEnd() {
@@ -148,7 +176,7 @@ function loadModel(input) {
   worker.postMessage({
     type: "load",
     url: modelLocation(input),
-    maxContext: numberSetting(ui.settings.maxContext, (v) => parseInt(v, 10)),
+    maxContext: requestedContext,
   });
 }
 
@@ -172,6 +200,12 @@ const handlers = {
     ui.status.dataset.loaded = ui.status.textContent;
     ui.status.title = `${info.model.numLayers} layers, hidden ${info.model.hiddenSize}, vocabulary ${info.model.vocabSize}, context ${info.maxContext} tokens; ${info.backend}${info.shaderF16 ? ", f16" : ""}${info.subgroups ? ", subgroups" : ""}`;
     document.body.dataset.model = modelName;
+    // The context field now holds what this model has, and accepts at most its positions.
+    const context = ui.settings.maxContext;
+    context.max = String(info.model.maxPositionEmbeddings);
+    context.min = String(Math.min(64, info.model.maxPositionEmbeddings));
+    context.value = String(requestedContext);
+    setting("maxContext", " (this model's positions)");
     const about = descriptions.get(modelName);
     ui.modelAbout.textContent = about ? `${modelName}: ${about}` : "";
     ui.modelAbout.hidden = !about;
@@ -273,9 +307,9 @@ function failTurn() {
 
 function generationOptions() {
   const options = {
-    temperature: numberSetting(ui.settings.temperature),
-    topP: numberSetting(ui.settings.topP),
-    maxNewTokens: numberSetting(ui.settings.maxTokens, (v) => parseInt(v, 10)),
+    temperature: setting("temperature"),
+    topP: setting("topP"),
+    maxNewTokens: setting("maxTokens"),
   };
   if (params.get("ignoreEos") === "1") options.ignoreEos = true;
   return options;
@@ -336,6 +370,7 @@ function applyParameters() {
 
 async function start() {
   applyParameters();
+  requestedContext = setting("maxContext");
   setState("idle");
   ui.modelForm.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -352,6 +387,12 @@ async function start() {
     }
   });
   ui.prompt.addEventListener("input", autosize);
+  for (const name of ["temperature", "topP", "maxTokens"]) {
+    ui.settings[name].addEventListener("change", () => setting(name));
+  }
+  ui.settings.maxContext.addEventListener("change", () => {
+    requestedContext = setting("maxContext", modelName ? " (this model's positions)" : "");
+  });
   ui.stop.addEventListener("click", () => {
     ui.stop.disabled = true;
     worker?.postMessage({ type: "stop" });
