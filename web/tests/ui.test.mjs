@@ -196,7 +196,8 @@ try {
   await page.fill("#model-input", "/models/bitnet-2b4t");
   await page.evaluate(() => {
     window.progressSeen = [];
-    new MutationObserver(() => window.progressSeen.push(document.getElementById("progress-text").textContent))
+    new MutationObserver(() => window.progressSeen.push({ text: document.getElementById("progress-text").textContent,
+      position: document.getElementById("progress").position }))
       .observe(document.getElementById("progress-text"), { childList: true, characterData: true, subtree: true });
   });
   await page.click("#load");
@@ -204,7 +205,13 @@ try {
   const about = await page.textContent("#model-about");
   check(/test fixture/.test(about), "the loaded fixture is described as a test fixture", about);
   const progressSeen = await page.evaluate(() => window.progressSeen);
-  check(progressSeen.some((t) => / of /.test(t)), "download progress shown (bytes of total)", progressSeen.at(-1));
+  check(progressSeen.some((p) => / of /.test(p.text)), "download progress shown (bytes of total)", progressSeen.at(-1)?.text);
+  const fractions = progressSeen.filter((p) => p.position >= 0).map((p) => p.position);
+  const totals = new Set(progressSeen.map((p) => p.text.split(" of ")[1]).filter(Boolean));
+  check(fractions.length >= 2 && fractions.every((f, i) => i === 0 || f >= fractions[i - 1]) &&
+    fractions.slice(0, -1).every((f) => f < 1) && totals.size === 1,
+    "one progress bar over all files: the total known from the first update, the bar only rises",
+    `${fractions.map((f) => f.toFixed(3)).join(" ")} of ${[...totals].join(", ")}`);
   const firstDownloads = modelRequests(log, "/models/bitnet-2b4t");
   check(firstDownloads.some((l) => l.includes("model.safetensors")), "first load downloads the model",
     `${firstDownloads.length} requests`);

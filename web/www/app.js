@@ -181,13 +181,16 @@ function loadModel(input) {
 }
 
 const handlers = {
-  progress({ loaded, total }) {
-    if (total > 0) {
-      ui.progress.value = loaded / total;
+  // One bar over all the files: a fraction only when the total was known from the start (it never
+  // goes back); otherwise the bytes so far, the bar indeterminate.
+  progress({ loaded, total, known }) {
+    if (known) {
+      const fraction = Math.max(ui.progress.position, Math.min(1, loaded / total));
+      ui.progress.value = fraction;
       ui.progressText.textContent = `${formatBytes(loaded)} of ${formatBytes(total)}`;
-      ui.progressPercent.textContent = `${Math.floor((100 * loaded) / total)} %`;
+      ui.progressPercent.textContent = `${Math.floor(100 * fraction)} %`;
     } else {
-      ui.progressText.textContent = `${formatBytes(loaded)}`;
+      ui.progressText.textContent = loaded ? `${formatBytes(loaded)}` : "Connecting…";
     }
   },
   loaded({ info }) {
