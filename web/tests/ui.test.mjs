@@ -238,6 +238,34 @@ try {
   check(content.colors >= 16 && content.nonBackground > 0.05, "screenshot is not blank",
     `${content.width}×${content.height}, ${content.colors} colours, ${(100 * content.nonBackground).toFixed(1)} % off the background`);
 
+  // Regenerate the last reply (greedy: the same again), edit a message and send it again, and a
+  // system prompt that changes the greedy reply.
+  const lastDone = () => page.waitForFunction(() => document.body.dataset.state === "ready" &&
+    document.querySelector(".message.assistant:last-child[data-done]"), null, { timeout: LOAD_TIMEOUT });
+  await page.click(".message.assistant:last-child .regenerate");
+  await lastDone();
+  const regenerated = await page.evaluate(() => [...document.querySelectorAll(".message .body")].map((b) => b.textContent));
+  check(regenerated.length === 2 && regenerated[1] === expected, "Regenerate replaces the last reply (greedy: the same one)",
+    JSON.stringify(regenerated));
+  await page.click(".message.user .edit");
+  const editing = { prompt: await page.inputValue("#prompt"), messages: await page.locator(".message").count() };
+  check(editing.prompt === PROMPT && editing.messages === 0, "Edit takes the message back into the composer, dropping what follows",
+    JSON.stringify(editing));
+  await page.fill("#prompt", "Hello again");
+  await page.press("#prompt", "Enter");
+  await lastDone();
+  const edited = await page.evaluate(() => [...document.querySelectorAll(".message .body")].map((b) => b.textContent));
+  check(edited.length === 2 && edited[0] === "Hello again" && edited[1] && edited[1] !== expected,
+    "the edited message is sent and answered", JSON.stringify(edited));
+  await page.click("#new-chat");
+  await page.click("#settings summary");
+  await page.fill("#system-prompt", "You are a pirate. Answer every question in rhymes.");
+  const withSystem = await (await sendAndWait(page, PROMPT)).locator(".body").textContent();
+  check(withSystem !== expected && withSystem.length > 0, "the system prompt is sent (the greedy reply changes)",
+    JSON.stringify(withSystem));
+  await page.fill("#system-prompt", "");
+  await page.click("#new-chat");
+
   // 3. A fresh page load (with ?model=) must not download the model again.
   const mark = log.length;
   await page.goto(`${base}/www/?model=/models/bitnet-2b4t&temperature=0&topP=1&maxTokens=${STOP_MAX_TOKENS}&ignoreEos=1`);
@@ -273,7 +301,7 @@ try {
   const after = await sendAndWait(page, "Hi");
   const afterTokens = await after.getAttribute("data-tokens");
   check(afterTokens === "4", "a new message after stop and new chat gets its reply",
-    `${afterTokens} tokens: ${JSON.stringify(await after.textContent())}`);
+    `${afterTokens} tokens: ${JSON.stringify(await after.locator(".body").textContent())}`);
 
   // Settings are clamped to their ranges and to the model, with a note saying so.
   const context = await page.evaluate(() => ({ value: document.getElementById("max-context").value,
@@ -297,7 +325,7 @@ try {
   await page.dispatchEvent("#max-context", "change");
   const sampled = await sendAndWait(page, "Hi");
   check(await sampled.getAttribute("data-tokens") === "4" && await page.isHidden("#error"),
-    "a reply with top-p 0 (clamped) and temperature 2", await sampled.textContent());
+    "a reply with top-p 0 (clamped) and temperature 2", await sampled.locator(".body").textContent());
   await page.fill("#temperature", "0");
   await page.fill("#top-p", "1");
   await page.dispatchEvent("#top-p", "change");

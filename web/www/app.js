@@ -48,6 +48,7 @@ const ui = {
     maxContext: $("max-context"),
   },
   settingsNote: $("settings-note"),
+  systemPrompt: $("system-prompt"),
 };
 // The settings' names in their notes; whole numbers where the engine takes a count.
 const SETTING_LABELS = { temperature: "Temperature", topP: "Top-p", maxTokens: "Max tokens", maxContext: "Context" };
@@ -56,7 +57,7 @@ const settingNotes = new Map(); // the settings clamped last, each with why
 let requestedContext = 0; // the context asked for (field or address), a model's limit aside
 
 let worker = null;
-let messages = []; // the conversation sent to the engine: [{role, content}]
+let messages = []; // the conversation sent to the engine: [{role, content}], one element each
 let reply = null; // the assistant message being streamed: {element, text}
 let modelName = ""; // the model in use (loaded), "" before one is
 let loadingName = ""; // the model being loaded
@@ -272,13 +273,28 @@ const handlers = {
 // ---------------------------------------------------------------------------------------------
 // The conversation
 
-function addMessage(role, text) {
+function toolButton(className, label, title) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `ghost ${className}`;
+  button.textContent = label;
+  button.title = title;
+  return button;
+}
+
+/** A message element for messages[index]: its text and its tools (edit a message, regenerate a reply). */
+function addMessage(role, text, index) {
   const element = document.createElement("li");
   element.className = `message ${role}`;
+  element.dataset.index = index;
   const body = document.createElement("div");
   body.className = "body";
   body.textContent = text;
-  element.append(body);
+  const tools = document.createElement("div");
+  tools.className = "tools";
+  tools.append(role === "user" ? toolButton("edit", "Edit", "Edit this message and send it again (the replies after it go)")
+    : toolButton("regenerate", "Regenerate", "Replace this reply with a new one"));
+  element.append(body, tools);
   ui.messages.append(element);
   ui.empty.hidden = true;
   scrollToEnd();
@@ -321,16 +337,50 @@ function generationOptions() {
 function send() {
   const text = ui.prompt.value.trim();
   if (!text || document.body.dataset.state !== "ready") return;
-  hideError();
   ui.prompt.value = "";
   autosize();
   messages.push({ role: "user", content: text });
-  addMessage("user", text);
-  reply = addMessage("assistant", "");
+  addMessage("user", text, messages.length - 1);
+  requestReply();
+}
+
+/** Streams the reply to `messages` (the system prompt first, when there is one). */
+function requestReply() {
+  hideError();
+  reply = addMessage("assistant", "", messages.length);
   reply.element.classList.add("streaming");
   ui.stats.textContent = "Thinking…";
   setState("generating");
-  worker.postMessage({ type: "chat", messages, options: generationOptions() });
+  const system = ui.systemPrompt.value.trim();
+  const conversation = system ? [{ role: "system", content: system }, ...messages] : messages;
+  worker.postMessage({ type: "chat", messages: conversation, options: generationOptions() });
+}
+
+/** Drops messages[index] and everything after it, from the conversation and the page. */
+function truncateConversation(index) {
+  messages.length = index;
+  for (const element of [...ui.messages.children]) {
+    if (Number(element.dataset.index) >= index) element.remove();
+  }
+  ui.empty.hidden = messages.length > 0;
+  ui.stats.textContent = "";
+}
+
+// The tools under the messages: a reply made again, a message taken back into the composer.
+function onMessageTool(event) {
+  const button = event.target.closest(".tools button");
+  if (!button || document.body.dataset.state !== "ready") return;
+  const index = Number(button.closest(".message").dataset.index);
+  if (button.classList.contains("regenerate")) {
+    truncateConversation(index);
+    requestReply();
+  } else {
+    const { content } = messages[index];
+    truncateConversation(index);
+    ui.prompt.value = content;
+    autosize();
+    ui.prompt.focus();
+  }
 }
 
 function clearConversation() {
@@ -401,6 +451,7 @@ async function start() {
     worker?.postMessage({ type: "stop" });
   });
   ui.newChat.addEventListener("click", newChat);
+  ui.messages.addEventListener("click", onMessageTool);
   ui.changeModel.addEventListener("click", () => {
     ui.modelPanel.hidden = !ui.modelPanel.hidden;
     if (!ui.modelPanel.hidden) ui.modelInput.focus();
