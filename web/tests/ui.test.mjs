@@ -263,13 +263,35 @@ try {
   const withSystem = await (await sendAndWait(page, PROMPT)).locator(".body").textContent();
   check(withSystem !== expected && withSystem.length > 0, "the system prompt is sent (the greedy reply changes)",
     JSON.stringify(withSystem));
-  await page.fill("#system-prompt", "");
-  await page.click("#new-chat");
+  const beforeReload = await page.evaluate(() => [...document.querySelectorAll(".message .body")].map((b) => b.textContent));
 
-  // 3. A fresh page load (with ?model=) must not download the model again.
+  // 3. A fresh page load (with ?model=) must not download the model again, and brings the
+  // conversation back (IndexedDB), with the others in the list.
   const mark = log.length;
   await page.goto(`${base}/www/?model=/models/bitnet-2b4t&temperature=0&topP=1&maxTokens=${STOP_MAX_TOKENS}&ignoreEos=1`);
   await waitReady(page);
+  const restored = await page.evaluate(() => ({
+    messages: [...document.querySelectorAll(".message .body")].map((b) => b.textContent),
+    system: document.getElementById("system-prompt").value,
+    saved: [...document.getElementById("history").options].filter((o) => o.value).map((o) => o.textContent),
+  }));
+  check(JSON.stringify(restored.messages) === JSON.stringify(beforeReload) && /pirate/.test(restored.system) &&
+    restored.saved.length === 2 && restored.saved.includes("Hello again"),
+    "the open conversation and the saved list come back after a reload", JSON.stringify(restored));
+  await page.selectOption("#history", { label: "Hello again" });
+  await page.waitForFunction(() => document.querySelector(".message.user .body")?.textContent === "Hello again");
+  check(await page.locator(".message").count() === 2, "a saved conversation opens from the list");
+  const continued = await sendAndWait(page, "And then?");
+  check(await page.locator(".message").count() === 4 && await continued.getAttribute("data-tokens") !== null,
+    "a reopened conversation goes on after the reload");
+  await page.click("#delete-chat");
+  await page.waitForFunction(() => document.querySelectorAll(".message").length === 0);
+  await page.waitForFunction(() => [...document.getElementById("history").options].filter((o) => o.value).length < 2);
+  const afterDelete = await page.evaluate(() => ({ messages: document.querySelectorAll(".message").length,
+    saved: [...document.getElementById("history").options].filter((o) => o.value).length }));
+  check(afterDelete.messages === 0 && afterDelete.saved === 1, "Delete forgets the open conversation", JSON.stringify(afterDelete));
+  await page.click("#settings summary");
+  await page.fill("#system-prompt", "");
   const again = modelRequests(log.slice(mark), "/models/bitnet-2b4t");
   if (cachesUsed) {
     check(again.length === 0, "reload: no request for any model file", again.join("; ") || "0 requests");
@@ -296,7 +318,6 @@ try {
   check(usable.state === "ready" && usable.send && usable.stopHidden, "the page is usable after stopping");
   await page.click("#new-chat");
   check(await page.locator(".message").count() === 0, "new chat clears the conversation");
-  await page.click("#settings summary");
   await page.fill("#max-tokens", "4");
   const after = await sendAndWait(page, "Hi");
   const afterTokens = await after.getAttribute("data-tokens");

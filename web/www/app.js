@@ -4,6 +4,8 @@
 // Address parameters (all optional): model (auto-loads it), temperature, topP, maxTokens,
 // maxContext, ignoreEos=1 — e.g. ?model=/models/bitnet-2b4t&temperature=0 for greedy replies.
 import { classifyError, EXPLANATIONS } from "./errors.js";
+import { currentConversation, deleteConversation, listConversations, saveConversation, setCurrentConversation }
+  from "./store.js";
 
 const HUB_DEFAULT = "microsoft/bitnet-b1.58-2B-4T";
 const STOP_REASONS = {
@@ -39,6 +41,8 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   newChat: $("new-chat"),
+  history: $("history"),
+  deleteChat: $("delete-chat"),
   stats: $("stats"),
   conversation: $("conversation"),
   settings: {
@@ -58,6 +62,7 @@ let requestedContext = 0; // the context asked for (field or address), a model's
 
 let worker = null;
 let messages = []; // the conversation sent to the engine: [{role, content}], one element each
+let conversationId = ""; // its id in the browser's saved conversations ("" until it is saved)
 let reply = null; // the assistant message being streamed: {element, text}
 let modelName = ""; // the model in use (loaded), "" before one is
 let loadingName = ""; // the model being loaded
@@ -81,6 +86,9 @@ function setState(state) {
   ui.modelForm.querySelector("button").disabled = state === "loading";
   ui.changeModel.hidden = !(ready || generating);
   ui.changeModel.disabled = generating;
+  ui.history.disabled = generating;
+  ui.deleteChat.hidden = !conversationId;
+  ui.deleteChat.disabled = generating;
   ui.prompt.placeholder = ready || generating ? "Message Tern" : "Load a model to start";
 }
 
@@ -196,7 +204,7 @@ const handlers = {
   },
   loaded({ info }) {
     modelName = loadingName;
-    clearConversation();
+    ui.stats.textContent = "";
     ui.progressBox.hidden = true;
     ui.modelPanel.hidden = true;
     const gpu = formatBytes(info.gpuBytes);
@@ -242,6 +250,7 @@ const handlers = {
     reply.element.dataset.stopReason = stats.stopReason;
     finishReply();
     setState("ready");
+    persist();
   },
   error({ during, kind, message, kept }) {
     showError({ kind, message });
@@ -322,6 +331,7 @@ function failTurn() {
     autosize();
   }
   ui.stats.textContent = "";
+  persist();
 }
 
 function generationOptions() {
@@ -364,6 +374,7 @@ function truncateConversation(index) {
   }
   ui.empty.hidden = messages.length > 0;
   ui.stats.textContent = "";
+  persist();
 }
 
 // The tools under the messages: a reply made again, a message taken back into the composer.
@@ -392,9 +403,58 @@ function clearConversation() {
 
 function newChat() {
   clearConversation();
+  openedConversation("");
   hideError();
   if (modelName) worker?.postMessage({ type: "reset" });
   ui.prompt.focus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saved conversations (store.js): each is saved after every change and listed in the header;
+// the one open comes back after a reload.
+
+function openedConversation(id) {
+  conversationId = id;
+  setCurrentConversation(id);
+  setState(document.body.dataset.state);
+  refreshHistory();
+}
+
+async function refreshHistory() {
+  const saved = await listConversations();
+  const placeholder = new Option(saved.length ? `Saved chats (${saved.length})` : "Saved chats", "");
+  ui.history.replaceChildren(placeholder, ...saved.map((c) => new Option(c.title, c.id)));
+  ui.history.value = saved.some((c) => c.id === conversationId) ? conversationId : "";
+  ui.history.hidden = saved.length === 0;
+}
+
+/** Saves the conversation as it is now (a conversation emptied by an edit is forgotten). */
+async function persist() {
+  if (messages.length === 0) {
+    if (conversationId) await deleteConversation(conversationId);
+    return openedConversation("");
+  }
+  const id = conversationId || crypto.randomUUID();
+  const title = (messages.find((m) => m.role === "user")?.content ?? "Chat").slice(0, 60);
+  await saveConversation({ id, title, system: ui.systemPrompt.value.trim(), messages: [...messages] });
+  openedConversation(id);
+}
+
+async function openConversation(id) {
+  const saved = (await listConversations()).find((c) => c.id === id);
+  if (!saved) return openedConversation("");
+  clearConversation();
+  messages = saved.messages;
+  messages.forEach((m, i) => (addMessage(m.role, m.content, i).element.dataset.done = "true"));
+  ui.systemPrompt.value = saved.system ?? "";
+  hideError();
+  if (modelName) worker?.postMessage({ type: "reset" });
+  openedConversation(id);
+}
+
+async function deleteChat() {
+  if (conversationId) await deleteConversation(conversationId);
+  newChat();
 }
 
 function autosize() {
@@ -452,6 +512,11 @@ async function start() {
   });
   ui.newChat.addEventListener("click", newChat);
   ui.messages.addEventListener("click", onMessageTool);
+  ui.history.addEventListener("change", () => {
+    if (ui.history.value) openConversation(ui.history.value);
+    else newChat();
+  });
+  ui.deleteChat.addEventListener("click", deleteChat);
   ui.changeModel.addEventListener("click", () => {
     ui.modelPanel.hidden = !ui.modelPanel.hidden;
     if (!ui.modelPanel.hidden) ui.modelInput.focus();
@@ -470,6 +535,7 @@ async function start() {
     option.textContent = model.description ? `${model.name} — ${model.description}` : `${model.name} (served locally)`;
     ui.suggestions.prepend(option);
   }
+  await openConversation(currentConversation());
   const requested = params.get("model");
   ui.modelInput.value = requested ?? local[0]?.url ?? HUB_DEFAULT;
   if (!worker) startWorker();
