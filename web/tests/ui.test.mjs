@@ -227,10 +227,49 @@ try {
     }).observe(document.getElementById("messages"), { childList: true, characterData: true, subtree: true });
   });
   const reply = await sendAndWait(page, PROMPT);
-  const replyText = await reply.locator(".body").textContent();
+  const replyText = await reply.getAttribute("data-text");
   const streamedSteps = await page.evaluate(() => window.replyTexts.size);
   check(replyText === expected, "greedy reply equals `tern run --chat` (native)", JSON.stringify(replyText));
   check(streamedSteps >= 5, "the reply streamed token by token", `${streamedSteps} distinct partial texts`);
+  const rendered = await reply.evaluate((m) => ({ paragraphs: m.querySelectorAll(".body > p").length,
+    text: m.querySelector(".body").textContent.trim() }));
+  check(rendered.paragraphs >= 1 && rendered.text.length > 0, "the reply is rendered as Markdown in its bubble",
+    JSON.stringify(rendered));
+  // The page's renderer on a hostile reply and on Markdown with code (render.js: marked + DOMPurify).
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  const hostile = await page.evaluate(async () => {
+    const { renderMarkdown } = await import("./render.js");
+    const bubble = document.createElement("div");
+    document.body.append(bubble);
+    renderMarkdown(bubble, "Hi <img src=x onerror=\"window.pwned = 'img'\"> <script>window.pwned = 'script'</script>\n\n" +
+      "[link](javascript:window.pwned='link') <a href=\"javascript:window.pwned='a'\" onclick=\"window.pwned='click'\">a</a>" +
+      " <iframe src=\"javascript:parent.pwned='iframe'\"></iframe><svg onload=\"window.pwned='svg'\"></svg>");
+    for (const link of bubble.querySelectorAll("a")) link.click();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const html = bubble.innerHTML;
+    bubble.remove();
+    return { html, pwned: window.pwned ?? null };
+  });
+  check(hostile.pwned === null && !/onerror|onclick|onload|<script|<img|<iframe|javascript:/i.test(hostile.html),
+    "a hostile reply renders inert (no handler, script, image, frame or javascript: link)", hostile.html);
+  const code = await page.evaluate(async () => {
+    const { renderMarkdown } = await import("./render.js");
+    const bubble = document.createElement("li");
+    bubble.className = "message assistant";
+    bubble.innerHTML = "<div class=body></div>";
+    document.getElementById("messages").append(bubble);
+    renderMarkdown(bubble.firstChild, "# Title\n\n**bold** and `x`\n\n```python\nprint(\"hi\")\n```");
+    const result = { h1: bubble.querySelector("h1")?.textContent, strong: bubble.querySelector("strong")?.textContent,
+      code: bubble.querySelector("pre code")?.textContent, copy: Boolean(bubble.querySelector("pre > button.copy")) };
+    return result;
+  });
+  await page.click("#messages li:last-child pre > button.copy");
+  await page.waitForFunction(() => document.querySelector("#messages li:last-child pre > button.copy").textContent !== "Copy");
+  code.copied = await page.evaluate(() => navigator.clipboard.readText());
+  await page.evaluate(() => document.querySelector("#messages li:last-child").remove());
+  check(code.h1 === "Title" && code.strong === "bold" && code.code === 'print("hi")\n' && code.copy &&
+    code.copied === 'print("hi")\n', "Markdown headings, emphasis and code blocks with a working Copy button",
+    JSON.stringify(code));
   pageTokensPerSecond = Number(await page.getAttribute("#stats", "data-tokens-per-second"));
   check(pageTokensPerSecond > 0, "tokens/s shown", await page.textContent("#stats"));
   const png = await page.screenshot({ path: screenshotPath });
@@ -244,7 +283,8 @@ try {
     document.querySelector(".message.assistant:last-child[data-done]"), null, { timeout: LOAD_TIMEOUT });
   await page.click(".message.assistant:last-child .regenerate");
   await lastDone();
-  const regenerated = await page.evaluate(() => [...document.querySelectorAll(".message .body")].map((b) => b.textContent));
+  const regenerated = await page.evaluate(() => [...document.querySelectorAll(".message")]
+    .map((m) => m.dataset.text ?? m.querySelector(".body").textContent));
   check(regenerated.length === 2 && regenerated[1] === expected, "Regenerate replaces the last reply (greedy: the same one)",
     JSON.stringify(regenerated));
   await page.click(".message.user .edit");
@@ -254,7 +294,7 @@ try {
   await page.fill("#prompt", "Hello again");
   await page.press("#prompt", "Enter");
   await lastDone();
-  const edited = await page.evaluate(() => [...document.querySelectorAll(".message .body")].map((b) => b.textContent));
+  const edited = await page.evaluate(() => [...document.querySelectorAll(".message")].map((m) => m.dataset.text ?? m.querySelector(".body").textContent));
   check(edited.length === 2 && edited[0] === "Hello again" && edited[1] && edited[1] !== expected,
     "the edited message is sent and answered", JSON.stringify(edited));
   await page.click("#new-chat");

@@ -4,6 +4,7 @@
 // Address parameters (all optional): model (auto-loads it), temperature, topP, maxTokens,
 // maxContext, ignoreEos=1 — e.g. ?model=/models/bitnet-2b4t&temperature=0 for greedy replies.
 import { classifyError, EXPLANATIONS } from "./errors.js";
+import { copyCode, renderMarkdown } from "./render.js";
 import { currentConversation, deleteConversation, listConversations, saveConversation, setCurrentConversation }
   from "./store.js";
 
@@ -231,7 +232,7 @@ const handlers = {
   token({ text, pieces }) {
     if (!reply) return;
     reply.text += text;
-    reply.body.textContent = reply.text;
+    showText(reply, reply.text);
     reply.element.dataset.pieces = pieces;
     ui.stats.textContent = `${pieces} tokens…`;
     scrollToEnd();
@@ -239,7 +240,7 @@ const handlers = {
   done({ text, stats, timing }) {
     if (!reply) return;
     reply.text = text;
-    reply.body.textContent = text;
+    showText(reply, text);
     messages.push({ role: "assistant", content: text });
     const rate = timing.decodeTokensPerSecond;
     ui.stats.textContent =
@@ -291,6 +292,16 @@ function toolButton(className, label, title) {
   return button;
 }
 
+/** A message's text in its bubble: a reply as sanitized Markdown (its source in data-text). */
+function showText({ element, body }, text) {
+  if (element.classList.contains("assistant")) {
+    element.dataset.text = text;
+    renderMarkdown(body, text);
+  } else {
+    body.textContent = text;
+  }
+}
+
 /** A message element for messages[index]: its text and its tools (edit a message, regenerate a reply). */
 function addMessage(role, text, index) {
   const element = document.createElement("li");
@@ -298,12 +309,12 @@ function addMessage(role, text, index) {
   element.dataset.index = index;
   const body = document.createElement("div");
   body.className = "body";
-  body.textContent = text;
   const tools = document.createElement("div");
   tools.className = "tools";
   tools.append(role === "user" ? toolButton("edit", "Edit", "Edit this message and send it again (the replies after it go)")
     : toolButton("regenerate", "Regenerate", "Replace this reply with a new one"));
   element.append(body, tools);
+  showText({ element, body }, text);
   ui.messages.append(element);
   ui.empty.hidden = true;
   scrollToEnd();
@@ -379,6 +390,7 @@ function truncateConversation(index) {
 
 // The tools under the messages: a reply made again, a message taken back into the composer.
 function onMessageTool(event) {
+  if (event.target.matches("pre > button.copy")) return copyCode(event.target);
   const button = event.target.closest(".tools button");
   if (!button || document.body.dataset.state !== "ready") return;
   const index = Number(button.closest(".message").dataset.index);
