@@ -171,7 +171,8 @@ for (const [message, kind] of [
 const broken = writeBrokenModels();
 const expected = nativeReply();
 const shipped = join(root, "models/tern-pydoc-6m");
-const { server, base, log } = await startServer([shipped, fixture, broken.truncated, broken["not-a-model"]]);
+// The shipped model last on the command line: the page still offers it first.
+const { server, base, log } = await startServer([fixture, broken.truncated, broken["not-a-model"], shipped]);
 process.on("exit", () => server.kill());
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...CHROMIUM_FLAGS, "--enable-unsafe-webgpu"] });
 let pageTokensPerSecond = null;
@@ -186,9 +187,12 @@ try {
   // The trained model Tern ships is offered first and described; a test fixture is labelled as one.
   const offered = await page.evaluate(() => ({
     input: document.getElementById("model-input").value,
+    order: [...document.querySelectorAll("#model-suggestions option")].map((o) => o.value),
     labels: Object.fromEntries([...document.querySelectorAll("#model-suggestions option")].map((o) => [o.value, o.textContent])),
   }));
-  check(offered.input === "/models/tern-pydoc-6m", "the shipped trained model is offered first", offered.input);
+  check(offered.input === "/models/tern-pydoc-6m" && offered.order[0] === "/models/tern-pydoc-6m" &&
+    offered.order.indexOf("/models/bitnet-2b4t") > offered.order.indexOf("/models/bitnet-2b4t-truncated"),
+    "the shipped trained model is offered first, the test fixture after the others", offered.order.join(" "));
   check(/trained from scratch/.test(offered.labels["/models/tern-pydoc-6m"] ?? ""), "the shipped model says what it is",
     offered.labels["/models/tern-pydoc-6m"]);
   check(/test fixture/.test(offered.labels["/models/bitnet-2b4t"] ?? ""), "the random-weight fixture is labelled as a test fixture",

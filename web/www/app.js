@@ -539,7 +539,9 @@ async function start() {
     worker.postMessage({ type: "clear-cache" });
   });
 
-  const local = await servedModels();
+  // The trained model Tern ships first, random-weight test fixtures last (the server marks both).
+  const rank = (model) => (model.shipped ? 0 : model.fixture ? 2 : 1);
+  const local = (await servedModels()).toSorted((a, b) => rank(a) - rank(b));
   for (const model of local) descriptions.set(model.url, model.description);
   for (const model of local.toReversed()) {
     const option = document.createElement("option");
