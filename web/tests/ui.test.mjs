@@ -1,16 +1,21 @@
 // UI test of the chat page (web/www) in headless Chromium on its WebGPU adapter (SwiftShader):
-// `cargo xtask web --no-build` serves the page, the built package and the bitnet-2b4t fixture; the
-// test loads the model through the UI, checks the streamed greedy reply against `tern run` (native),
-// reloads and counts model requests at the server (none once cached), stops a generation midway,
-// clears the download cache, checks a screenshot is not blank, and checks the error messages for a
-// 404 model, a truncated file, a file that is not a model, a page without WebGPU (insecure origin)
-// and a browser without a WebGPU adapter.
+// `cargo xtask web --no-build` serves the page, the built package, the shipped model and the
+// bitnet-2b4t fixture; the test checks the model list's order and labels, loads the fixture through
+// the UI sampling the progress bar (one total from the start, only rising), checks the streamed
+// greedy reply against `tern run` (native) and its Markdown rendering, the renderer on a hostile
+// string and a code block (Copy), Regenerate, Edit, the system prompt, the conversations kept across
+// a reload (IndexedDB), counts model requests at the server on the reload (none once cached), stops
+// a generation midway, clamps out-of-range settings, keeps the loaded model when another fails to
+// load, recovers from a failed turn, clears the download cache, checks a screenshot is not blank,
+// and checks the error messages for a 404 model, a server that does not answer, a truncated file,
+// a file that is not a model, a page without WebGPU (insecure origin) and a browser without a
+// WebGPU adapter.
 //   NODE_PATH=target/npm/playwright/node_modules node web/tests/ui.test.mjs
-// Needs web/pkg (cargo xtask wasm), target/release/xtask (or TERN_XTASK) and target/debug/tern (or
-// TERN_BIN). Prints the page's decode tokens/s.
+// Needs web/pkg (cargo xtask wasm), release/xtask (or TERN_XTASK) and debug/tern (or TERN_BIN) in
+// cargo's target directory (CARGO_TARGET_DIR, else target/). Prints the page's decode tokens/s.
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
@@ -18,8 +23,9 @@ import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const { chromium } = require("playwright-core");
 const root = fileURLToPath(new URL("../..", import.meta.url));
-const xtask = process.env.TERN_XTASK ?? join(root, "target/release/xtask");
-const tern = process.env.TERN_BIN ?? join(root, "target/debug/tern");
+const target = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(root, "target");
+const xtask = process.env.TERN_XTASK ?? join(target, "release/xtask");
+const tern = process.env.TERN_BIN ?? join(target, "debug/tern");
 const fixture = join(root, "tests/fixtures/bitnet-2b4t");
 const work = join(root, "target/ui-test");
 const screenshotPath = join(root, "target/ui-screenshot.png");

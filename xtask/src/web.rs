@@ -22,8 +22,9 @@ const SHIPPED_MODEL: &str = "models/tern-pydoc-6m";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Port on 127.0.0.1 (0: any free port; the URL is printed).
-    #[arg(long, default_value_t = 8080)]
+    /// Port on 127.0.0.1 (0: any free port; the URL is printed). Not 8080, `tern serve`'s default,
+    /// so both can run at once.
+    #[arg(long, default_value_t = 8081)]
     port: u16,
     /// A model directory or .gguf file to serve (repeatable; default models/tern-pydoc-6m, the
     /// trained model Tern ships).
