@@ -171,7 +171,7 @@ function startWorker() {
   };
 }
 
-// The model in use (if any) stays until the new one has loaded; its conversation is cleared then.
+// The model in use (if any) stays until the new one has loaded; the conversation goes on with it.
 function loadModel(input) {
   if (document.body.dataset.state === "generating") return;
   hideError();
@@ -443,13 +443,16 @@ async function refreshHistory() {
 /** Saves the conversation as it is now (a conversation emptied by an edit is forgotten). */
 async function persist() {
   if (messages.length === 0) {
-    if (conversationId) await deleteConversation(conversationId);
-    return openedConversation("");
+    const gone = conversationId;
+    openedConversation("");
+    if (gone) await deleteConversation(gone);
+  } else {
+    // The id is taken at once, so a second change before the first is saved keeps it.
+    if (!conversationId) openedConversation(crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`);
+    const title = (messages.find((m) => m.role === "user")?.content ?? "Chat").slice(0, 60);
+    await saveConversation({ id: conversationId, title, system: ui.systemPrompt.value.trim(), messages: [...messages] });
   }
-  const id = conversationId || crypto.randomUUID();
-  const title = (messages.find((m) => m.role === "user")?.content ?? "Chat").slice(0, 60);
-  await saveConversation({ id, title, system: ui.systemPrompt.value.trim(), messages: [...messages] });
-  openedConversation(id);
+  refreshHistory();
 }
 
 async function openConversation(id) {
