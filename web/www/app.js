@@ -217,7 +217,9 @@ const handlers = {
     const context = ui.settings.maxContext;
     context.max = String(info.model.maxPositionEmbeddings);
     context.min = String(Math.min(64, info.model.maxPositionEmbeddings));
-    context.value = String(requestedContext);
+    // The page's default is brought down quietly; a context asked for (field or address) with a note.
+    const asked = requestedContext === Number(context.defaultValue) ? info.maxContext : requestedContext;
+    context.value = String(asked);
     setting("maxContext", " (this model's positions)");
     const about = descriptions.get(modelName);
     ui.modelAbout.textContent = about ? `${modelName}: ${about}` : "";
