@@ -106,7 +106,9 @@ fn ensure_wasm_bindgen() -> anyhow::Result<()> {
         _ => "none is on PATH".to_string(),
     };
     eprintln!(
-        "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION}, the version web/Cargo.toml pins          ({found}): `cargo install wasm-bindgen-cli --version {WASM_BINDGEN_VERSION}` into          cargo's bin directory, once, a few minutes"
+        "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION}, the version web/Cargo.toml pins \
+         ({found}): `cargo install wasm-bindgen-cli --version {WASM_BINDGEN_VERSION}` into \
+         cargo's bin directory, once, a few minutes"
     );
     // Not --locked: a dependency in its lock file is no longer served.
     run_command(Command::new(cargo()).args([
