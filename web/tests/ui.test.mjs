@@ -27,6 +27,7 @@ const target = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_D
 const xtask = process.env.TERN_XTASK ?? join(target, "release/xtask");
 const tern = process.env.TERN_BIN ?? join(target, "debug/tern");
 const fixture = join(root, "tests/fixtures/bitnet-2b4t");
+const sharded = join(root, "tests/fixtures/bitnet-2b4t-sharded");
 const work = join(root, "target/ui-test");
 const screenshotPath = join(root, "target/ui-screenshot.png");
 const CHROMIUM_FLAGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -178,7 +179,7 @@ const broken = writeBrokenModels();
 const expected = nativeReply();
 const shipped = join(root, "models/tern-pydoc-6m");
 // The shipped model last on the command line: the page still offers it first.
-const { server, base, log } = await startServer([fixture, broken.truncated, broken["not-a-model"], shipped]);
+const { server, base, log } = await startServer([fixture, broken.truncated, broken["not-a-model"], sharded, shipped]);
 process.on("exit", () => server.kill());
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...CHROMIUM_FLAGS, "--enable-unsafe-webgpu"] });
 let pageTokensPerSecond = null;
@@ -445,6 +446,34 @@ try {
     const left = await page.evaluate(async () => (await Promise.all((await caches.keys()).map(async (name) =>
       (await (await caches.open(name)).keys()).length))).reduce((a, b) => a + b, 0));
     check(left === 0, "Clear empties the download cache", `${left} entries left`);
+  }
+
+  // A sharded model: the total from its index and shards, downloaded and then from the cache (no
+  // request but the engine's own probe for a model.safetensors, whose absence it does not cache).
+  for (const when of ["downloaded", "from the cache"]) {
+    const before = log.length;
+    await page.goto(`${base}/www/`);
+    await page.fill("#model-input", "/models/bitnet-2b4t-sharded");
+    await page.evaluate(() => {
+      window.progressSeen = [];
+      new MutationObserver(() => window.progressSeen.push({ text: document.getElementById("progress-text").textContent,
+        position: document.getElementById("progress").position, percent: document.getElementById("progress-percent").textContent }))
+        .observe(document.getElementById("progress-text"), { childList: true, characterData: true, subtree: true });
+    });
+    await page.click("#load");
+    await waitReady(page);
+    const seen = await page.evaluate(() => window.progressSeen);
+    const fractions = seen.filter((p) => p.position >= 0).map((p) => p.position);
+    const totals = new Set(seen.map((p) => p.text.split(" of ")[1]).filter(Boolean));
+    check(fractions.length >= 2 && fractions.every((f, i) => i === 0 || f >= fractions[i - 1]) && totals.size === 1 &&
+      fractions.at(-1) > 0.99, `a sharded model ${when}: one total from the start, the bar only rises`,
+      `${fractions.map((f) => f.toFixed(3)).join(" ")} of ${[...totals].join(", ")}`);
+    if (when === "from the cache") {
+      const requests = modelRequests(log.slice(before), "/models/bitnet-2b4t-sharded")
+        .filter((line) => !/^GET \/models\/bitnet-2b4t-sharded\/model\.safetensors \(bytes=/.test(line));
+      check(requests.length === 0, "a sharded model from the cache: no request from the page",
+        requests.join("; ") || "0 requests");
+    }
   }
 
   // 7. Error paths: the message names the problem and the chooser stays usable.

@@ -61,28 +61,50 @@ function modelFiles(model) {
 
 /** A file's length from the download cache, else from a HEAD request; null when not known. */
 async function fileLength(url, cache, keys) {
+  // A side file may be absent; absent weights mean shards, whose sizes are not known here.
+  const absent = url.endsWith(".json") ? 0 : null;
   const block = keys.find((key) => key.startsWith(`${url}?tern-block=`));
   if (block) return Number((await cache.match(block)).headers.get("x-tern-file-length")) || null;
   const whole = await cache?.match(url);
-  if (whole) return whole.headers.has("x-tern-absent") ? 0 : (await whole.blob()).size;
+  if (whole) return whole.headers.has("x-tern-absent") ? absent : (await whole.blob()).size;
   const response = await fetch(url, { method: "HEAD" });
-  // A side file may be absent; absent weights mean shards, whose sizes are not known here.
-  if (response.status === 404) return url.endsWith(".json") ? 0 : null;
+  if (response.status === 404) return absent;
   const length = response.headers.get("content-length");
   return response.ok && length !== null ? Number(length) : null;
+}
+
+/** The URLs of a sharded model's index and shards (from the index, which the engine reads too). */
+async function shardFiles(base, cache) {
+  const index = `${base}/model.safetensors.index.json`;
+  const response = (await cache?.match(index)) ?? (await fetch(index));
+  if (!response.ok || response.headers.has("x-tern-absent")) return null;
+  const shards = new Set(Object.values((await response.json()).weight_map ?? {}));
+  return [index, ...[...shards].map((shard) => `${base}/${shard}`)];
 }
 
 /**
  * The bytes a load of `model` obtains, known before it starts so the page's bar has its total from
  * the first update (the engine learns each file's size only as it opens it). 0 when not known (a
- * sharded model, a server that does not say): the bar then counts bytes without a fraction.
+ * server that does not say): the bar then counts bytes without a fraction.
  */
 async function totalUpFront(model) {
   try {
-    const files = modelFiles(model);
     const cache = self.caches ? await caches.open(CACHE_NAME) : null;
     const keys = cache ? (await cache.keys()).map((request) => request.url) : [];
-    const lengths = await Promise.all(files.map((url) => fileLength(url, cache, keys)));
+    const length = (url) => fileLength(url, cache, keys);
+    let files = modelFiles(model);
+    const weights = files.find((url) => url.endsWith("/model.safetensors"));
+    const base = weights?.slice(0, -"/model.safetensors".length);
+    // A cached index says the model is sharded without asking for model.safetensors.
+    const index = weights && (await cache?.match(`${base}/model.safetensors.index.json`));
+    const shardedInCache = index && !index.headers.has("x-tern-absent");
+    if (shardedInCache) files = files.filter((url) => url !== weights);
+    let lengths = await Promise.all(files.map(length));
+    if (weights && (shardedInCache || lengths[files.indexOf(weights)] === null)) {
+      const shards = await shardFiles(base, cache);
+      if (!shards) return 0;
+      lengths = [...lengths.filter((_, i) => files[i] !== weights), ...(await Promise.all(shards.map(length)))];
+    }
     return files.length && lengths.every((n) => n !== null) ? lengths.reduce((a, b) => a + b, 0) : 0;
   } catch {
     return 0;
