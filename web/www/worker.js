@@ -61,7 +61,7 @@ function modelFiles(model) {
 
 /** A file's length from the download cache, else from a HEAD request; null when not known. */
 async function fileLength(url, cache, keys) {
-  // A side file may be absent; absent weights mean shards, whose sizes are not known here.
+  // A side file may be absent (0 bytes); absent weights are not known here (shards: totalUpFront).
   const absent = url.endsWith(".json") ? 0 : null;
   const block = keys.find((key) => key.startsWith(`${url}?tern-block=`));
   if (block) return Number((await cache.match(block)).headers.get("x-tern-file-length")) || null;
