@@ -1,16 +1,21 @@
 // UI test of the chat page (web/www) in headless Chromium on its WebGPU adapter (SwiftShader):
-// `cargo xtask web --no-build` serves the page, the built package and the bitnet-2b4t fixture; the
-// test loads the model through the UI, checks the streamed greedy reply against `tern run` (native),
-// reloads and counts model requests at the server (none once cached), stops a generation midway,
-// clears the download cache, checks a screenshot is not blank, and checks the error messages for a
-// 404 model, a truncated file, a file that is not a model, a page without WebGPU (insecure origin)
-// and a browser without a WebGPU adapter.
+// `cargo xtask web --no-build` serves the page, the built package, the shipped model and the
+// bitnet-2b4t fixture; the test checks the model list's order and labels, loads the fixture through
+// the UI sampling the progress bar (one total from the start, only rising), checks the streamed
+// greedy reply against `tern run` (native) and its Markdown rendering, the renderer on a hostile
+// string and a code block (Copy), Regenerate, Edit, the system prompt, the conversations kept across
+// a reload (IndexedDB), counts model requests at the server on the reload (none once cached), stops
+// a generation midway, clamps out-of-range settings, keeps the loaded model when another fails to
+// load, recovers from a failed turn, clears the download cache, checks a screenshot is not blank,
+// and checks the error messages for a 404 model, a server that does not answer, a truncated file,
+// a file that is not a model, a page without WebGPU (insecure origin) and a browser without a
+// WebGPU adapter.
 //   NODE_PATH=target/npm/playwright/node_modules node web/tests/ui.test.mjs
-// Needs web/pkg (cargo xtask wasm), target/release/xtask (or TERN_XTASK) and target/debug/tern (or
-// TERN_BIN). Prints the page's decode tokens/s.
+// Needs web/pkg (cargo xtask wasm), release/xtask (or TERN_XTASK) and debug/tern (or TERN_BIN) in
+// cargo's target directory (CARGO_TARGET_DIR, else target/). Prints the page's decode tokens/s.
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
@@ -18,9 +23,11 @@ import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const { chromium } = require("playwright-core");
 const root = fileURLToPath(new URL("../..", import.meta.url));
-const xtask = process.env.TERN_XTASK ?? join(root, "target/release/xtask");
-const tern = process.env.TERN_BIN ?? join(root, "target/debug/tern");
+const target = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(root, "target");
+const xtask = process.env.TERN_XTASK ?? join(target, "release/xtask");
+const tern = process.env.TERN_BIN ?? join(target, "debug/tern");
 const fixture = join(root, "tests/fixtures/bitnet-2b4t");
+const sharded = join(root, "tests/fixtures/bitnet-2b4t-sharded");
 const work = join(root, "target/ui-test");
 const screenshotPath = join(root, "target/ui-screenshot.png");
 const CHROMIUM_FLAGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -131,9 +138,15 @@ async function expectError(page, url, kind, mentions) {
     detail: document.getElementById("error-detail").textContent,
     state: document.body.dataset.state,
     loadEnabled: !document.getElementById("load").disabled,
+    newChatEnabled: !document.getElementById("new-chat").disabled,
+    status: document.getElementById("status").textContent,
+    progressHidden: document.getElementById("progress-box").hidden,
+    emptyBubbles: [...document.querySelectorAll(".message .body")].filter((b) => !b.textContent).length,
   }));
   check(shown.kind === kind && mentions.test(shown.detail) && shown.state === "idle" && shown.loadEnabled,
     `${url.split("?")[1]}: "${shown.title}" (${shown.kind}) in the page, model chooser usable`, shown.detail);
+  check(!/…/.test(shown.status) && shown.progressHidden && shown.newChatEnabled && shown.emptyBubbles === 0,
+    `${url.split("?")[1]}: nothing left in progress (status, bar, New chat, bubbles)`, JSON.stringify(shown));
 }
 
 for (const [what, path] of [["xtask (cargo build --release -p xtask)", xtask], ["tern (cargo build -p tern-cli)", tern],
@@ -155,6 +168,8 @@ for (const [message, kind] of [
   ["https://h/model.safetensors: header: header length 7517702313401935932 exceeds the file (1800 bytes) or the 104857600-byte limit", "model"],
   ["https://h/config.json: field `hidden_size`: missing", "model"],
   ["RuntimeError: unreachable", "crash"],
+  ["download: http://127.0.0.1:1/m/config.json: Failed to fetch", "network"],
+  ["download: https://huggingface.co/x/y/resolve/main/config.json: NetworkError when attempting to fetch resource.", "network"],
 ]) {
   const got = classifyError(new Error(message)).kind;
   check(got === kind, `"${message.slice(0, 60)}…" reads as ${kind}`, got === kind ? "" : `got ${got}`);
@@ -163,7 +178,8 @@ for (const [message, kind] of [
 const broken = writeBrokenModels();
 const expected = nativeReply();
 const shipped = join(root, "models/tern-pydoc-6m");
-const { server, base, log } = await startServer([shipped, fixture, broken.truncated, broken["not-a-model"]]);
+// The shipped model last on the command line: the page still offers it first.
+const { server, base, log } = await startServer([fixture, broken.truncated, broken["not-a-model"], sharded, shipped]);
 process.on("exit", () => server.kill());
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...CHROMIUM_FLAGS, "--enable-unsafe-webgpu"] });
 let pageTokensPerSecond = null;
@@ -178,9 +194,12 @@ try {
   // The trained model Tern ships is offered first and described; a test fixture is labelled as one.
   const offered = await page.evaluate(() => ({
     input: document.getElementById("model-input").value,
+    order: [...document.querySelectorAll("#model-suggestions option")].map((o) => o.value),
     labels: Object.fromEntries([...document.querySelectorAll("#model-suggestions option")].map((o) => [o.value, o.textContent])),
   }));
-  check(offered.input === "/models/tern-pydoc-6m", "the shipped trained model is offered first", offered.input);
+  check(offered.input === "/models/tern-pydoc-6m" && offered.order[0] === "/models/tern-pydoc-6m" &&
+    offered.order.indexOf("/models/bitnet-2b4t") > offered.order.indexOf("/models/bitnet-2b4t-truncated"),
+    "the shipped trained model is offered first, the test fixture after the others", offered.order.join(" "));
   check(/trained from scratch/.test(offered.labels["/models/tern-pydoc-6m"] ?? ""), "the shipped model says what it is",
     offered.labels["/models/tern-pydoc-6m"]);
   check(/test fixture/.test(offered.labels["/models/bitnet-2b4t"] ?? ""), "the random-weight fixture is labelled as a test fixture",
@@ -188,7 +207,8 @@ try {
   await page.fill("#model-input", "/models/bitnet-2b4t");
   await page.evaluate(() => {
     window.progressSeen = [];
-    new MutationObserver(() => window.progressSeen.push(document.getElementById("progress-text").textContent))
+    new MutationObserver(() => window.progressSeen.push({ text: document.getElementById("progress-text").textContent,
+      position: document.getElementById("progress").position }))
       .observe(document.getElementById("progress-text"), { childList: true, characterData: true, subtree: true });
   });
   await page.click("#load");
@@ -196,7 +216,13 @@ try {
   const about = await page.textContent("#model-about");
   check(/test fixture/.test(about), "the loaded fixture is described as a test fixture", about);
   const progressSeen = await page.evaluate(() => window.progressSeen);
-  check(progressSeen.some((t) => / of /.test(t)), "download progress shown (bytes of total)", progressSeen.at(-1));
+  check(progressSeen.some((p) => / of /.test(p.text)), "download progress shown (bytes of total)", progressSeen.at(-1)?.text);
+  const fractions = progressSeen.filter((p) => p.position >= 0).map((p) => p.position);
+  const totals = new Set(progressSeen.map((p) => p.text.split(" of ")[1]).filter(Boolean));
+  check(fractions.length >= 2 && fractions.every((f, i) => i === 0 || f >= fractions[i - 1]) &&
+    fractions.slice(0, -1).every((f) => f < 1) && totals.size === 1,
+    "one progress bar over all files: the total known from the first update, the bar only rises",
+    `${fractions.map((f) => f.toFixed(3)).join(" ")} of ${[...totals].join(", ")}`);
   const firstDownloads = modelRequests(log, "/models/bitnet-2b4t");
   check(firstDownloads.some((l) => l.includes("model.safetensors")), "first load downloads the model",
     `${firstDownloads.length} requests`);
@@ -212,10 +238,49 @@ try {
     }).observe(document.getElementById("messages"), { childList: true, characterData: true, subtree: true });
   });
   const reply = await sendAndWait(page, PROMPT);
-  const replyText = await reply.locator(".body").textContent();
+  const replyText = await reply.getAttribute("data-text");
   const streamedSteps = await page.evaluate(() => window.replyTexts.size);
   check(replyText === expected, "greedy reply equals `tern run --chat` (native)", JSON.stringify(replyText));
   check(streamedSteps >= 5, "the reply streamed token by token", `${streamedSteps} distinct partial texts`);
+  const rendered = await reply.evaluate((m) => ({ paragraphs: m.querySelectorAll(".body > p").length,
+    text: m.querySelector(".body").textContent.trim() }));
+  check(rendered.paragraphs >= 1 && rendered.text.length > 0, "the reply is rendered as Markdown in its bubble",
+    JSON.stringify(rendered));
+  // The page's renderer on a hostile reply and on Markdown with code (render.js: marked + DOMPurify).
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  const hostile = await page.evaluate(async () => {
+    const { renderMarkdown } = await import("./render.js");
+    const bubble = document.createElement("div");
+    document.body.append(bubble);
+    renderMarkdown(bubble, "Hi <img src=x onerror=\"window.pwned = 'img'\"> <script>window.pwned = 'script'</script>\n\n" +
+      "[link](javascript:window.pwned='link') <a href=\"javascript:window.pwned='a'\" onclick=\"window.pwned='click'\">a</a>" +
+      " <iframe src=\"javascript:parent.pwned='iframe'\"></iframe><svg onload=\"window.pwned='svg'\"></svg>");
+    for (const link of bubble.querySelectorAll("a")) link.click();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const html = bubble.innerHTML;
+    bubble.remove();
+    return { html, pwned: window.pwned ?? null };
+  });
+  check(hostile.pwned === null && !/onerror|onclick|onload|<script|<img|<iframe|javascript:/i.test(hostile.html),
+    "a hostile reply renders inert (no handler, script, image, frame or javascript: link)", hostile.html);
+  const code = await page.evaluate(async () => {
+    const { renderMarkdown } = await import("./render.js");
+    const bubble = document.createElement("li");
+    bubble.className = "message assistant";
+    bubble.innerHTML = "<div class=body></div>";
+    document.getElementById("messages").append(bubble);
+    renderMarkdown(bubble.firstChild, "# Title\n\n**bold** and `x`\n\n```python\nprint(\"hi\")\n```");
+    const result = { h1: bubble.querySelector("h1")?.textContent, strong: bubble.querySelector("strong")?.textContent,
+      code: bubble.querySelector("pre code")?.textContent, copy: Boolean(bubble.querySelector("pre > button.copy")) };
+    return result;
+  });
+  await page.click("#messages li:last-child pre > button.copy");
+  await page.waitForFunction(() => document.querySelector("#messages li:last-child pre > button.copy").textContent !== "Copy");
+  code.copied = await page.evaluate(() => navigator.clipboard.readText());
+  await page.evaluate(() => document.querySelector("#messages li:last-child").remove());
+  check(code.h1 === "Title" && code.strong === "bold" && code.code === 'print("hi")\n' && code.copy &&
+    code.copied === 'print("hi")\n', "Markdown headings, emphasis and code blocks with a working Copy button",
+    JSON.stringify(code));
   pageTokensPerSecond = Number(await page.getAttribute("#stats", "data-tokens-per-second"));
   check(pageTokensPerSecond > 0, "tokens/s shown", await page.textContent("#stats"));
   const png = await page.screenshot({ path: screenshotPath });
@@ -223,10 +288,61 @@ try {
   check(content.colors >= 16 && content.nonBackground > 0.05, "screenshot is not blank",
     `${content.width}×${content.height}, ${content.colors} colours, ${(100 * content.nonBackground).toFixed(1)} % off the background`);
 
-  // 3. A fresh page load (with ?model=) must not download the model again.
+  // Regenerate the last reply (greedy: the same again), edit a message and send it again, and a
+  // system prompt that changes the greedy reply.
+  const lastDone = () => page.waitForFunction(() => document.body.dataset.state === "ready" &&
+    document.querySelector(".message.assistant:last-child[data-done]"), null, { timeout: LOAD_TIMEOUT });
+  await page.click(".message.assistant:last-child .regenerate");
+  await lastDone();
+  const regenerated = await page.evaluate(() => [...document.querySelectorAll(".message")]
+    .map((m) => m.dataset.text ?? m.querySelector(".body").textContent));
+  check(regenerated.length === 2 && regenerated[1] === expected, "Regenerate replaces the last reply (greedy: the same one)",
+    JSON.stringify(regenerated));
+  await page.click(".message.user .edit");
+  const editing = { prompt: await page.inputValue("#prompt"), messages: await page.locator(".message").count() };
+  check(editing.prompt === PROMPT && editing.messages === 0, "Edit takes the message back into the composer, dropping what follows",
+    JSON.stringify(editing));
+  await page.fill("#prompt", "Hello again");
+  await page.press("#prompt", "Enter");
+  await lastDone();
+  const edited = await page.evaluate(() => [...document.querySelectorAll(".message")].map((m) => m.dataset.text ?? m.querySelector(".body").textContent));
+  check(edited.length === 2 && edited[0] === "Hello again" && edited[1] && edited[1] !== expected,
+    "the edited message is sent and answered", JSON.stringify(edited));
+  await page.click("#new-chat");
+  await page.click("#settings summary");
+  await page.fill("#system-prompt", "You are a pirate. Answer every question in rhymes.");
+  const withSystem = await (await sendAndWait(page, PROMPT)).locator(".body").textContent();
+  check(withSystem !== expected && withSystem.length > 0, "the system prompt is sent (the greedy reply changes)",
+    JSON.stringify(withSystem));
+  const beforeReload = await page.evaluate(() => [...document.querySelectorAll(".message .body")].map((b) => b.textContent));
+
+  // 3. A fresh page load (with ?model=) must not download the model again, and brings the
+  // conversation back (IndexedDB), with the others in the list.
   const mark = log.length;
   await page.goto(`${base}/www/?model=/models/bitnet-2b4t&temperature=0&topP=1&maxTokens=${STOP_MAX_TOKENS}&ignoreEos=1`);
   await waitReady(page);
+  const restored = await page.evaluate(() => ({
+    messages: [...document.querySelectorAll(".message .body")].map((b) => b.textContent),
+    system: document.getElementById("system-prompt").value,
+    saved: [...document.getElementById("history").options].filter((o) => o.value).map((o) => o.textContent),
+  }));
+  check(JSON.stringify(restored.messages) === JSON.stringify(beforeReload) && /pirate/.test(restored.system) &&
+    restored.saved.length === 2 && restored.saved.includes("Hello again"),
+    "the open conversation and the saved list come back after a reload", JSON.stringify(restored));
+  await page.selectOption("#history", { label: "Hello again" });
+  await page.waitForFunction(() => document.querySelector(".message.user .body")?.textContent === "Hello again");
+  check(await page.locator(".message").count() === 2, "a saved conversation opens from the list");
+  const continued = await sendAndWait(page, "And then?");
+  check(await page.locator(".message").count() === 4 && await continued.getAttribute("data-tokens") !== null,
+    "a reopened conversation goes on after the reload");
+  await page.click("#delete-chat");
+  await page.waitForFunction(() => document.querySelectorAll(".message").length === 0);
+  await page.waitForFunction(() => [...document.getElementById("history").options].filter((o) => o.value).length < 2);
+  const afterDelete = await page.evaluate(() => ({ messages: document.querySelectorAll(".message").length,
+    saved: [...document.getElementById("history").options].filter((o) => o.value).length }));
+  check(afterDelete.messages === 0 && afterDelete.saved === 1, "Delete forgets the open conversation", JSON.stringify(afterDelete));
+  await page.click("#settings summary");
+  await page.fill("#system-prompt", "");
   const again = modelRequests(log.slice(mark), "/models/bitnet-2b4t");
   if (cachesUsed) {
     check(again.length === 0, "reload: no request for any model file", again.join("; ") || "0 requests");
@@ -253,15 +369,75 @@ try {
   check(usable.state === "ready" && usable.send && usable.stopHidden, "the page is usable after stopping");
   await page.click("#new-chat");
   check(await page.locator(".message").count() === 0, "new chat clears the conversation");
-  await page.click("#settings summary");
   await page.fill("#max-tokens", "4");
   const after = await sendAndWait(page, "Hi");
   const afterTokens = await after.getAttribute("data-tokens");
   check(afterTokens === "4", "a new message after stop and new chat gets its reply",
-    `${afterTokens} tokens: ${JSON.stringify(await after.textContent())}`);
+    `${afterTokens} tokens: ${JSON.stringify(await after.locator(".body").textContent())}`);
 
-  // 5. The model chooser shows the cached bytes and clears them.
+  // Settings are clamped to their ranges and to the model, with a note saying so.
+  const context = await page.evaluate(() => ({ value: document.getElementById("max-context").value,
+    max: document.getElementById("max-context").max }));
+  check(context.value === "256" && context.max === "256", "the context field holds the model's max_position_embeddings (256)",
+    JSON.stringify(context));
+  for (const [id, typed, expected, says] of [["max-context", "100000", "256", /Context: 100000 is outside 64–256/],
+    ["temperature", "5", "2", /Temperature: 5 is outside 0–2/], ["temperature", "-1", "0", /Temperature: -1 is outside/],
+    ["top-p", "0", "0.01", /Top-p: 0 is outside 0\.01–1/], ["max-tokens", "", "512", /Max tokens: .* is not a number/]]) {
+    await page.fill(`#${id}`, typed);
+    await page.dispatchEvent(`#${id}`, "change");
+    const shown = { value: await page.inputValue(`#${id}`), note: await page.isVisible("#settings-note") &&
+      await page.textContent("#settings-note") };
+    check(shown.value === expected && says.test(shown.note), `${id} ${JSON.stringify(typed)} is clamped to ${expected} with a note`,
+      JSON.stringify(shown));
+  }
+  await page.fill("#temperature", "2");
+  await page.fill("#top-p", "0");
+  await page.fill("#max-tokens", "4");
+  await page.fill("#max-context", "256");
+  await page.dispatchEvent("#max-context", "change");
+  const sampled = await sendAndWait(page, "Hi");
+  check(await sampled.getAttribute("data-tokens") === "4" && await page.isHidden("#error"),
+    "a reply with top-p 0 (clamped) and temperature 2", await sampled.locator(".body").textContent());
+  await page.fill("#temperature", "0");
+  await page.fill("#top-p", "1");
+  await page.dispatchEvent("#top-p", "change");
+  await page.dispatchEvent("#max-tokens", "change");
+  check(await page.isHidden("#settings-note"), "the note goes once the settings are in range");
+
+  // 5. Failures keep the page working. A model that fails to load leaves the one in use loaded.
   await page.click("#change-model");
+  await page.fill("#model-input", "/models/missing");
+  await page.click("#load");
+  await page.locator("#error").waitFor({ state: "visible", timeout: LOAD_TIMEOUT });
+  const kept = await page.evaluate(() => ({ state: document.body.dataset.state, status: document.getElementById("status").textContent }));
+  check(kept.state === "ready" && kept.status.startsWith("/models/bitnet-2b4t"),
+    "a model that fails to load keeps the one in use", JSON.stringify(kept));
+  const keptReply = await sendAndWait(page, "Hi");
+  check(await keptReply.getAttribute("data-tokens") === "4", "the kept model still replies");
+  // A turn the engine refuses (longer than the context): no empty bubble, no "Thinking…", the
+  // message back in the composer, New chat usable.
+  const bubbles = await page.locator(".message").count();
+  const long = "Hello there ".repeat(200).trim();
+  await page.fill("#prompt", long);
+  await page.press("#prompt", "Enter");
+  await page.locator("#error").waitFor({ state: "visible", timeout: LOAD_TIMEOUT });
+  await page.waitForFunction(() => document.body.dataset.state === "ready");
+  const failedTurn = await page.evaluate(() => ({
+    kind: document.getElementById("error").dataset.kind,
+    stats: document.getElementById("stats").textContent,
+    emptyBubbles: [...document.querySelectorAll(".message .body")].filter((b) => !b.textContent).length,
+    bubbles: document.querySelectorAll(".message").length,
+    prompt: document.getElementById("prompt").value.length,
+    newChat: !document.getElementById("new-chat").disabled,
+  }));
+  check(failedTurn.kind === "context" && !/Thinking/.test(failedTurn.stats) && failedTurn.emptyBubbles === 0 &&
+    failedTurn.bubbles === bubbles && failedTurn.prompt === long.length && failedTurn.newChat,
+    "a failed turn leaves no empty bubble, no \"Thinking…\", its message in the composer, New chat usable",
+    JSON.stringify(failedTurn));
+  await page.fill("#prompt", "");
+
+  // 6. The model chooser shows the cached bytes and clears them.
+  if (await page.isHidden("#model-panel")) await page.click("#change-model");
   const cacheText = await page.locator("#cache-text").textContent();
   check(/\d/.test(cacheText) && cachesUsed === await page.isVisible("#cache"), "the cached downloads are shown", cacheText);
   if (cachesUsed) {
@@ -272,8 +448,37 @@ try {
     check(left === 0, "Clear empties the download cache", `${left} entries left`);
   }
 
-  // 6. Error paths: the message names the problem and the chooser stays usable.
+  // A sharded model: the total from its index and shards, downloaded and then from the cache (no
+  // request but the engine's own probe for a model.safetensors, whose absence it does not cache).
+  for (const when of ["downloaded", "from the cache"]) {
+    const before = log.length;
+    await page.goto(`${base}/www/`);
+    await page.fill("#model-input", "/models/bitnet-2b4t-sharded");
+    await page.evaluate(() => {
+      window.progressSeen = [];
+      new MutationObserver(() => window.progressSeen.push({ text: document.getElementById("progress-text").textContent,
+        position: document.getElementById("progress").position, percent: document.getElementById("progress-percent").textContent }))
+        .observe(document.getElementById("progress-text"), { childList: true, characterData: true, subtree: true });
+    });
+    await page.click("#load");
+    await waitReady(page);
+    const seen = await page.evaluate(() => window.progressSeen);
+    const fractions = seen.filter((p) => p.position >= 0).map((p) => p.position);
+    const totals = new Set(seen.map((p) => p.text.split(" of ")[1]).filter(Boolean));
+    check(fractions.length >= 2 && fractions.every((f, i) => i === 0 || f >= fractions[i - 1]) && totals.size === 1 &&
+      fractions.at(-1) > 0.99, `a sharded model ${when}: one total from the start, the bar only rises`,
+      `${fractions.map((f) => f.toFixed(3)).join(" ")} of ${[...totals].join(", ")}`);
+    if (when === "from the cache") {
+      const requests = modelRequests(log.slice(before), "/models/bitnet-2b4t-sharded")
+        .filter((line) => !/^GET \/models\/bitnet-2b4t-sharded\/model\.safetensors \(bytes=/.test(line));
+      check(requests.length === 0, "a sharded model from the cache: no request from the page",
+        requests.join("; ") || "0 requests");
+    }
+  }
+
+  // 7. Error paths: the message names the problem and the chooser stays usable.
   await expectError(page, `${base}/www/?model=/models/missing`, "model", /404|not found/i);
+  await expectError(page, `${base}/www/?model=http://127.0.0.1:1/models/nothing-listens`, "network", /fetch/i);
   await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-truncated`, "model", /model\.safetensors/);
   await expectError(page, `${base}/www/?model=/models/bitnet-2b4t-not-a-model`, "model", /model\.safetensors/);
   await page.close();
@@ -281,7 +486,7 @@ try {
   await browser.close();
 }
 
-// 7. Browsers that cannot run the engine: the page on a plain-http origin that is not localhost
+// 8. Browsers that cannot run the engine: the page on a plain-http origin that is not localhost
 // (no secure context: navigator.gpu is missing), and WebGPU without an adapter (Chromium offers
 // none here without --enable-unsafe-webgpu; a machine with a real GPU may offer one, and then that
 // case is skipped).

@@ -7,9 +7,15 @@ const KINDS = [
   ["device-lost", /device (was )?lost|lost device|DeviceLost/i],
   ["oom", /out of memory|OutOfMemory|could not allocate|cannot allocate|allocation failed|Memory\.grow/i],
   ["context", /context overflow/i],
+  // A request that got no answer at all (fetch's TypeError: offline, DNS, connection refused, a
+  // cross-origin server without CORS): before "model", since the engine's message names the file.
+  [
+    "network",
+    /failed to fetch|NetworkError|network error|Load failed|ERR_(CONNECTION|NAME|INTERNET|NETWORK|ADDRESS)|connection (refused|reset)/i,
+  ],
   [
     "model",
-    /download|HTTP \d{3}|not found|failed to fetch|NetworkError|safetensors|gguf|config\.json|tokenizer|truncated|unexpected end|too short|shorter than|past the end|header|tensor|field `|not UTF-8|not a model|\.json/i,
+    /download|HTTP \d{3}|not found|safetensors|gguf|config\.json|tokenizer|truncated|unexpected end|too short|shorter than|past the end|header|tensor|field `|not UTF-8|not a model|\.json/i,
   ],
   ["limits", /limit|exceeds? the adapter|largest buffer|needs subgroup|shader-f16/i],
   ["crash", /unreachable|RuntimeError|panicked/i],
@@ -47,6 +53,10 @@ export const EXPLANATIONS = {
   model: {
     title: "The model files could not be loaded",
     hint: "Check the model: a Hugging Face repo id (owner/name), a URL of a directory holding config.json, model.safetensors (or an index and shards), tokenizer.json and tokenizer_config.json, or a URL of a .gguf file.",
+  },
+  network: {
+    title: "The model could not be downloaded: no answer from the server",
+    hint: "The request got no response: check the network connection and the address. A model on another site must be served with cross-origin requests allowed (CORS). Downloads already made are kept in this browser.",
   },
   context: {
     title: "The conversation is longer than the model's context",

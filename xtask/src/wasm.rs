@@ -1,6 +1,8 @@
 //! `cargo xtask wasm`: builds web/ (crate `tern-web`) for wasm32 into the npm package web/pkg/:
 //! `tern.js` (ES module), `tern_bg.wasm`, `tern.d.ts` and `package.json`, optimized with wasm-opt
 //! from npm's `binaryen` (never Debian's: its wasm-opt 108 corrupts wasm-bindgen 0.2.130 output).
+//! The wasm is read from cargo's target directory as cargo resolves it (`CARGO_TARGET_DIR`,
+//! `build.target-dir` or `target/`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,17 +24,15 @@ pub struct Args {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = workspace_root();
     ensure_wasm_bindgen()?;
-    run_command(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-            "-p",
-            "tern-web",
-        ]),
-    )?;
-    let built = root.join("target/wasm32-unknown-unknown/release/tern_web.wasm");
+    run_command(Command::new(cargo()).args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-unknown-unknown",
+        "-p",
+        "tern-web",
+    ]))?;
+    let built = target_dir()?.join("wasm32-unknown-unknown/release/tern_web.wasm");
     let pkg = root.join("web/pkg");
     run_command(
         Command::new("wasm-bindgen")
@@ -101,19 +101,22 @@ fn ensure_wasm_bindgen() -> anyhow::Result<()> {
     if installed.as_deref() == Some(&format!("wasm-bindgen {WASM_BINDGEN_VERSION}")) {
         return Ok(());
     }
+    let found = match installed.as_deref() {
+        Some(version) if !version.is_empty() => format!("PATH has {version}"),
+        _ => "none is on PATH".to_string(),
+    };
     eprintln!(
-        "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} (found {:?}; takes a few minutes)",
-        installed
+        "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION}, the version web/Cargo.toml pins \
+         ({found}): `cargo install wasm-bindgen-cli --version {WASM_BINDGEN_VERSION}` into \
+         cargo's bin directory, once, a few minutes"
     );
     // Not --locked: a dependency in its lock file is no longer served.
-    run_command(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "install",
-            "wasm-bindgen-cli",
-            "--version",
-            WASM_BINDGEN_VERSION,
-        ]),
-    )
+    run_command(Command::new(cargo()).args([
+        "install",
+        "wasm-bindgen-cli",
+        "--version",
+        WASM_BINDGEN_VERSION,
+    ]))
 }
 
 /// wasm-opt from npm's `binaryen` package in target/npm/binaryen (a prefix of its own, so npm does
@@ -138,6 +141,32 @@ fn npm_wasm_opt(root: &Path) -> Option<PathBuf> {
         .status()
         .ok()?;
     (status.success() && wasm_opt.is_file()).then_some(wasm_opt)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Cargo's target directory as cargo resolves it (`CARGO_TARGET_DIR`, `build.target-dir` in a
+/// config file, or the workspace's `target/`), from `cargo metadata`.
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let output = Command::new(cargo())
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace_root())
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading cargo metadata's output")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata names no target_directory")
 }
 
 fn run_command(command: &mut Command) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! `cargo xtask web`: builds the browser package (as `cargo xtask wasm`) and serves the chat page on
 //! 127.0.0.1 — `/www/` (web/www), `/pkg/` (web/pkg) and each local model under `/models/<name>`,
-//! listed in `/models/index.json` so the page offers them first. Files are served with HTTP Range
+//! listed in `/models/index.json` so the page offers them first (the shipped trained model before
+//! any other, random-weight test fixtures last and labelled as such). Files are served with HTTP Range
 //! (206) and their MIME types (application/wasm, text/javascript); every request is logged to stdout
 //! (the UI test counts model downloads from this log).
 
@@ -16,10 +17,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
 
+/// The trained model Tern ships (the CLI's default), relative to the workspace root.
+const SHIPPED_MODEL: &str = "models/tern-pydoc-6m";
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Port on 127.0.0.1 (0: any free port; the URL is printed).
-    #[arg(long, default_value_t = 8080)]
+    /// Port on 127.0.0.1 (0: any free port; the URL is printed). Not 8080, `tern serve`'s default,
+    /// so both can run at once.
+    #[arg(long, default_value_t = 8081)]
     port: u16,
     /// A model directory or .gguf file to serve (repeatable; default models/tern-pydoc-6m, the
     /// trained model Tern ships).
@@ -48,7 +53,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let models = if args.model.is_empty() {
-        vec![root.join("models/tern-pydoc-6m")]
+        vec![root.join(SHIPPED_MODEL)]
     } else {
         args.model.clone()
     };
@@ -94,7 +99,14 @@ fn router(root: &Path, models: &[PathBuf]) -> anyhow::Result<Router> {
             bail!("{}: no such model directory or file", model.display());
         };
         println!("  model {} at {url}", model.display());
-        index.push(serde_json::json!({"name": name, "url": url, "description": describe(model)}));
+        let shipped = model.canonicalize().ok() == root.join(SHIPPED_MODEL).canonicalize().ok();
+        index.push(serde_json::json!({
+            "name": name,
+            "url": url,
+            "description": describe(model),
+            "shipped": shipped,
+            "fixture": is_fixture(model),
+        }));
     }
     let index = serde_json::json!({ "models": index });
     Ok(app
@@ -103,6 +115,15 @@ fn router(root: &Path, models: &[PathBuf]) -> anyhow::Result<Router> {
             get(move || async move { Json(index.clone()) }),
         )
         .layer(middleware::from_fn(log_and_revalidate)))
+}
+
+/// Whether `model` is one of the random-weight test checkpoints (tests/fixtures, target/fixtures*).
+fn is_fixture(model: &Path) -> bool {
+    model.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|c| c.starts_with("fixtures"))
+    })
 }
 
 /// What the page says a model is: its size, whether it is one of the random-weight test fixtures,
@@ -121,7 +142,7 @@ fn describe(model: &Path) -> String {
         .map(|m| m.len())
         .sum();
     let size = format!("{:.1} MB", bytes as f64 / 1e6);
-    if model.components().any(|c| c.as_os_str() == "fixtures") {
+    if is_fixture(model) {
         return format!("random-weight test fixture, {size}: its replies are noise");
     }
     let card = std::fs::read_to_string(model.join("README.md")).unwrap_or_default();
