@@ -22,7 +22,9 @@
 
 use std::collections::VecDeque;
 
-use crate::generate::{common_prefix, now, GenerateOptions, Generation, Model, Reply, StopReason};
+use crate::generate::{
+    check_prompt, common_prefix, now, GenerateOptions, Generation, Model, Reply, StopReason,
+};
 use crate::model::{DecodeRow, SequenceBatch, StepResult};
 use crate::{Error, Result};
 
@@ -192,22 +194,7 @@ impl Batch {
     /// Queues a generation after `prompt` (ids, BOS included if wanted). A prompt that leaves no
     /// room for a reply in a slot's context, or names ids outside the vocabulary, is refused here.
     pub fn submit(&mut self, prompt: Vec<u32>, options: GenerateOptions) -> Result<RequestId> {
-        if prompt.is_empty() {
-            return Err(Error::Invalid("empty prompt".into()));
-        }
-        let limit = self.max_context();
-        if prompt.len() >= limit {
-            return Err(Error::ContextOverflow {
-                needed: prompt.len() + 1,
-                limit,
-            });
-        }
-        let vocab = self.model.config().vocab_size;
-        if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
+        check_prompt(&self.model, &prompt, self.max_context())?;
         // Sampling parameters are checked now, not when a slot frees up.
         let reply = Reply::new(&self.model, &options)?;
         let request = RequestId(self.next_request);
