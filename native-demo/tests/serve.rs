@@ -604,8 +604,8 @@ fn api_key_guards_every_v1_route_but_not_health() {
 
 #[test]
 fn queue_is_bounded_and_long_prompts_are_refused_before_it() {
-    let server = Arc::new(Server::start_with(&["--queue", "1"], &[]));
-    // The worker is busy with this one for a second or more; everything below takes milliseconds.
+    let server = Arc::new(Server::start_with(&["--parallel", "1", "--queue", "1"], &[]));
+    // The one slot is busy with this for a second or more; everything below takes milliseconds.
     let busy = server.open_stream(
         "/v1/chat/completions",
         &chat_request("Tell me a long story", 240, true),
