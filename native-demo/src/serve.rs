@@ -1002,6 +1002,34 @@ impl Params {
             Some(StopInput::One(stop)) => vec![stop],
             Some(StopInput::Many(stops)) => stops,
         };
+        let top_p: f32 = fields.get("top_p", "a number")?.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("top_p must be in (0, 1]", "top_p"));
+        }
+        let top_k: Option<u64> = fields.get("top_k", COUNT)?;
+        let min_p: f32 = fields.get("min_p", "a number")?.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::invalid("min_p must be in [0, 1]", "min_p"));
+        }
+        // llama.cpp's name and Hugging Face's; both mean the same penalty.
+        let repeat_penalty: Option<f32> = fields.get("repeat_penalty", "a number")?;
+        let repetition_penalty: Option<f32> = fields.get("repetition_penalty", "a number")?;
+        let (penalty_field, penalty) = match (repeat_penalty, repetition_penalty) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "send either repeat_penalty or repetition_penalty, not both",
+                    "repetition_penalty",
+                ))
+            }
+            (Some(p), None) => ("repeat_penalty", p),
+            (None, p) => ("repetition_penalty", p.unwrap_or(1.0)),
+        };
+        if !(penalty > 0.0 && penalty.is_finite()) {
+            return Err(ApiError::invalid(
+                format!("{penalty_field} must be a positive number"),
+                penalty_field,
+            ));
+        }
         let stream_options: Option<StreamOptions> = fields.get(
             "stream_options",
             "an object such as {\"include_usage\": true}",
@@ -1011,9 +1039,11 @@ impl Params {
                 max_new_tokens,
                 sampling: SamplingParams {
                     temperature: temperature.unwrap_or(1.0),
-                    top_p: fields.get("top_p", "a number")?.unwrap_or(1.0),
+                    top_k: top_k.map_or(0, |k| usize::try_from(k).unwrap_or(usize::MAX)),
+                    top_p,
+                    min_p,
+                    repetition_penalty: penalty,
                     seed: fields.get("seed", COUNT)?,
-                    ..SamplingParams::default()
                 },
                 stop,
                 ignore_eos: false,
