@@ -23,7 +23,7 @@ use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 pub use batch::{Batch, BatchEvent, BatchOptions, RequestId};
 use reply::Reply;
-pub use sampling::{log_softmax_at, Sampler, SamplingParams};
+pub use sampling::{log_softmax_at, Penalties, Sampler, SamplingParams};
 
 /// Largest top-k served from the GPU's candidate list instead of full logits.
 const GPU_TOP_K: usize = crate::ops::select::MAX_TOP_K;
@@ -51,6 +51,15 @@ impl Default for GenerateOptions {
             ignore_eos: false,
         }
     }
+}
+
+/// What a reply does beyond its [`GenerateOptions`] (given to [`Session::generate_with`] and
+/// [`Batch::submit_with`]); the default adds nothing. Kept apart from `GenerateOptions` so that
+/// code that builds those field by field stays valid.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplyExtras {
+    /// OpenAI's presence and frequency penalties and logit bias.
+    pub penalties: Penalties,
 }
 
 /// Why generation ended.
@@ -383,6 +392,18 @@ impl Session {
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
+        on_token: impl FnMut(TokenEvent<'_>),
+    ) -> Result<Generation> {
+        self.generate_with(prompt, options, &ReplyExtras::default(), on_token)
+            .await
+    }
+
+    /// [`Session::generate`] with `extras` (penalties, logit bias).
+    pub async fn generate_with(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        extras: &ReplyExtras,
         mut on_token: impl FnMut(TokenEvent<'_>),
     ) -> Result<Generation> {
         self.cancel.rearm();
@@ -396,7 +417,7 @@ impl Session {
                 limit,
             });
         }
-        let mut reply = Reply::new(&self.model, options)?;
+        let mut reply = Reply::new(&self.model, options, extras)?;
 
         // Reuse the cache for the common prefix; at least the last prompt token is recomputed.
         let reused = common_prefix(&self.history, prompt).min(prompt.len() - 1);

@@ -49,7 +49,7 @@ use subtle::ConstantTimeEq;
 use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, StopReason};
 use tern::text::chat_template::{ChatMessage, ChatTemplate};
 use tern::text::tokenizer::Tokenizer;
-use tern::{Batch, BatchEvent, BatchOptions, RequestId};
+use tern::{Batch, BatchEvent, BatchOptions, Penalties, ReplyExtras, RequestId};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -150,6 +150,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let state = Arc::new(Server {
         model: args.model.name().to_string(),
         created: unix_seconds(),
+        vocab: model.config().vocab_size,
         jobs,
         prompter,
         metrics,
@@ -452,6 +453,8 @@ struct Server {
     /// The id clients name the model by: the `--model` argument (or the default model's name).
     model: String,
     created: u64,
+    /// Token ids run from 0 to `vocab - 1`.
+    vocab: usize,
     jobs: mpsc::SyncSender<Job>,
     prompter: Arc<Prompter>,
     metrics: Arc<Metrics>,
@@ -481,11 +484,13 @@ impl Server {
         &self,
         prompt: Vec<u32>,
         options: GenerateOptions,
+        extras: ReplyExtras,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let (events, receiver) = unbounded_channel();
         let job = Job {
             prompt,
             options,
+            extras,
             events,
             queued: Instant::now(),
         };
@@ -549,6 +554,7 @@ impl Prompter {
 struct Job {
     prompt: Vec<u32>,
     options: GenerateOptions,
+    extras: ReplyExtras,
     events: UnboundedSender<Event>,
     queued: Instant,
 }
@@ -636,7 +642,7 @@ impl Worker {
                 }));
                 continue;
             }
-            match self.batch.submit(job.prompt, job.options) {
+            match self.batch.submit_with(job.prompt, job.options, &job.extras) {
                 Ok(id) => {
                     let request = InFlight {
                         events: job.events,
@@ -969,13 +975,14 @@ struct StreamOptions {
 /// The sampling and streaming fields shared by both endpoints; unknown fields are ignored.
 struct Params {
     options: GenerateOptions,
+    extras: ReplyExtras,
     stream: bool,
     include_usage: bool,
 }
 
 impl Params {
     /// OpenAI's defaults: temperature 1, no token limit for chat, 16 tokens for text completions.
-    fn of(fields: &Fields, default_max_tokens: usize) -> Result<Params, ApiError> {
+    fn of(fields: &Fields, default_max_tokens: usize, vocab: usize) -> Result<Params, ApiError> {
         const COUNT: &str = "a non-negative integer";
         if fields.get::<u64>("n", COUNT)?.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("only n = 1 is supported", "n"));
@@ -1030,6 +1037,45 @@ impl Params {
                 penalty_field,
             ));
         }
+        let openai_penalty = |name: &'static str| -> Result<f32, ApiError> {
+            let value: f32 = fields.get(name, "a number")?.unwrap_or(0.0);
+            match (-2.0..=2.0).contains(&value) {
+                true => Ok(value),
+                false => Err(ApiError::invalid(
+                    format!("{name} must be in [-2, 2]"),
+                    name,
+                )),
+            }
+        };
+        let presence = openai_penalty("presence_penalty")?;
+        let frequency = openai_penalty("frequency_penalty")?;
+        let biases: HashMap<String, f32> = fields
+            .get(
+                "logit_bias",
+                "an object mapping token ids (as strings) to numbers",
+            )?
+            .unwrap_or_default();
+        let mut logit_bias = Vec::with_capacity(biases.len());
+        for (id, bias) in biases {
+            let token = id.parse::<u32>().ok().filter(|&t| (t as usize) < vocab);
+            let Some(token) = token else {
+                return Err(ApiError::invalid(
+                    format!(
+                        "logit_bias: `{id}` is not a token id of this model (0 to {})",
+                        vocab - 1
+                    ),
+                    "logit_bias",
+                ));
+            };
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(ApiError::invalid(
+                    format!("logit_bias: the bias of token {id} must be in [-100, 100]"),
+                    "logit_bias",
+                ));
+            }
+            logit_bias.push((token, bias));
+        }
+        logit_bias.sort_unstable_by_key(|&(token, _)| token);
         let stream_options: Option<StreamOptions> = fields.get(
             "stream_options",
             "an object such as {\"include_usage\": true}",
@@ -1047,6 +1093,13 @@ impl Params {
                 },
                 stop,
                 ignore_eos: false,
+            },
+            extras: ReplyExtras {
+                penalties: Penalties {
+                    presence,
+                    frequency,
+                    logit_bias,
+                },
             },
             stream: fields.get("stream", "true or false")?.unwrap_or(false),
             include_usage: stream_options.and_then(|o| o.include_usage) == Some(true),
@@ -1183,7 +1236,7 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let fields = Fields::read(headers, body, server.body_timeout).await?;
     server.check_model(fields.model()?.as_deref())?;
-    let params = Params::of(&fields, if chat { usize::MAX } else { 16 })?;
+    let params = Params::of(&fields, if chat { usize::MAX } else { 16 }, server.vocab)?;
     let prompt = match chat {
         true => Prompt::Chat(chat_messages(&fields)?),
         false => completion_prompt(&fields)?,
@@ -1196,7 +1249,7 @@ async fn answer(
         chat,
         include_usage: params.include_usage,
     };
-    respond(server, prompt, params.options, params.stream, shape).await
+    respond(server, prompt, params, shape).await
 }
 
 /// Queues the job and waits for its first event, so that a request the worker rejects (bad
@@ -1204,11 +1257,11 @@ async fn answer(
 async fn respond(
     server: &Server,
     prompt: Vec<u32>,
-    options: GenerateOptions,
-    stream: bool,
+    params: Params,
     shape: Shape,
 ) -> Result<Response, ApiError> {
-    let mut events = server.submit(prompt, options)?;
+    let stream = params.stream;
+    let mut events = server.submit(prompt, params.options, params.extras)?;
     let first = match events.recv().await {
         Some(Event::Failed(error)) => return Err(error.into()),
         Some(event) => event,

@@ -170,6 +170,69 @@ def check_basics(client, model):
     print("openai client: chat, completions, streaming, usage and errors OK")
 
 
+def expect_400(param, call):
+    """`call` must fail with 400 naming the field `param`."""
+    try:
+        call()
+    except openai.BadRequestError as error:
+        assert error.param == param, (param, error)
+        return error
+    raise AssertionError(f"a bad `{param}` was accepted")
+
+
+REPEATING = "one two three one two three one two three one two three one"
+
+
+def complete(client, model, prompt=REPEATING, max_tokens=16, **fields):
+    fields.setdefault("temperature", 0)
+    return client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, **fields)
+
+
+def check_sampling_fields(client, model):
+    greedy = complete(client, model).choices[0].text
+    assert len(greedy) > 0
+    # top_k = 1 under sampling is greedy; min_p and a unit repetition penalty change nothing.
+    for extra in ({"top_k": 1}, {"top_k": 1, "min_p": 0.5}, {"repeat_penalty": 1.0}):
+        same = complete(client, model, temperature=1.0, seed=3, extra_body=extra).choices[0].text
+        if "top_k" not in extra:
+            same = complete(client, model, extra_body=extra).choices[0].text
+        assert same == greedy, (extra, same, greedy)
+    # The greedy reply to a repeating prompt repeats; each penalty breaks the repetition.
+    for fields in (
+        {"frequency_penalty": 2.0},
+        {"presence_penalty": 2.0},
+        {"extra_body": {"repetition_penalty": 1.5}},
+        {"extra_body": {"repeat_penalty": 1.5}},
+    ):
+        penalized = complete(client, model, **fields).choices[0].text
+        assert penalized != greedy, (fields, penalized)
+    # A +100 bias makes the biased token the only one generated.
+    one = complete(client, model, max_tokens=1, logit_bias={"1000": 100})
+    five = complete(client, model, max_tokens=5, logit_bias={"1000": 100})
+    assert five.usage.completion_tokens == 5
+    assert five.choices[0].text == one.choices[0].text * 5, (one, five)
+    chat_biased = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+        temperature=0.8, logit_bias={"1000": 100},
+    )
+    assert chat_biased.choices[0].message.content == one.choices[0].text * 3, chat_biased
+
+    for param, extra in [
+        ("top_k", {"top_k": -1}),
+        ("min_p", {"min_p": 1.5}),
+        ("repeat_penalty", {"repeat_penalty": 0}),
+        ("repetition_penalty", {"repetition_penalty": -1}),
+        ("top_p", {"top_p": 0}),
+    ]:
+        expect_400(param, lambda: complete(client, model, extra_body=extra))
+    expect_400("presence_penalty", lambda: complete(client, model, presence_penalty=2.5))
+    expect_400("frequency_penalty", lambda: complete(client, model, frequency_penalty=-3))
+    expect_400("logit_bias", lambda: complete(client, model, logit_bias={"999999999": 1}))
+    expect_400("logit_bias", lambda: complete(client, model, logit_bias={"word": 1}))
+    expect_400("logit_bias", lambda: complete(client, model, logit_bias={"1000": 101}))
+    print("openai client: top_k, min_p, repetition / presence / frequency penalties, logit_bias OK")
+
+
 def check_api_key(base, model):
     for key in ("wrong-key", API_KEY + "x"):
         stranger = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
@@ -342,6 +405,7 @@ def main():
         client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0, timeout=300)
         check_api_key(base, args.model)
         check_basics(client, args.model)
+        check_sampling_fields(client, args.model)
         load_test(client, args.model, server, base, args.rounds, args.clients)
         full_queue(client, args.model, server, PARALLEL + QUEUE + 64)
         churn(client, args.model, server, args.churn)

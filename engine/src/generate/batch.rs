@@ -22,7 +22,9 @@
 
 use std::collections::VecDeque;
 
-use crate::generate::{common_prefix, now, GenerateOptions, Generation, Model, Reply, StopReason};
+use crate::generate::{
+    common_prefix, now, GenerateOptions, Generation, Model, Reply, ReplyExtras, StopReason,
+};
 use crate::model::{DecodeRow, SequenceBatch, StepResult};
 use crate::{Error, Result};
 
@@ -192,6 +194,16 @@ impl Batch {
     /// Queues a generation after `prompt` (ids, BOS included if wanted). A prompt that leaves no
     /// room for a reply in a slot's context, or names ids outside the vocabulary, is refused here.
     pub fn submit(&mut self, prompt: Vec<u32>, options: GenerateOptions) -> Result<RequestId> {
+        self.submit_with(prompt, options, &ReplyExtras::default())
+    }
+
+    /// [`Batch::submit`] with `extras` (penalties, logit bias).
+    pub fn submit_with(
+        &mut self,
+        prompt: Vec<u32>,
+        options: GenerateOptions,
+        extras: &ReplyExtras,
+    ) -> Result<RequestId> {
         if prompt.is_empty() {
             return Err(Error::Invalid("empty prompt".into()));
         }
@@ -209,7 +221,7 @@ impl Batch {
             )));
         }
         // Sampling parameters are checked now, not when a slot frees up.
-        let reply = Reply::new(&self.model, &options)?;
+        let reply = Reply::new(&self.model, &options, extras)?;
         let request = RequestId(self.next_request);
         self.next_request += 1;
         self.waiting.push_back(Waiting {

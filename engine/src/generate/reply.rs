@@ -2,10 +2,12 @@
 //! [`super::Session`] runs one at a time, a [`super::Batch`] one per request; both feed it each
 //! step's result and act on what it says.
 
-use crate::generate::{GenerateOptions, Generation, Model, Sampler, StopReason, GPU_TOP_K};
+use crate::generate::{
+    GenerateOptions, Generation, Model, ReplyExtras, Sampler, StopReason, GPU_TOP_K,
+};
 use crate::model::{Output, StepResult};
 use crate::text::stream::{StopMatcher, TextStreamer};
-use crate::Result;
+use crate::{Error, Result};
 
 pub(super) struct Reply {
     sampler: Sampler,
@@ -28,11 +30,23 @@ pub(super) struct Accepted {
 }
 
 impl Reply {
-    pub fn new(model: &Model, options: &GenerateOptions) -> Result<Reply> {
+    pub fn new(model: &Model, options: &GenerateOptions, extras: &ReplyExtras) -> Result<Reply> {
         let sampling = &options.sampling;
+        let penalties = &extras.penalties;
+        let vocab = model.config().vocab_size;
+        if let Some((id, _)) = penalties
+            .logit_bias
+            .iter()
+            .find(|&&(id, _)| id as usize >= vocab)
+        {
+            return Err(Error::Invalid(format!(
+                "logit_bias: token id {id} is outside the vocabulary ({vocab})"
+            )));
+        }
         // The cheapest readback that serves the sampling: the argmax for greedy decoding, the
-        // GPU's top-k candidates when top-k bounds the choice, the full logits otherwise.
-        let output = if sampling.repetition_penalty != 1.0 {
+        // GPU's top-k candidates when top-k bounds the choice, the full logits otherwise (and
+        // whenever a penalty or bias changes logits).
+        let output = if sampling.repetition_penalty != 1.0 || penalties.is_active() {
             Output::LastLogits
         } else if sampling.is_greedy() {
             Output::Argmax
@@ -42,7 +56,7 @@ impl Reply {
             Output::LastLogits
         };
         Ok(Reply {
-            sampler: Sampler::new(sampling.clone())?,
+            sampler: Sampler::with_penalties(sampling.clone(), penalties.clone())?,
             output,
             streamer: TextStreamer::new(model.tokenizer().clone(), true),
             stops: StopMatcher::new(options.stop.iter().cloned()),
@@ -62,7 +76,8 @@ impl Reply {
     }
 
     /// Chooses the next token from a step's `result` (`history`: the tokens in the cache, for the
-    /// repetition penalty) and streams its text.
+    /// repetition penalty; the reply's own tokens count for the presence and frequency penalties)
+    /// and streams its text.
     pub fn accept(&mut self, result: StepResult, history: &[u32]) -> Result<Accepted> {
         let id = match result {
             StepResult::Token(id) => id,
@@ -70,7 +85,7 @@ impl Reply {
                 let pairs: Vec<(u32, f32)> = c.iter().map(|c| (c.index, c.value)).collect();
                 self.sampler.sample_candidates(&pairs, history)?
             }
-            StepResult::Logits(logits) => self.sampler.sample(&logits, history)?,
+            StepResult::Logits(logits) => self.sampler.sample_reply(&logits, history, &self.ids)?,
         };
         self.ids.push(id);
         if self.end_ids.binary_search(&id).is_ok() {
