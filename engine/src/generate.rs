@@ -23,7 +23,7 @@ use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 pub use batch::{Batch, BatchEvent, BatchOptions, RequestId};
 use reply::Reply;
-pub use sampling::{log_softmax_at, Penalties, Sampler, SamplingParams};
+pub use sampling::{log_softmax_at, Penalties, Sampler, SamplingParams, TokenLogprobs};
 
 /// Largest top-k served from the GPU's candidate list instead of full logits.
 const GPU_TOP_K: usize = crate::ops::select::MAX_TOP_K;
@@ -60,6 +60,9 @@ impl Default for GenerateOptions {
 pub struct ReplyExtras {
     /// OpenAI's presence and frequency penalties and logit bias.
     pub penalties: Penalties,
+    /// `Some(n)`: give every token its [`TokenLogprobs`] with the `n` most likely alternatives
+    /// (each step then reads the full logits back).
+    pub logprobs: Option<usize>,
 }
 
 /// Why generation ended.
@@ -122,6 +125,9 @@ pub struct TokenEvent<'a> {
     pub id: u32,
     /// The text it completes, without special tokens and held-back stop-string prefixes.
     pub text: &'a str,
+    /// Its log-probabilities, when [`ReplyExtras::logprobs`] asked for them (`None` on the event
+    /// that only releases held-back text at the end).
+    pub logprobs: Option<&'a TokenLogprobs>,
 }
 
 /// A checkpoint loaded on the GPU with its tokenizer and chat template. Open [`Session`]s on it with
@@ -398,7 +404,7 @@ impl Session {
             .await
     }
 
-    /// [`Session::generate`] with `extras` (penalties, logit bias).
+    /// [`Session::generate`] with `extras` (penalties, logit bias, log-probabilities).
     pub async fn generate_with(
         &mut self,
         prompt: &[u32],
@@ -437,6 +443,7 @@ impl Session {
             on_token(TokenEvent {
                 id: token.id,
                 text: &token.text,
+                logprobs: token.logprobs.as_ref(),
             });
             if let Some(stop) = token.stop {
                 break stop;
@@ -455,6 +462,7 @@ impl Session {
             on_token(TokenEvent {
                 id: *generation.ids.last().expect("a reply has a token"),
                 text: &tail,
+                logprobs: None,
             });
         }
         Ok(Generation {

@@ -67,6 +67,6 @@ pub use error::{Error, Result};
 pub use generate::{
     Batch, BatchEvent, BatchOptions, CancelHandle, GenerateOptions, Generation, Model, OpenOptions,
     Penalties, ReplyExtras, RequestId, SamplingParams, Session, SessionOptions, StopReason,
-    TokenEvent,
+    TokenEvent, TokenLogprobs,
 };
 pub use text::chat_template::ChatMessage;

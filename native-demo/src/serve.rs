@@ -49,7 +49,7 @@ use subtle::ConstantTimeEq;
 use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, StopReason};
 use tern::text::chat_template::{ChatMessage, ChatTemplate};
 use tern::text::tokenizer::Tokenizer;
-use tern::{Batch, BatchEvent, BatchOptions, Penalties, ReplyExtras, RequestId};
+use tern::{Batch, BatchEvent, BatchOptions, Penalties, ReplyExtras, RequestId, TokenLogprobs};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -560,7 +560,9 @@ struct Job {
 }
 
 enum Event {
-    Text(String),
+    /// Text, and the token's id and log-probabilities when asked for (then every token is sent,
+    /// even one that completes no text yet).
+    Text(String, Option<(u32, TokenLogprobs)>),
     Done(Summary),
     Failed(tern::Error),
 }
@@ -666,7 +668,12 @@ impl Worker {
             return;
         };
         match event {
-            BatchEvent::Token { text, .. } => {
+            BatchEvent::Token {
+                id: token,
+                text,
+                logprobs,
+                ..
+            } => {
                 if request.first_token.is_none() {
                     let waited = request.queued.elapsed();
                     self.metrics
@@ -674,7 +681,9 @@ impl Worker {
                         .observe(waited.as_secs_f64());
                     request.first_token = Some(Instant::now());
                 }
-                if !text.is_empty() && request.events.send(Event::Text(text)).is_err() {
+                let logprobs = logprobs.map(|logprobs| (token, logprobs));
+                let send = !text.is_empty() || logprobs.is_some();
+                if send && request.events.send(Event::Text(text, logprobs)).is_err() {
                     self.batch.cancel(id);
                 }
             }
@@ -683,7 +692,7 @@ impl Worker {
             } => {
                 let request = self.requests.remove(&id).expect("a known request");
                 if !text.is_empty() {
-                    let _ = request.events.send(Event::Text(text));
+                    let _ = request.events.send(Event::Text(text, None));
                 }
                 let summary = Summary {
                     prompt_tokens: generation.prompt_tokens,
@@ -1100,10 +1109,40 @@ impl Params {
                     frequency,
                     logit_bias,
                 },
+                logprobs: None,
             },
             stream: fields.get("stream", "true or false")?.unwrap_or(false),
             include_usage: stream_options.and_then(|o| o.include_usage) == Some(true),
         })
+    }
+}
+
+/// Most alternatives a request may ask log-probabilities of.
+const MAX_TOP_LOGPROBS: u64 = 20;
+
+/// How many alternatives to give log-probabilities of, if they were asked for: chat's `logprobs:
+/// true` with `top_logprobs`, or text completions' `logprobs: N`.
+fn logprobs_asked(fields: &Fields, chat: bool) -> Result<Option<usize>, ApiError> {
+    let range = format!("an integer from 0 to {MAX_TOP_LOGPROBS}");
+    let count = |name: &'static str| -> Result<Option<usize>, ApiError> {
+        match fields.get::<u64>(name, &range)? {
+            Some(n) if n > MAX_TOP_LOGPROBS => {
+                Err(ApiError::invalid(format!("`{name}` must be {range}"), name))
+            }
+            n => Ok(n.map(|n| n as usize)),
+        }
+    };
+    if !chat {
+        return count("logprobs");
+    }
+    let top = count("top_logprobs")?;
+    match fields.get::<bool>("logprobs", "true or false")? {
+        Some(true) => Ok(Some(top.unwrap_or(0))),
+        _ if top.is_some() => Err(ApiError::invalid(
+            "`top_logprobs` needs `logprobs: true`",
+            "top_logprobs",
+        )),
+        _ => Ok(None),
     }
 }
 
@@ -1236,7 +1275,8 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let fields = Fields::read(headers, body, server.body_timeout).await?;
     server.check_model(fields.model()?.as_deref())?;
-    let params = Params::of(&fields, if chat { usize::MAX } else { 16 }, server.vocab)?;
+    let mut params = Params::of(&fields, if chat { usize::MAX } else { 16 }, server.vocab)?;
+    params.extras.logprobs = logprobs_asked(&fields, chat)?;
     let prompt = match chat {
         true => Prompt::Chat(chat_messages(&fields)?),
         false => completion_prompt(&fields)?,
@@ -1248,6 +1288,8 @@ async fn answer(
         created: unix_seconds(),
         chat,
         include_usage: params.include_usage,
+        logprobs: params.extras.logprobs.map(|_| Arc::clone(&server.prompter)),
+        text_offset: 0,
     };
     respond(server, prompt, params, shape).await
 }
@@ -1271,12 +1313,19 @@ async fn respond(
         Ok(Sse::new(sse_stream(first, events, shape)).into_response())
     } else {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         let mut event = Some(first);
         while let Some(current) = event {
             match current {
-                Event::Text(piece) => text.push_str(&piece),
+                Event::Text(piece, token) => {
+                    if let Some(token) = token {
+                        logprobs.push(shape.logprob_entry(token, text.chars().count()));
+                    }
+                    text.push_str(&piece);
+                }
                 Event::Done(summary) => {
-                    return Ok(Json(shape.whole(&text, &summary)).into_response())
+                    let logprobs = shape.logprobs.is_some().then(|| shape.logprobs(logprobs));
+                    return Ok(Json(shape.whole(&text, logprobs, &summary)).into_response());
                 }
                 Event::Failed(error) => return Err(error.into()),
             }
@@ -1291,11 +1340,11 @@ async fn respond(
 fn sse_stream(
     first: Event,
     events: UnboundedReceiver<Event>,
-    shape: Shape,
+    mut shape: Shape,
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
     let opening = shape
         .chat
-        .then(|| shape.chunk(json!({ "role": "assistant", "content": "" }), None));
+        .then(|| shape.chunk(json!({ "role": "assistant", "content": "" }), None, None));
     let rest = stream::unfold((Some(first), events), |(pending, mut events)| async move {
         let event = match pending {
             Some(event) => event,
@@ -1316,6 +1365,18 @@ struct Shape {
     created: u64,
     chat: bool,
     include_usage: bool,
+    /// Set when log-probabilities were asked for: what spells their tokens.
+    logprobs: Option<Arc<Prompter>>,
+    /// Characters streamed so far (text completions' `text_offset`).
+    text_offset: usize,
+}
+
+/// One token's log-probabilities, shaped for the response, and where its text starts.
+struct LogprobEntry {
+    token: String,
+    logprob: f32,
+    top: Vec<(String, f32)>,
+    text_offset: usize,
 }
 
 impl Shape {
@@ -1327,36 +1388,104 @@ impl Shape {
         }
     }
 
-    fn whole(&self, text: &str, summary: &Summary) -> Value {
+    fn logprob_entry(
+        &self,
+        (id, logprobs): (u32, TokenLogprobs),
+        text_offset: usize,
+    ) -> LogprobEntry {
+        let spell = |id: u32| match &self.logprobs {
+            Some(prompter) => prompter.tokenizer.decode(&[id], false).unwrap_or_default(),
+            None => String::new(),
+        };
+        LogprobEntry {
+            token: spell(id),
+            logprob: logprobs.logprob,
+            top: logprobs
+                .top
+                .into_iter()
+                .map(|(id, logprob)| (spell(id), logprob))
+                .collect(),
+            text_offset,
+        }
+    }
+
+    /// The `logprobs` of a choice: OpenAI's chat shape (`content`: one object per token) or its
+    /// text completion shape (parallel arrays).
+    fn logprobs(&self, entries: Vec<LogprobEntry>) -> Value {
+        if self.chat {
+            let content: Vec<Value> = entries
+                .into_iter()
+                .map(|e| {
+                    let top: Vec<Value> = e
+                        .top
+                        .iter()
+                        .map(|(token, logprob)| {
+                            json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() })
+                        })
+                        .collect();
+                    json!({ "token": e.token, "logprob": e.logprob, "bytes": e.token.as_bytes(),
+                            "top_logprobs": top })
+                })
+                .collect();
+            json!({ "content": content, "refusal": null })
+        } else {
+            let top: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    let map: serde_json::Map<String, Value> = e
+                        .top
+                        .iter()
+                        .map(|(token, logprob)| (token.clone(), json!(logprob)))
+                        .collect();
+                    Value::Object(map)
+                })
+                .collect();
+            json!({ "tokens": entries.iter().map(|e| &e.token).collect::<Vec<_>>(),
+                    "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": entries.iter().map(|e| e.text_offset).collect::<Vec<_>>() })
+        }
+    }
+
+    fn whole(&self, text: &str, logprobs: Option<Value>, summary: &Summary) -> Value {
         let choice = if self.chat {
             json!({ "index": 0, "message": { "role": "assistant", "content": text },
-                    "finish_reason": summary.finish_reason, "logprobs": null })
+                    "finish_reason": summary.finish_reason, "logprobs": logprobs })
         } else {
             json!({ "index": 0, "text": text, "finish_reason": summary.finish_reason,
-                    "logprobs": null })
+                    "logprobs": logprobs })
         };
         json!({ "id": self.id, "object": self.object(false), "created": self.created,
                 "model": self.model, "choices": [choice], "usage": usage(summary) })
     }
 
     /// One streamed chunk as JSON text: a delta (chat) or text piece, or the finish reason.
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> String {
+    fn chunk(&self, delta: Value, logprobs: Option<Value>, finish_reason: Option<&str>) -> String {
         let choice = if self.chat {
-            json!({ "index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": null })
+            json!({ "index": 0, "delta": delta, "finish_reason": finish_reason,
+                    "logprobs": logprobs })
         } else {
             let text = delta.get("content").cloned().unwrap_or_else(|| json!(""));
-            json!({ "index": 0, "text": text, "finish_reason": finish_reason, "logprobs": null })
+            json!({ "index": 0, "text": text, "finish_reason": finish_reason,
+                    "logprobs": logprobs })
         };
         json!({ "id": self.id, "object": self.object(true), "created": self.created,
                 "model": self.model, "choices": [choice] })
         .to_string()
     }
 
-    fn chunks(&self, event: Event) -> Vec<String> {
+    fn chunks(&mut self, event: Event) -> Vec<String> {
         match event {
-            Event::Text(text) => vec![self.chunk(json!({ "content": text }), None)],
+            Event::Text(text, token) => {
+                let logprobs = token.map(|token| {
+                    let entry = self.logprob_entry(token, self.text_offset);
+                    self.logprobs(vec![entry])
+                });
+                self.text_offset += text.chars().count();
+                vec![self.chunk(json!({ "content": text }), logprobs, None)]
+            }
             Event::Done(summary) => {
-                let mut chunks = vec![self.chunk(json!({}), Some(summary.finish_reason))];
+                let mut chunks = vec![self.chunk(json!({}), None, Some(summary.finish_reason))];
                 if self.include_usage {
                     chunks.push(
                         json!({ "id": self.id, "object": self.object(true),

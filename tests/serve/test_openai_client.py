@@ -16,7 +16,11 @@ Prints the load-test figures.
 """
 
 import argparse
+import array
+import json
+import math
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -233,6 +237,93 @@ def check_sampling_fields(client, model):
     print("openai client: top_k, min_p, repetition / presence / frequency penalties, logit_bias OK")
 
 
+def tern_logits_row(tern, model, ids):
+    """The last row of `tern logits` for `ids`: the model's logits after them."""
+    out = f"/tmp/tern-logits-{os.getpid()}.safetensors"
+    subprocess.run([tern, "logits", "--model", model, "--ids", ",".join(map(str, ids)),
+                    "--out", out], check=True, capture_output=True)
+    with open(out, "rb") as f:
+        data = f.read()
+    os.remove(out)
+    header_len = struct.unpack("<Q", data[:8])[0]
+    info = json.loads(data[8:8 + header_len])["logits"]
+    rows, vocab = info["shape"]
+    start = 8 + header_len + info["data_offsets"][0]
+    row = array.array("f")
+    row.frombytes(data[start + (rows - 1) * vocab * 4:start + rows * vocab * 4])
+    return list(row)
+
+
+def log_softmax(row):
+    top = max(row)
+    log_z = top + math.log(sum(math.exp(v - top) for v in row))
+    return [v - log_z for v in row]
+
+
+PROMPT_IDS = [1, 300, 301, 302, 303, 304]
+
+
+def check_logprobs(client, model, tern):
+    """Log-probabilities are the model's own (log-softmax of the raw logits), as `tern logits`
+    computes them, whatever the sampling."""
+    whole = complete(client, model, prompt=PROMPT_IDS, max_tokens=3, logprobs=5,
+                     frequency_penalty=1.0, temperature=0)
+    lp = whole.choices[0].logprobs
+    n = len(lp.tokens)
+    assert n == whole.usage.completion_tokens and len(lp.token_logprobs) == n, lp
+    assert len(lp.top_logprobs) == n and len(lp.text_offset) == n, lp
+    ids = list(PROMPT_IDS)
+    for k in range(n):
+        want = log_softmax(tern_logits_row(tern, model, ids))
+        ranked = sorted(range(len(want)), key=lambda i: (-want[i], i))
+        top = sorted(lp.top_logprobs[k].values(), reverse=True)
+        assert len(lp.top_logprobs[k]) <= 5
+        for got, i in zip(top, ranked):
+            assert abs(got - want[i]) < 1e-4, (k, got, want[i])
+        # The penalty may change the choice, not the log-probabilities: find the chosen token
+        # among those whose log-probability matches.
+        chosen = [i for i in range(len(want)) if abs(want[i] - lp.token_logprobs[k]) < 1e-4]
+        assert chosen, (k, lp.token_logprobs[k])
+        ids.append(chosen[0])
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), lp.text_offset
+
+    streamed = complete(client, model, prompt=PROMPT_IDS, max_tokens=3, logprobs=5,
+                        frequency_penalty=1.0, stream=True)
+    got = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert [g.tokens[0] for g in got] == lp.tokens, (got, lp)
+    assert [g.token_logprobs[0] for g in got] == lp.token_logprobs
+    assert [g.text_offset[0] for g in got] == lp.text_offset
+
+    def chat_logprobs(**fields):
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
+            temperature=0, logprobs=True, **fields)
+    reply = chat_logprobs(top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    for entry in content:
+        assert entry.bytes == list(entry.token.encode()), entry
+        values = [t.logprob for t in entry.top_logprobs]
+        assert len(values) == 3 and values == sorted(values, reverse=True), entry
+        # Greedy: the chosen token is the most likely one.
+        assert entry.top_logprobs[0].token == entry.token, entry
+        assert abs(entry.top_logprobs[0].logprob - entry.logprob) < 1e-6, entry
+    pieces = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
+        temperature=0, logprobs=True, top_logprobs=3, stream=True)
+    streamed = [e for c in pieces if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    assert chat_logprobs().choices[0].logprobs.content[0].top_logprobs == []
+    plain = chat(client, model, "Hello")
+    assert plain.choices[0].logprobs is None
+    expect_400("top_logprobs", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, top_logprobs=2))
+    expect_400("top_logprobs", lambda: chat_logprobs(top_logprobs=21))
+    expect_400("logprobs", lambda: complete(client, model, logprobs=21))
+    print("openai client: logprobs (chat and completions, whole and streamed) match tern logits")
+
+
 def check_api_key(base, model):
     for key in ("wrong-key", API_KEY + "x"):
         stranger = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
@@ -406,6 +497,7 @@ def main():
         check_api_key(base, args.model)
         check_basics(client, args.model)
         check_sampling_fields(client, args.model)
+        check_logprobs(client, args.model, args.tern)
         load_test(client, args.model, server, base, args.rounds, args.clients)
         full_queue(client, args.model, server, PARALLEL + QUEUE + 64)
         churn(client, args.model, server, args.churn)

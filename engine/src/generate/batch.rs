@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 
 use crate::generate::{
     common_prefix, now, GenerateOptions, Generation, Model, Reply, ReplyExtras, StopReason,
+    TokenLogprobs,
 };
 use crate::model::{DecodeRow, SequenceBatch, StepResult};
 use crate::{Error, Result};
@@ -54,6 +55,8 @@ pub enum BatchEvent {
         id: u32,
         /// Text completed by the token.
         text: String,
+        /// Its log-probabilities, when [`ReplyExtras::logprobs`] asked for them.
+        logprobs: Option<TokenLogprobs>,
     },
     /// The request ended; `text` is what was held back until now (often empty). Its slot is free.
     Finished {
@@ -197,7 +200,7 @@ impl Batch {
         self.submit_with(prompt, options, &ReplyExtras::default())
     }
 
-    /// [`Batch::submit`] with `extras` (penalties, logit bias).
+    /// [`Batch::submit`] with `extras` (penalties, logit bias, log-probabilities).
     pub fn submit_with(
         &mut self,
         prompt: Vec<u32>,
@@ -399,6 +402,7 @@ impl Batch {
             request: running.request,
             id: token.id,
             text: token.text,
+            logprobs: token.logprobs,
         });
         let stop = match token.stop {
             Some(stop) => Some(stop),

@@ -317,6 +317,52 @@ fn by_rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
+/// The log-probabilities of one step: of the model's own distribution (log-softmax of the raw
+/// logits), before temperature, penalties, bias and truncation change it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first (lowest id on ties).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// The log-probability of `id` and the `top` most likely tokens in the `logits` row.
+    pub fn of(logits: &[f32], id: u32, top: usize) -> TokenLogprobs {
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|l| !l.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max)
+            .min(f32::MAX);
+        let max = f64::from(max);
+        let sum: f64 = logits
+            .iter()
+            .filter(|l| !l.is_nan())
+            .map(|&l| (f64::from(l.min(f32::MAX)) - max).exp())
+            .sum();
+        let log_z = max + sum.ln();
+        let logprob = |l: f32| (f64::from(l) - log_z) as f32;
+        let mut ranked: Vec<(u32, f32)> = (0u32..)
+            .zip(logits.iter().copied())
+            .filter(|(_, l)| !l.is_nan())
+            .collect();
+        let top = top.min(ranked.len());
+        if top > 0 && top < ranked.len() {
+            ranked.select_nth_unstable_by(top - 1, by_rank);
+        }
+        ranked.truncate(top);
+        ranked.sort_unstable_by(by_rank);
+        TokenLogprobs {
+            logprob: logits
+                .get(id as usize)
+                .map_or(f32::NEG_INFINITY, |&l| logprob(l)),
+            top: ranked.into_iter().map(|(i, l)| (i, logprob(l))).collect(),
+        }
+    }
+}
+
 /// log softmax(logits)`[index]`, in f64: a token's log-probability (perplexity sums these).
 pub fn log_softmax_at(logits: &[f32], index: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -678,6 +724,21 @@ mod tests {
         ] {
             assert!(Sampler::with_penalties(SamplingParams::default(), p).is_err());
         }
+    }
+
+    #[test]
+    fn token_logprobs_are_log_softmax_of_the_raw_logits() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, f32::NAN];
+        let lp = TokenLogprobs::of(&logits, 2, 3);
+        let z: f64 = [1.0f64, 3.0, 2.0, 3.0].iter().map(|l| l.exp()).sum();
+        let want = |l: f64| (l - z.ln()) as f32;
+        assert!((lp.logprob - want(2.0)).abs() < 1e-6, "{lp:?}");
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2], "most likely first, lowest id on ties");
+        assert!((lp.top[0].1 - want(3.0)).abs() < 1e-6);
+        assert!((lp.logprob - log_softmax_at(&logits[..4], 2) as f32).abs() < 1e-6);
+        assert_eq!(TokenLogprobs::of(&logits, 0, 0).top, []);
+        assert_eq!(TokenLogprobs::of(&logits, 0, 99).top.len(), 4);
     }
 
     #[test]
