@@ -1117,6 +1117,53 @@ impl Params {
     }
 }
 
+/// Refuses what would change the reply's form if it were honoured: structured output and tool
+/// calls are not implemented, and ignoring them would hand back text the client cannot use.
+fn refuse_unsupported(fields: &Fields) -> Result<(), ApiError> {
+    let format: Option<Value> = fields.get("response_format", "an object with a `type`")?;
+    if let Some(format) = format {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some(kind @ ("json_object" | "json_schema")) => {
+                return Err(ApiError::invalid(
+                    format!("response_format `{kind}` is not supported yet: only `text` is"),
+                    "response_format",
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "response_format must be {\"type\": \"text\"} (json_object and json_schema \
+                     are not supported yet)",
+                    "response_format",
+                ))
+            }
+        }
+    }
+    for name in ["tools", "functions"] {
+        let list: Option<Value> = fields.get(name, "an array")?;
+        if list.is_some_and(|list| list.as_array().is_none_or(|list| !list.is_empty())) {
+            return Err(ApiError::invalid(
+                format!(
+                    "`{name}` is not supported yet: tool and function calls are not implemented"
+                ),
+                name,
+            ));
+        }
+    }
+    for name in ["tool_choice", "function_call"] {
+        let choice: Option<Value> = fields.get(name, "a string or an object")?;
+        if choice.is_some_and(|choice| choice != "none" && choice != "auto") {
+            return Err(ApiError::invalid(
+                format!(
+                    "`{name}` is not supported yet: tool and function calls are not implemented"
+                ),
+                name,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Most alternatives a request may ask log-probabilities of.
 const MAX_TOP_LOGPROBS: u64 = 20;
 
@@ -1277,6 +1324,7 @@ async fn answer(
     server.check_model(fields.model()?.as_deref())?;
     let mut params = Params::of(&fields, if chat { usize::MAX } else { 16 }, server.vocab)?;
     params.extras.logprobs = logprobs_asked(&fields, chat)?;
+    refuse_unsupported(&fields)?;
     let prompt = match chat {
         true => Prompt::Chat(chat_messages(&fields)?),
         false => completion_prompt(&fields)?,

@@ -324,6 +324,27 @@ def check_logprobs(client, model, tern):
     print("openai client: logprobs (chat and completions, whole and streamed) match tern logits")
 
 
+def check_refused_fields(client, model):
+    """Fields that would change the reply's form are refused, never silently ignored."""
+    def ask(**fields):
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, **fields)
+    assert ask(response_format={"type": "text"}).usage.completion_tokens == 2
+    for kind in ("json_object", "json_schema"):
+        fmt = {"type": kind}
+        if kind == "json_schema":
+            fmt["json_schema"] = {"name": "x", "schema": {"type": "object"}}
+        error = expect_400("response_format", lambda: ask(response_format=fmt))
+        assert "not supported yet" in error.message, error
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    expect_400("tools", lambda: ask(tools=[tool]))
+    expect_400("tool_choice", lambda: ask(tool_choice="required"))
+    expect_400("functions", lambda: ask(functions=[tool["function"]]))
+    # Empty lists and "none" ask for nothing.
+    assert ask(tools=[], tool_choice="none").usage.completion_tokens == 2
+    print("openai client: response_format json_* and tools refused (400), text accepted")
+
+
 def check_api_key(base, model):
     for key in ("wrong-key", API_KEY + "x"):
         stranger = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
@@ -498,6 +519,7 @@ def main():
         check_basics(client, args.model)
         check_sampling_fields(client, args.model)
         check_logprobs(client, args.model, args.tern)
+        check_refused_fields(client, args.model)
         load_test(client, args.model, server, base, args.rounds, args.clients)
         full_queue(client, args.model, server, PARALLEL + QUEUE + 64)
         churn(client, args.model, server, args.churn)
