@@ -47,6 +47,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, StopReason};
+use tern::model::weights::ProjectionKind;
 use tern::text::chat_template::{ChatMessage, ChatTemplate};
 use tern::text::tokenizer::Tokenizer;
 use tern::{Batch, BatchEvent, BatchOptions, Penalties, ReplyExtras, RequestId, TokenLogprobs};
@@ -60,6 +61,10 @@ use crate::load::{self, ModelArgs};
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Another name clients may give as a request's `model` besides the --model argument (e.g.
+    /// the name a tool insists on); repeatable.
+    #[arg(long = "alias", value_name = "NAME")]
+    aliases: Vec<String>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (the address is printed once the server listens).
@@ -128,6 +133,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         batch.slot_bytes() >> 20,
         args.queue
     );
+    let batch_context = batch.max_context();
     let prompter = Arc::new(Prompter {
         tokenizer: model.tokenizer().clone(),
         template: model.template().clone(),
@@ -149,6 +155,15 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .spawn(move || worker.run())?;
     let state = Arc::new(Server {
         model: args.model.name().to_string(),
+        aliases: args.aliases.clone(),
+        description: json!({
+            "context_length": batch_context,
+            "size_bytes": model.transformer().gpu_bytes(),
+            "quantization": match model.transformer().projections() {
+                ProjectionKind::Ternary => "ternary b1.58",
+                ProjectionKind::Dense => "dense",
+            },
+        }),
         created: unix_seconds(),
         vocab: model.config().vocab_size,
         jobs,
@@ -452,6 +467,10 @@ async fn require_api_key(
 struct Server {
     /// The id clients name the model by: the `--model` argument (or the default model's name).
     model: String,
+    /// Other names accepted for it (`--alias`).
+    aliases: Vec<String>,
+    /// What /v1/models says of the model besides its names: context length, size, quantization.
+    description: Value,
     created: u64,
     /// Token ids run from 0 to `vocab - 1`.
     vocab: usize,
@@ -465,7 +484,9 @@ struct Server {
 impl Server {
     fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
         match requested {
-            Some(name) if name != self.model => Err(unknown_model(name)),
+            Some(name) if name != self.model && !self.aliases.iter().any(|a| a == name) => {
+                Err(unknown_model(name))
+            }
             _ => Ok(()),
         }
     }
@@ -1277,7 +1298,13 @@ async fn retrieve_model(
 }
 
 fn model_object(server: &Server) -> Value {
-    json!({ "id": server.model, "object": "model", "created": server.created, "owned_by": "tern" })
+    let mut object = json!({ "id": server.model, "object": "model", "created": server.created,
+                             "owned_by": "tern", "aliases": server.aliases });
+    if let (Value::Object(object), Value::Object(description)) = (&mut object, &server.description)
+    {
+        object.extend(description.clone());
+    }
+    object
 }
 
 async fn not_found() -> ApiError {
@@ -1322,7 +1349,11 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let fields = Fields::read(headers, body, server.body_timeout).await?;
     server.check_model(fields.model()?.as_deref())?;
-    let mut params = Params::of(&fields, if chat { usize::MAX } else { 16 }, server.vocab)?;
+    let mut params = Params::of(
+        &fields,
+        if chat { usize::MAX } else { 16 },
+        server.vocab,
+    )?;
     params.extras.logprobs = logprobs_asked(&fields, chat)?;
     refuse_unsupported(&fields)?;
     let prompt = match chat {

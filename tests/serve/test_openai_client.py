@@ -35,6 +35,7 @@ MAX_TOKENS = 20
 API_KEY = "test-key"
 PARALLEL = 8
 QUEUE = 40
+ALIAS = "tern-test-alias"
 
 
 def start_server(tern, model):
@@ -46,7 +47,7 @@ def start_server(tern, model):
     server = subprocess.Popen(
         # The queue holds every client of the load test.
         [tern, "serve", "--model", model, "--port", "0", "--context", "256",
-         "--parallel", str(PARALLEL), "--queue", str(QUEUE)],
+         "--parallel", str(PARALLEL), "--queue", str(QUEUE), "--alias", ALIAS],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -345,6 +346,25 @@ def check_refused_fields(client, model):
     print("openai client: response_format json_* and tools refused (400), text accepted")
 
 
+def check_models(client, model):
+    """/v1/models describes the model; --alias names it too."""
+    (listed,) = client.models.list().data
+    for described in (listed, client.models.retrieve(model), client.models.retrieve(ALIAS)):
+        assert described.id == model and described.owned_by == "tern", described
+        extra = described.model_extra
+        assert extra["context_length"] == 256, extra
+        assert extra["quantization"] == "ternary b1.58", extra
+        assert extra["size_bytes"] > 0 and extra["aliases"] == [ALIAS], extra
+    by_alias = chat(client, ALIAS, "Hello").choices[0].message.content
+    assert by_alias == chat(client, model, "Hello").choices[0].message.content
+    try:
+        client.models.retrieve("not-" + ALIAS)
+        raise AssertionError("an unknown model was described")
+    except openai.NotFoundError:
+        pass
+    print("openai client: /v1/models fields and --alias OK")
+
+
 def check_api_key(base, model):
     for key in ("wrong-key", API_KEY + "x"):
         stranger = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
@@ -520,6 +540,7 @@ def main():
         check_sampling_fields(client, args.model)
         check_logprobs(client, args.model, args.tern)
         check_refused_fields(client, args.model)
+        check_models(client, args.model)
         load_test(client, args.model, server, base, args.rounds, args.clients)
         full_queue(client, args.model, server, PARALLEL + QUEUE + 64)
         churn(client, args.model, server, args.churn)
