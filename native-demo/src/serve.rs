@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// as many caches as fit the memory budget of the adapter, 1 to 8; printed at start].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     parallel: Option<u16>,
+    /// Tokens a chat reply may have when its request sets no max_tokens / max_completion_tokens
+    /// (a reply also ends at the end of the context). Text completions default to 16, as OpenAI's.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_tokens_default: u32,
     /// Requests that may wait for a free slot; more are refused with 503 and Retry-After.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     queue: u16,
@@ -170,6 +174,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         prompter,
         metrics,
         body_timeout: args.body_timeout,
+        chat_max_tokens: args.max_tokens_default as usize,
         next_id: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -478,6 +483,8 @@ struct Server {
     prompter: Arc<Prompter>,
     metrics: Arc<Metrics>,
     body_timeout: Duration,
+    /// `--max-tokens-default`.
+    chat_max_tokens: usize,
     next_id: AtomicU64,
 }
 
@@ -1011,7 +1018,8 @@ struct Params {
 }
 
 impl Params {
-    /// OpenAI's defaults: temperature 1, no token limit for chat, 16 tokens for text completions.
+    /// OpenAI's defaults (temperature 1, 16 tokens for text completions); chats get
+    /// `default_max_tokens` (`--max-tokens-default`).
     fn of(fields: &Fields, default_max_tokens: usize, vocab: usize) -> Result<Params, ApiError> {
         const COUNT: &str = "a non-negative integer";
         if fields.get::<u64>("n", COUNT)?.is_some_and(|n| n != 1) {
@@ -1340,7 +1348,7 @@ async fn completions(
 }
 
 /// Reads, validates and tokenizes a chat (`chat`) or text completion request, then answers it.
-/// Text completions default to 16 tokens, as OpenAI's do; chats run to the end of the context.
+/// Text completions default to 16 tokens, as OpenAI's do; chats to `--max-tokens-default`.
 async fn answer(
     server: &Server,
     headers: &HeaderMap,
@@ -1351,7 +1359,7 @@ async fn answer(
     server.check_model(fields.model()?.as_deref())?;
     let mut params = Params::of(
         &fields,
-        if chat { usize::MAX } else { 16 },
+        if chat { server.chat_max_tokens } else { 16 },
         server.vocab,
     )?;
     params.extras.logprobs = logprobs_asked(&fields, chat)?;

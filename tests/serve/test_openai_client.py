@@ -36,6 +36,7 @@ API_KEY = "test-key"
 PARALLEL = 8
 QUEUE = 40
 ALIAS = "tern-test-alias"
+DEFAULT_MAX_TOKENS = 24
 
 
 def start_server(tern, model):
@@ -47,7 +48,8 @@ def start_server(tern, model):
     server = subprocess.Popen(
         # The queue holds every client of the load test.
         [tern, "serve", "--model", model, "--port", "0", "--context", "256",
-         "--parallel", str(PARALLEL), "--queue", str(QUEUE), "--alias", ALIAS],
+         "--parallel", str(PARALLEL), "--queue", str(QUEUE), "--alias", ALIAS,
+         "--max-tokens-default", str(DEFAULT_MAX_TOKENS)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -347,7 +349,7 @@ def check_refused_fields(client, model):
 
 
 def check_models(client, model):
-    """/v1/models describes the model; --alias names it too."""
+    """/v1/models describes the model; --alias names it too; --max-tokens-default bounds chats."""
     (listed,) = client.models.list().data
     for described in (listed, client.models.retrieve(model), client.models.retrieve(ALIAS)):
         assert described.id == model and described.owned_by == "tern", described
@@ -362,7 +364,16 @@ def check_models(client, model):
         raise AssertionError("an unknown model was described")
     except openai.NotFoundError:
         pass
-    print("openai client: /v1/models fields and --alias OK")
+    # No max_tokens: a chat stops at --max-tokens-default (or earlier, at an end of turn).
+    for message in MESSAGES:
+        unbounded = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": message}], temperature=0)
+        tokens, finish = unbounded.usage.completion_tokens, unbounded.choices[0].finish_reason
+        assert tokens <= DEFAULT_MAX_TOKENS, unbounded.usage
+        assert (finish == "length") == (tokens == DEFAULT_MAX_TOKENS), unbounded
+    text = client.completions.create(model=model, prompt=REPEATING, temperature=0)
+    assert text.usage.completion_tokens == 16, text.usage
+    print("openai client: /v1/models fields, --alias and --max-tokens-default OK")
 
 
 def check_api_key(base, model):
