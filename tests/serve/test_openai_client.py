@@ -2,7 +2,10 @@
 
 Starts the server on a free 127.0.0.1 port with an API key, then checks non-streaming and streaming
 chat and text completions (usage counts, the stream equal to the whole reply), OpenAI error types
-(a wrong API key, an unknown role, an unknown model, a prompt too long), and the continuous
+(a wrong API key, an unknown role, an unknown model, a prompt too long), every request field beyond
+those (top_k, min_p, the repetition / presence / frequency penalties, logit_bias, logprobs checked
+against `tern logits`, refused response_format and tools, /v1/models, --alias, the default
+max_tokens of chats), and the continuous
 batching under load (`--parallel 8`): three rounds of 32 different requests at once — chat and text
 completions, streamed and whole, greedy and seeded sampling, mixed prompt lengths and budgets, one
 in eight hanging up midway. Every completed reply must equal the same request served alone, /metrics
