@@ -234,7 +234,7 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
             .map(|i| {
                 let text = "tell me about the sea and the ships ".repeat(1 + i % 4);
                 let prompt = model
-                    .chat_prompt(&[ChatMessage::new("user", &format!("{text}{i}"))])
+                    .chat_prompt(&[ChatMessage::new("user", format!("{text}{i}"))])
                     .unwrap();
                 let sampling = match i % 4 {
                     0 => SamplingParams::default(),
