@@ -1405,8 +1405,8 @@ async fn respond(
         while let Some(current) = event {
             match current {
                 Event::Text(piece, token) => {
-                    if let Some(token) = token {
-                        logprobs.push(shape.logprob_entry(token, text.chars().count()));
+                    if let Some(entry) = shape.logprob_entry(token, text.chars().count()) {
+                        logprobs.push(entry);
                     }
                     text.push_str(&piece);
                 }
@@ -1475,16 +1475,20 @@ impl Shape {
         }
     }
 
+    /// The entry of a token with log-probabilities; none for a control token (an end of turn, say:
+    /// it is no part of the text, and OpenAI lists none for it).
     fn logprob_entry(
         &self,
-        (id, logprobs): (u32, TokenLogprobs),
+        token: Option<(u32, TokenLogprobs)>,
         text_offset: usize,
-    ) -> LogprobEntry {
-        let spell = |id: u32| match &self.logprobs {
-            Some(prompter) => prompter.tokenizer.decode(&[id], false).unwrap_or_default(),
-            None => String::new(),
-        };
-        LogprobEntry {
+    ) -> Option<LogprobEntry> {
+        let prompter = self.logprobs.as_ref()?;
+        let (id, logprobs) = token?;
+        if prompter.tokenizer.is_special(id) {
+            return None;
+        }
+        let spell = |id: u32| prompter.tokenizer.decode(&[id], false).unwrap_or_default();
+        Some(LogprobEntry {
             token: spell(id),
             logprob: logprobs.logprob,
             top: logprobs
@@ -1493,7 +1497,7 @@ impl Shape {
                 .map(|(id, logprob)| (spell(id), logprob))
                 .collect(),
             text_offset,
-        }
+        })
     }
 
     /// The `logprobs` of a choice: OpenAI's chat shape (`content`: one object per token) or its
@@ -1564,10 +1568,11 @@ impl Shape {
     fn chunks(&mut self, event: Event) -> Vec<String> {
         match event {
             Event::Text(text, token) => {
-                let logprobs = token.map(|token| {
-                    let entry = self.logprob_entry(token, self.text_offset);
-                    self.logprobs(vec![entry])
-                });
+                let entry = self.logprob_entry(token, self.text_offset);
+                if text.is_empty() && entry.is_none() {
+                    return Vec::new();
+                }
+                let logprobs = entry.map(|entry| self.logprobs(vec![entry]));
                 self.text_offset += text.chars().count();
                 vec![self.chunk(json!({ "content": text }), logprobs, None)]
             }

@@ -276,7 +276,9 @@ def check_logprobs(client, model, tern):
                      frequency_penalty=1.0, temperature=0)
     lp = whole.choices[0].logprobs
     n = len(lp.tokens)
-    assert n == whole.usage.completion_tokens and len(lp.token_logprobs) == n, lp
+    # Every token has an entry, but an end of turn (no part of the text).
+    ended = whole.choices[0].finish_reason == "stop"
+    assert n == whole.usage.completion_tokens - ended and len(lp.token_logprobs) == n, lp
     assert len(lp.top_logprobs) == n and len(lp.text_offset) == n, lp
     ids = list(PROMPT_IDS)
     for k in range(n):
@@ -306,7 +308,9 @@ def check_logprobs(client, model, tern):
             temperature=0, logprobs=True, **fields)
     reply = chat_logprobs(top_logprobs=3)
     content = reply.choices[0].logprobs.content
-    assert len(content) == reply.usage.completion_tokens
+    ended = reply.choices[0].finish_reason == "stop"
+    assert len(content) == reply.usage.completion_tokens - ended, reply
+    assert "".join(e.token for e in content) == reply.choices[0].message.content, content
     for entry in content:
         assert entry.bytes == list(entry.token.encode()), entry
         values = [t.logprob for t in entry.top_logprobs]
@@ -321,6 +325,10 @@ def check_logprobs(client, model, tern):
                 for e in c.choices[0].logprobs.content]
     assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
     assert chat_logprobs().choices[0].logprobs.content[0].top_logprobs == []
+    # An end of turn (forced here by a bias on the fixture's <|eot_id|>) gets no entry.
+    ended = chat_logprobs(logit_bias={"1021": 100})
+    assert ended.choices[0].finish_reason == "stop" and ended.usage.completion_tokens == 1, ended
+    assert ended.choices[0].logprobs.content == [], ended
     plain = chat(client, model, "Hello")
     assert plain.choices[0].logprobs is None
     expect_400("top_logprobs", lambda: client.chat.completions.create(
