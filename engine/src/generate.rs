@@ -413,16 +413,8 @@ impl Session {
         mut on_token: impl FnMut(TokenEvent<'_>),
     ) -> Result<Generation> {
         self.cancel.rearm();
-        if prompt.is_empty() {
-            return Err(Error::Invalid("empty prompt".into()));
-        }
         let limit = self.max_context();
-        if prompt.len() >= limit {
-            return Err(Error::ContextOverflow {
-                needed: prompt.len() + 1,
-                limit,
-            });
-        }
+        check_prompt(&self.model, prompt, limit)?;
         let mut reply = Reply::new(&self.model, options, extras)?;
 
         // Reuse the cache for the common prefix; at least the last prompt token is recomputed.
@@ -481,6 +473,27 @@ fn expect_logits(result: StepResult) -> Result<Vec<f32>> {
         other => Err(Error::Invalid(format!(
             "expected logits from the model, got {other:?}"
         ))),
+    }
+}
+
+/// A prompt must have a token, leave room for a reply in a cache of `limit` positions, and name
+/// only ids of the model's vocabulary.
+fn check_prompt(model: &Model, prompt: &[u32], limit: usize) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::Invalid("empty prompt".into()));
+    }
+    if prompt.len() >= limit {
+        return Err(Error::ContextOverflow {
+            needed: prompt.len() + 1,
+            limit,
+        });
+    }
+    let vocab = model.config().vocab_size;
+    match prompt.iter().find(|&&id| id as usize >= vocab) {
+        Some(bad) => Err(Error::Invalid(format!(
+            "token id {bad} is outside the vocabulary ({vocab})"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -42,17 +42,20 @@ ALIAS = "tern-test-alias"
 DEFAULT_MAX_TOKENS = 24
 
 
-def start_server(tern, model):
+def start_server(tern, model, options=None):
+    """`tern serve` on a free port with `options` (default: the load test's); returns the process,
+    its base URL and its log lines."""
+    if options is None:
+        # The queue holds every client of the load test.
+        options = ["--context", "256", "--parallel", str(PARALLEL), "--queue", str(QUEUE),
+                   "--alias", ALIAS, "--max-tokens-default", str(DEFAULT_MAX_TOKENS)]
     env = dict(
         os.environ,
         XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
         TERN_API_KEY=API_KEY,
     )
     server = subprocess.Popen(
-        # The queue holds every client of the load test.
-        [tern, "serve", "--model", model, "--port", "0", "--context", "256",
-         "--parallel", str(PARALLEL), "--queue", str(QUEUE), "--alias", ALIAS,
-         "--max-tokens-default", str(DEFAULT_MAX_TOKENS)],
+        [tern, "serve", "--model", model, "--port", "0", *options],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -12,6 +12,18 @@ use tern_tests::goldens::fixture;
 const CONTEXT: usize = 96;
 const CHUNK: usize = 16;
 
+fn load(ctx: &tern::gpu::Context) -> Transformer {
+    let checkpoint = Checkpoint::open(&fixture("bitnet-2b4t")).unwrap();
+    let projections = ProjectionKind::Ternary;
+    pollster::block_on(Transformer::load(
+        ctx,
+        &checkpoint,
+        projections,
+        &mut |_, _| {},
+    ))
+    .unwrap()
+}
+
 /// A prompt and how many tokens to decode after it.
 struct Request {
     prompt: Vec<u32>,
@@ -77,14 +89,7 @@ struct Running {
 fn batched_sequences_get_the_logits_they_get_alone() {
     for ctx in contexts() {
         let adapter = ctx.adapter_name();
-        let checkpoint = Checkpoint::open(&fixture("bitnet-2b4t")).unwrap();
-        let model = pollster::block_on(Transformer::load(
-            ctx,
-            &checkpoint,
-            ProjectionKind::Ternary,
-            &mut |_, _| {},
-        ))
-        .unwrap();
+        let model = load(ctx);
         let vocab = model.config().vocab_size;
         let requests = requests(vocab as u32);
         let expected: Vec<Vec<Vec<f32>>> = requests.iter().map(|r| alone(&model, r)).collect();
@@ -180,14 +185,7 @@ fn batched_sequences_get_the_logits_they_get_alone() {
 #[test]
 fn a_batch_refuses_bad_rows() {
     let ctx = &contexts()[0];
-    let checkpoint = Checkpoint::open(&fixture("bitnet-2b4t")).unwrap();
-    let model = pollster::block_on(Transformer::load(
-        ctx,
-        &checkpoint,
-        ProjectionKind::Ternary,
-        &mut |_, _| {},
-    ))
-    .unwrap();
+    let model = load(ctx);
     let mut batch = pollster::block_on(SequenceBatch::new(&model, 2, 8, 4)).unwrap();
     let row = |slot, token| DecodeRow {
         slot,

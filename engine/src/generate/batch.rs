@@ -23,8 +23,8 @@
 use std::collections::VecDeque;
 
 use crate::generate::{
-    common_prefix, now, GenerateOptions, Generation, Model, Reply, ReplyExtras, StopReason,
-    TokenLogprobs,
+    check_prompt, common_prefix, now, GenerateOptions, Generation, Model, Reply, ReplyExtras,
+    StopReason, TokenLogprobs,
 };
 use crate::model::{DecodeRow, SequenceBatch, StepResult};
 use crate::{Error, Result};
@@ -207,22 +207,7 @@ impl Batch {
         options: GenerateOptions,
         extras: &ReplyExtras,
     ) -> Result<RequestId> {
-        if prompt.is_empty() {
-            return Err(Error::Invalid("empty prompt".into()));
-        }
-        let limit = self.max_context();
-        if prompt.len() >= limit {
-            return Err(Error::ContextOverflow {
-                needed: prompt.len() + 1,
-                limit,
-            });
-        }
-        let vocab = self.model.config().vocab_size;
-        if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
+        check_prompt(&self.model, &prompt, self.max_context())?;
         // Sampling parameters are checked now, not when a slot frees up.
         let reply = Reply::new(&self.model, &options, extras)?;
         let request = RequestId(self.next_request);

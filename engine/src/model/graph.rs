@@ -235,6 +235,9 @@ pub(super) struct Kernels {
     pub lm_head: DenseMatvec,
     pub argmax: Argmax,
     pub top_k: TopK,
+    /// Most tokens a ternary projection runs as the matvec (which decodes each weight word once
+    /// per token) rather than the matmul (once per tile of 8 tokens, padding a smaller step).
+    pub matvec_max_tokens: u32,
 }
 
 impl Kernels {
@@ -256,6 +259,11 @@ impl Kernels {
             lm_head: DenseMatvec::new(ctx, weights.head().dtype, config.hidden_size),
             argmax: Argmax::new(ctx),
             top_k: TopK::new(ctx),
+            // Measured on lavapipe at the 2B-4T shape (BENCHMARKS.md, continuous batching): the
+            // matvec costs ~T single steps, the matmul ~5 whatever T ≤ 8, so the matvec wins up to
+            // 5 tokens on a compute-bound CPU adapter. A GPU is bound by the weight bytes, which
+            // the matmul reads once per tile.
+            matvec_max_tokens: if ctx.caps.is_cpu { 5 } else { 1 },
         })
     }
 
@@ -349,7 +357,9 @@ pub(super) struct StepGraph {
 }
 
 impl StepGraph {
-    /// Records the step over `tokens` rows: the matvecs for one, the matmuls for more. `slots`
+    /// Records the step over `tokens` rows: the ternary matvecs for a few (see
+    /// [`Kernels::matvec_max_tokens`]), the matmuls for more; the dense kernels' decode form for
+    /// one. `slots`
     /// says what each slot does (`None`: nothing, its RoPE and attention are skipped): the split
     /// attention for one token, the causal attention for more.
     pub fn record(
@@ -374,7 +384,7 @@ impl StepGraph {
                     names: [matvec_name, matmul_name],
                 } => {
                     let (matvec, matmul) = k.ternary(*epilogue);
-                    if decode {
+                    if tokens <= k.matvec_max_tokens {
                         recorder.kernel(matvec_name, |p| matvec.dispatch(p, matvec_binding));
                     } else {
                         recorder
