@@ -23,7 +23,7 @@ use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 pub use batch::{Batch, BatchEvent, BatchOptions, RequestId};
 use reply::Reply;
-pub use sampling::{log_softmax_at, Sampler, SamplingParams};
+pub use sampling::{log_softmax_at, Penalties, Sampler, SamplingParams, TokenLogprobs};
 
 /// Largest top-k served from the GPU's candidate list instead of full logits.
 const GPU_TOP_K: usize = crate::ops::select::MAX_TOP_K;
@@ -51,6 +51,18 @@ impl Default for GenerateOptions {
             ignore_eos: false,
         }
     }
+}
+
+/// What a reply does beyond its [`GenerateOptions`] (given to [`Session::generate_with`] and
+/// [`Batch::submit_with`]); the default adds nothing. Kept apart from `GenerateOptions` so that
+/// code that builds those field by field stays valid.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplyExtras {
+    /// OpenAI's presence and frequency penalties and logit bias.
+    pub penalties: Penalties,
+    /// `Some(n)`: give every token its [`TokenLogprobs`] with the `n` most likely alternatives
+    /// (each step then reads the full logits back).
+    pub logprobs: Option<usize>,
 }
 
 /// Why generation ended.
@@ -113,6 +125,9 @@ pub struct TokenEvent<'a> {
     pub id: u32,
     /// The text it completes, without special tokens and held-back stop-string prefixes.
     pub text: &'a str,
+    /// Its log-probabilities, when [`ReplyExtras::logprobs`] asked for them (`None` on the event
+    /// that only releases held-back text at the end).
+    pub logprobs: Option<&'a TokenLogprobs>,
 }
 
 /// A checkpoint loaded on the GPU with its tokenizer and chat template. Open [`Session`]s on it with
@@ -383,12 +398,24 @@ impl Session {
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
+        on_token: impl FnMut(TokenEvent<'_>),
+    ) -> Result<Generation> {
+        self.generate_with(prompt, options, &ReplyExtras::default(), on_token)
+            .await
+    }
+
+    /// [`Session::generate`] with `extras` (penalties, logit bias, log-probabilities).
+    pub async fn generate_with(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        extras: &ReplyExtras,
         mut on_token: impl FnMut(TokenEvent<'_>),
     ) -> Result<Generation> {
         self.cancel.rearm();
         let limit = self.max_context();
         check_prompt(&self.model, prompt, limit)?;
-        let mut reply = Reply::new(&self.model, options)?;
+        let mut reply = Reply::new(&self.model, options, extras)?;
 
         // Reuse the cache for the common prefix; at least the last prompt token is recomputed.
         let reused = common_prefix(&self.history, prompt).min(prompt.len() - 1);
@@ -408,6 +435,7 @@ impl Session {
             on_token(TokenEvent {
                 id: token.id,
                 text: &token.text,
+                logprobs: token.logprobs.as_ref(),
             });
             if let Some(stop) = token.stop {
                 break stop;
@@ -426,6 +454,7 @@ impl Session {
             on_token(TokenEvent {
                 id: *generation.ids.last().expect("a reply has a token"),
                 text: &tail,
+                logprobs: None,
             });
         }
         Ok(Generation {

@@ -66,6 +66,7 @@ pub mod reference;
 pub use error::{Error, Result};
 pub use generate::{
     Batch, BatchEvent, BatchOptions, CancelHandle, GenerateOptions, Generation, Model, OpenOptions,
-    RequestId, SamplingParams, Session, SessionOptions, StopReason, TokenEvent,
+    Penalties, ReplyExtras, RequestId, SamplingParams, Session, SessionOptions, StopReason,
+    TokenEvent, TokenLogprobs,
 };
 pub use text::chat_template::ChatMessage;

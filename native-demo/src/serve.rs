@@ -47,9 +47,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, StopReason};
+use tern::model::weights::ProjectionKind;
 use tern::text::chat_template::{ChatMessage, ChatTemplate};
 use tern::text::tokenizer::Tokenizer;
-use tern::{Batch, BatchEvent, BatchOptions, RequestId};
+use tern::{Batch, BatchEvent, BatchOptions, Penalties, ReplyExtras, RequestId, TokenLogprobs};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -60,6 +61,10 @@ use crate::load::{self, ModelArgs};
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Another name clients may give as a request's `model` besides the --model argument (e.g.
+    /// the name a tool insists on); repeatable.
+    #[arg(long = "alias", value_name = "NAME")]
+    aliases: Vec<String>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (the address is printed once the server listens).
@@ -81,6 +86,10 @@ pub struct ServeArgs {
     /// as many caches as fit the memory budget of the adapter, 1 to 8; printed at start].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     parallel: Option<u16>,
+    /// Tokens a chat reply may have when its request sets no max_tokens / max_completion_tokens
+    /// (a reply also ends at the end of the context). Text completions default to 16, as OpenAI's.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_tokens_default: u32,
     /// Requests that may wait for a free slot; more are refused with 503 and Retry-After.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     queue: u16,
@@ -128,6 +137,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         batch.slot_bytes() >> 20,
         args.queue
     );
+    let batch_context = batch.max_context();
     let prompter = Arc::new(Prompter {
         tokenizer: model.tokenizer().clone(),
         template: model.template().clone(),
@@ -149,11 +159,22 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .spawn(move || worker.run())?;
     let state = Arc::new(Server {
         model: args.model.name().to_string(),
+        aliases: args.aliases.clone(),
+        description: json!({
+            "context_length": batch_context,
+            "size_bytes": model.transformer().gpu_bytes(),
+            "quantization": match model.transformer().projections() {
+                ProjectionKind::Ternary => "ternary b1.58",
+                ProjectionKind::Dense => "dense",
+            },
+        }),
         created: unix_seconds(),
+        vocab: model.config().vocab_size,
         jobs,
         prompter,
         metrics,
         body_timeout: args.body_timeout,
+        chat_max_tokens: args.max_tokens_default as usize,
         next_id: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -451,18 +472,28 @@ async fn require_api_key(
 struct Server {
     /// The id clients name the model by: the `--model` argument (or the default model's name).
     model: String,
+    /// Other names accepted for it (`--alias`).
+    aliases: Vec<String>,
+    /// What /v1/models says of the model besides its names: context length, size, quantization.
+    description: Value,
     created: u64,
+    /// Token ids run from 0 to `vocab - 1`.
+    vocab: usize,
     jobs: mpsc::SyncSender<Job>,
     prompter: Arc<Prompter>,
     metrics: Arc<Metrics>,
     body_timeout: Duration,
+    /// `--max-tokens-default`.
+    chat_max_tokens: usize,
     next_id: AtomicU64,
 }
 
 impl Server {
     fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
         match requested {
-            Some(name) if name != self.model => Err(unknown_model(name)),
+            Some(name) if name != self.model && !self.aliases.iter().any(|a| a == name) => {
+                Err(unknown_model(name))
+            }
             _ => Ok(()),
         }
     }
@@ -481,11 +512,13 @@ impl Server {
         &self,
         prompt: Vec<u32>,
         options: GenerateOptions,
+        extras: ReplyExtras,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let (events, receiver) = unbounded_channel();
         let job = Job {
             prompt,
             options,
+            extras,
             events,
             queued: Instant::now(),
         };
@@ -549,12 +582,15 @@ impl Prompter {
 struct Job {
     prompt: Vec<u32>,
     options: GenerateOptions,
+    extras: ReplyExtras,
     events: UnboundedSender<Event>,
     queued: Instant,
 }
 
 enum Event {
-    Text(String),
+    /// Text, and the token's id and log-probabilities when asked for (then every token is sent,
+    /// even one that completes no text yet).
+    Text(String, Option<(u32, TokenLogprobs)>),
     Done(Summary),
     Failed(tern::Error),
 }
@@ -636,7 +672,7 @@ impl Worker {
                 }));
                 continue;
             }
-            match self.batch.submit(job.prompt, job.options) {
+            match self.batch.submit_with(job.prompt, job.options, &job.extras) {
                 Ok(id) => {
                     let request = InFlight {
                         events: job.events,
@@ -660,7 +696,12 @@ impl Worker {
             return;
         };
         match event {
-            BatchEvent::Token { text, .. } => {
+            BatchEvent::Token {
+                id: token,
+                text,
+                logprobs,
+                ..
+            } => {
                 if request.first_token.is_none() {
                     let waited = request.queued.elapsed();
                     self.metrics
@@ -668,7 +709,9 @@ impl Worker {
                         .observe(waited.as_secs_f64());
                     request.first_token = Some(Instant::now());
                 }
-                if !text.is_empty() && request.events.send(Event::Text(text)).is_err() {
+                let logprobs = logprobs.map(|logprobs| (token, logprobs));
+                let send = !text.is_empty() || logprobs.is_some();
+                if send && request.events.send(Event::Text(text, logprobs)).is_err() {
                     self.batch.cancel(id);
                 }
             }
@@ -677,7 +720,7 @@ impl Worker {
             } => {
                 let request = self.requests.remove(&id).expect("a known request");
                 if !text.is_empty() {
-                    let _ = request.events.send(Event::Text(text));
+                    let _ = request.events.send(Event::Text(text, None));
                 }
                 let summary = Summary {
                     prompt_tokens: generation.prompt_tokens,
@@ -969,13 +1012,15 @@ struct StreamOptions {
 /// The sampling and streaming fields shared by both endpoints; unknown fields are ignored.
 struct Params {
     options: GenerateOptions,
+    extras: ReplyExtras,
     stream: bool,
     include_usage: bool,
 }
 
 impl Params {
-    /// OpenAI's defaults: temperature 1, no token limit for chat, 16 tokens for text completions.
-    fn of(fields: &Fields, default_max_tokens: usize) -> Result<Params, ApiError> {
+    /// OpenAI's defaults (temperature 1, 16 tokens for text completions); chats get
+    /// `default_max_tokens` (`--max-tokens-default`).
+    fn of(fields: &Fields, default_max_tokens: usize, vocab: usize) -> Result<Params, ApiError> {
         const COUNT: &str = "a non-negative integer";
         if fields.get::<u64>("n", COUNT)?.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("only n = 1 is supported", "n"));
@@ -1002,6 +1047,73 @@ impl Params {
             Some(StopInput::One(stop)) => vec![stop],
             Some(StopInput::Many(stops)) => stops,
         };
+        let top_p: f32 = fields.get("top_p", "a number")?.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("top_p must be in (0, 1]", "top_p"));
+        }
+        let top_k: Option<u64> = fields.get("top_k", COUNT)?;
+        let min_p: f32 = fields.get("min_p", "a number")?.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::invalid("min_p must be in [0, 1]", "min_p"));
+        }
+        // llama.cpp's name and Hugging Face's; both mean the same penalty.
+        let repeat_penalty: Option<f32> = fields.get("repeat_penalty", "a number")?;
+        let repetition_penalty: Option<f32> = fields.get("repetition_penalty", "a number")?;
+        let (penalty_field, penalty) = match (repeat_penalty, repetition_penalty) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "send either repeat_penalty or repetition_penalty, not both",
+                    "repetition_penalty",
+                ))
+            }
+            (Some(p), None) => ("repeat_penalty", p),
+            (None, p) => ("repetition_penalty", p.unwrap_or(1.0)),
+        };
+        if !(penalty > 0.0 && penalty.is_finite()) {
+            return Err(ApiError::invalid(
+                format!("{penalty_field} must be a positive number"),
+                penalty_field,
+            ));
+        }
+        let openai_penalty = |name: &'static str| -> Result<f32, ApiError> {
+            let value: f32 = fields.get(name, "a number")?.unwrap_or(0.0);
+            match (-2.0..=2.0).contains(&value) {
+                true => Ok(value),
+                false => Err(ApiError::invalid(
+                    format!("{name} must be in [-2, 2]"),
+                    name,
+                )),
+            }
+        };
+        let presence = openai_penalty("presence_penalty")?;
+        let frequency = openai_penalty("frequency_penalty")?;
+        let biases: HashMap<String, f32> = fields
+            .get(
+                "logit_bias",
+                "an object mapping token ids (as strings) to numbers",
+            )?
+            .unwrap_or_default();
+        let mut logit_bias = Vec::with_capacity(biases.len());
+        for (id, bias) in biases {
+            let token = id.parse::<u32>().ok().filter(|&t| (t as usize) < vocab);
+            let Some(token) = token else {
+                return Err(ApiError::invalid(
+                    format!(
+                        "logit_bias: `{id}` is not a token id of this model (0 to {})",
+                        vocab - 1
+                    ),
+                    "logit_bias",
+                ));
+            };
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(ApiError::invalid(
+                    format!("logit_bias: the bias of token {id} must be in [-100, 100]"),
+                    "logit_bias",
+                ));
+            }
+            logit_bias.push((token, bias));
+        }
+        logit_bias.sort_unstable_by_key(|&(token, _)| token);
         let stream_options: Option<StreamOptions> = fields.get(
             "stream_options",
             "an object such as {\"include_usage\": true}",
@@ -1011,16 +1123,102 @@ impl Params {
                 max_new_tokens,
                 sampling: SamplingParams {
                     temperature: temperature.unwrap_or(1.0),
-                    top_p: fields.get("top_p", "a number")?.unwrap_or(1.0),
+                    top_k: top_k.map_or(0, |k| usize::try_from(k).unwrap_or(usize::MAX)),
+                    top_p,
+                    min_p,
+                    repetition_penalty: penalty,
                     seed: fields.get("seed", COUNT)?,
-                    ..SamplingParams::default()
                 },
                 stop,
                 ignore_eos: false,
             },
+            extras: ReplyExtras {
+                penalties: Penalties {
+                    presence,
+                    frequency,
+                    logit_bias,
+                },
+                logprobs: None,
+            },
             stream: fields.get("stream", "true or false")?.unwrap_or(false),
             include_usage: stream_options.and_then(|o| o.include_usage) == Some(true),
         })
+    }
+}
+
+/// Refuses what would change the reply's form if it were honoured: structured output and tool
+/// calls are not implemented, and ignoring them would hand back text the client cannot use.
+fn refuse_unsupported(fields: &Fields) -> Result<(), ApiError> {
+    let format: Option<Value> = fields.get("response_format", "an object with a `type`")?;
+    if let Some(format) = format {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some(kind @ ("json_object" | "json_schema")) => {
+                return Err(ApiError::invalid(
+                    format!("response_format `{kind}` is not supported yet: only `text` is"),
+                    "response_format",
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "response_format must be {\"type\": \"text\"} (json_object and json_schema \
+                     are not supported yet)",
+                    "response_format",
+                ))
+            }
+        }
+    }
+    for name in ["tools", "functions"] {
+        let list: Option<Value> = fields.get(name, "an array")?;
+        if list.is_some_and(|list| list.as_array().is_none_or(|list| !list.is_empty())) {
+            return Err(ApiError::invalid(
+                format!(
+                    "`{name}` is not supported yet: tool and function calls are not implemented"
+                ),
+                name,
+            ));
+        }
+    }
+    for name in ["tool_choice", "function_call"] {
+        let choice: Option<Value> = fields.get(name, "a string or an object")?;
+        if choice.is_some_and(|choice| choice != "none" && choice != "auto") {
+            return Err(ApiError::invalid(
+                format!(
+                    "`{name}` is not supported yet: tool and function calls are not implemented"
+                ),
+                name,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Most alternatives a request may ask log-probabilities of.
+const MAX_TOP_LOGPROBS: u64 = 20;
+
+/// How many alternatives to give log-probabilities of, if they were asked for: chat's `logprobs:
+/// true` with `top_logprobs`, or text completions' `logprobs: N`.
+fn logprobs_asked(fields: &Fields, chat: bool) -> Result<Option<usize>, ApiError> {
+    let range = format!("an integer from 0 to {MAX_TOP_LOGPROBS}");
+    let count = |name: &'static str| -> Result<Option<usize>, ApiError> {
+        match fields.get::<u64>(name, &range)? {
+            Some(n) if n > MAX_TOP_LOGPROBS => {
+                Err(ApiError::invalid(format!("`{name}` must be {range}"), name))
+            }
+            n => Ok(n.map(|n| n as usize)),
+        }
+    };
+    if !chat {
+        return count("logprobs");
+    }
+    let top = count("top_logprobs")?;
+    match fields.get::<bool>("logprobs", "true or false")? {
+        Some(true) => Ok(Some(top.unwrap_or(0))),
+        _ if top.is_some() => Err(ApiError::invalid(
+            "`top_logprobs` needs `logprobs: true`",
+            "top_logprobs",
+        )),
+        _ => Ok(None),
     }
 }
 
@@ -1108,7 +1306,13 @@ async fn retrieve_model(
 }
 
 fn model_object(server: &Server) -> Value {
-    json!({ "id": server.model, "object": "model", "created": server.created, "owned_by": "tern" })
+    let mut object = json!({ "id": server.model, "object": "model", "created": server.created,
+                             "owned_by": "tern", "aliases": server.aliases });
+    if let (Value::Object(object), Value::Object(description)) = (&mut object, &server.description)
+    {
+        object.extend(description.clone());
+    }
+    object
 }
 
 async fn not_found() -> ApiError {
@@ -1144,7 +1348,7 @@ async fn completions(
 }
 
 /// Reads, validates and tokenizes a chat (`chat`) or text completion request, then answers it.
-/// Text completions default to 16 tokens, as OpenAI's do; chats run to the end of the context.
+/// Text completions default to 16 tokens, as OpenAI's do; chats to `--max-tokens-default`.
 async fn answer(
     server: &Server,
     headers: &HeaderMap,
@@ -1153,7 +1357,13 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let fields = Fields::read(headers, body, server.body_timeout).await?;
     server.check_model(fields.model()?.as_deref())?;
-    let params = Params::of(&fields, if chat { usize::MAX } else { 16 })?;
+    let mut params = Params::of(
+        &fields,
+        if chat { server.chat_max_tokens } else { 16 },
+        server.vocab,
+    )?;
+    params.extras.logprobs = logprobs_asked(&fields, chat)?;
+    refuse_unsupported(&fields)?;
     let prompt = match chat {
         true => Prompt::Chat(chat_messages(&fields)?),
         false => completion_prompt(&fields)?,
@@ -1165,8 +1375,10 @@ async fn answer(
         created: unix_seconds(),
         chat,
         include_usage: params.include_usage,
+        logprobs: params.extras.logprobs.map(|_| Arc::clone(&server.prompter)),
+        text_offset: 0,
     };
-    respond(server, prompt, params.options, params.stream, shape).await
+    respond(server, prompt, params, shape).await
 }
 
 /// Queues the job and waits for its first event, so that a request the worker rejects (bad
@@ -1174,11 +1386,11 @@ async fn answer(
 async fn respond(
     server: &Server,
     prompt: Vec<u32>,
-    options: GenerateOptions,
-    stream: bool,
+    params: Params,
     shape: Shape,
 ) -> Result<Response, ApiError> {
-    let mut events = server.submit(prompt, options)?;
+    let stream = params.stream;
+    let mut events = server.submit(prompt, params.options, params.extras)?;
     let first = match events.recv().await {
         Some(Event::Failed(error)) => return Err(error.into()),
         Some(event) => event,
@@ -1188,12 +1400,19 @@ async fn respond(
         Ok(Sse::new(sse_stream(first, events, shape)).into_response())
     } else {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         let mut event = Some(first);
         while let Some(current) = event {
             match current {
-                Event::Text(piece) => text.push_str(&piece),
+                Event::Text(piece, token) => {
+                    if let Some(entry) = shape.logprob_entry(token, text.chars().count()) {
+                        logprobs.push(entry);
+                    }
+                    text.push_str(&piece);
+                }
                 Event::Done(summary) => {
-                    return Ok(Json(shape.whole(&text, &summary)).into_response())
+                    let logprobs = shape.logprobs.is_some().then(|| shape.logprobs(logprobs));
+                    return Ok(Json(shape.whole(&text, logprobs, &summary)).into_response());
                 }
                 Event::Failed(error) => return Err(error.into()),
             }
@@ -1208,11 +1427,11 @@ async fn respond(
 fn sse_stream(
     first: Event,
     events: UnboundedReceiver<Event>,
-    shape: Shape,
+    mut shape: Shape,
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
     let opening = shape
         .chat
-        .then(|| shape.chunk(json!({ "role": "assistant", "content": "" }), None));
+        .then(|| shape.chunk(json!({ "role": "assistant", "content": "" }), None, None));
     let rest = stream::unfold((Some(first), events), |(pending, mut events)| async move {
         let event = match pending {
             Some(event) => event,
@@ -1233,6 +1452,18 @@ struct Shape {
     created: u64,
     chat: bool,
     include_usage: bool,
+    /// Set when log-probabilities were asked for: what spells their tokens.
+    logprobs: Option<Arc<Prompter>>,
+    /// Characters streamed so far (text completions' `text_offset`).
+    text_offset: usize,
+}
+
+/// One token's log-probabilities, shaped for the response, and where its text starts.
+struct LogprobEntry {
+    token: String,
+    logprob: f32,
+    top: Vec<(String, f32)>,
+    text_offset: usize,
 }
 
 impl Shape {
@@ -1244,36 +1475,109 @@ impl Shape {
         }
     }
 
-    fn whole(&self, text: &str, summary: &Summary) -> Value {
+    /// The entry of a token with log-probabilities; none for a control token (an end of turn, say:
+    /// it is no part of the text, and OpenAI lists none for it).
+    fn logprob_entry(
+        &self,
+        token: Option<(u32, TokenLogprobs)>,
+        text_offset: usize,
+    ) -> Option<LogprobEntry> {
+        let prompter = self.logprobs.as_ref()?;
+        let (id, logprobs) = token?;
+        if prompter.tokenizer.is_special(id) {
+            return None;
+        }
+        let spell = |id: u32| prompter.tokenizer.decode(&[id], false).unwrap_or_default();
+        Some(LogprobEntry {
+            token: spell(id),
+            logprob: logprobs.logprob,
+            top: logprobs
+                .top
+                .into_iter()
+                .map(|(id, logprob)| (spell(id), logprob))
+                .collect(),
+            text_offset,
+        })
+    }
+
+    /// The `logprobs` of a choice: OpenAI's chat shape (`content`: one object per token) or its
+    /// text completion shape (parallel arrays).
+    fn logprobs(&self, entries: Vec<LogprobEntry>) -> Value {
+        if self.chat {
+            let content: Vec<Value> = entries
+                .into_iter()
+                .map(|e| {
+                    let top: Vec<Value> = e
+                        .top
+                        .iter()
+                        .map(|(token, logprob)| {
+                            json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() })
+                        })
+                        .collect();
+                    json!({ "token": e.token, "logprob": e.logprob, "bytes": e.token.as_bytes(),
+                            "top_logprobs": top })
+                })
+                .collect();
+            json!({ "content": content, "refusal": null })
+        } else {
+            let top: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    let map: serde_json::Map<String, Value> = e
+                        .top
+                        .iter()
+                        .map(|(token, logprob)| (token.clone(), json!(logprob)))
+                        .collect();
+                    Value::Object(map)
+                })
+                .collect();
+            json!({ "tokens": entries.iter().map(|e| &e.token).collect::<Vec<_>>(),
+                    "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": entries.iter().map(|e| e.text_offset).collect::<Vec<_>>() })
+        }
+    }
+
+    fn whole(&self, text: &str, logprobs: Option<Value>, summary: &Summary) -> Value {
         let choice = if self.chat {
             json!({ "index": 0, "message": { "role": "assistant", "content": text },
-                    "finish_reason": summary.finish_reason, "logprobs": null })
+                    "finish_reason": summary.finish_reason, "logprobs": logprobs })
         } else {
             json!({ "index": 0, "text": text, "finish_reason": summary.finish_reason,
-                    "logprobs": null })
+                    "logprobs": logprobs })
         };
         json!({ "id": self.id, "object": self.object(false), "created": self.created,
                 "model": self.model, "choices": [choice], "usage": usage(summary) })
     }
 
     /// One streamed chunk as JSON text: a delta (chat) or text piece, or the finish reason.
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> String {
+    fn chunk(&self, delta: Value, logprobs: Option<Value>, finish_reason: Option<&str>) -> String {
         let choice = if self.chat {
-            json!({ "index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": null })
+            json!({ "index": 0, "delta": delta, "finish_reason": finish_reason,
+                    "logprobs": logprobs })
         } else {
             let text = delta.get("content").cloned().unwrap_or_else(|| json!(""));
-            json!({ "index": 0, "text": text, "finish_reason": finish_reason, "logprobs": null })
+            json!({ "index": 0, "text": text, "finish_reason": finish_reason,
+                    "logprobs": logprobs })
         };
         json!({ "id": self.id, "object": self.object(true), "created": self.created,
                 "model": self.model, "choices": [choice] })
         .to_string()
     }
 
-    fn chunks(&self, event: Event) -> Vec<String> {
+    fn chunks(&mut self, event: Event) -> Vec<String> {
         match event {
-            Event::Text(text) => vec![self.chunk(json!({ "content": text }), None)],
+            Event::Text(text, token) => {
+                let entry = self.logprob_entry(token, self.text_offset);
+                if text.is_empty() && entry.is_none() {
+                    return Vec::new();
+                }
+                let logprobs = entry.map(|entry| self.logprobs(vec![entry]));
+                self.text_offset += text.chars().count();
+                vec![self.chunk(json!({ "content": text }), logprobs, None)]
+            }
             Event::Done(summary) => {
-                let mut chunks = vec![self.chunk(json!({}), Some(summary.finish_reason))];
+                let mut chunks = vec![self.chunk(json!({}), None, Some(summary.finish_reason))];
                 if self.include_usage {
                     chunks.push(
                         json!({ "id": self.id, "object": self.object(true),

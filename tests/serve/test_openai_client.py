@@ -2,7 +2,10 @@
 
 Starts the server on a free 127.0.0.1 port with an API key, then checks non-streaming and streaming
 chat and text completions (usage counts, the stream equal to the whole reply), OpenAI error types
-(a wrong API key, an unknown role, an unknown model, a prompt too long), and the continuous
+(a wrong API key, an unknown role, an unknown model, a prompt too long), every request field beyond
+those (top_k, min_p, the repetition / presence / frequency penalties, logit_bias, logprobs checked
+against `tern logits`, refused response_format and tools, /v1/models, --alias, the default
+max_tokens of chats), and the continuous
 batching under load (`--parallel 8`): three rounds of 32 different requests at once — chat and text
 completions, streamed and whole, greedy and seeded sampling, mixed prompt lengths and budgets, one
 in eight hanging up midway. Every completed reply must equal the same request served alone, /metrics
@@ -16,7 +19,11 @@ Prints the load-test figures.
 """
 
 import argparse
+import array
+import json
+import math
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -31,6 +38,8 @@ MAX_TOKENS = 20
 API_KEY = "test-key"
 PARALLEL = 8
 QUEUE = 40
+ALIAS = "tern-test-alias"
+DEFAULT_MAX_TOKENS = 24
 
 
 def start_server(tern, model, options=None):
@@ -38,7 +47,8 @@ def start_server(tern, model, options=None):
     its base URL and its log lines."""
     if options is None:
         # The queue holds every client of the load test.
-        options = ["--context", "256", "--parallel", str(PARALLEL), "--queue", str(QUEUE)]
+        options = ["--context", "256", "--parallel", str(PARALLEL), "--queue", str(QUEUE),
+                   "--alias", ALIAS, "--max-tokens-default", str(DEFAULT_MAX_TOKENS)]
     env = dict(
         os.environ,
         XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
@@ -171,6 +181,213 @@ def check_basics(client, model):
     except openai.BadRequestError as error:
         assert "narrator" in error.message, error
     print("openai client: chat, completions, streaming, usage and errors OK")
+
+
+def expect_400(param, call):
+    """`call` must fail with 400 naming the field `param`."""
+    try:
+        call()
+    except openai.BadRequestError as error:
+        assert error.param == param, (param, error)
+        return error
+    raise AssertionError(f"a bad `{param}` was accepted")
+
+
+REPEATING = "one two three one two three one two three one two three one"
+
+
+def complete(client, model, prompt=REPEATING, max_tokens=16, **fields):
+    fields.setdefault("temperature", 0)
+    return client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, **fields)
+
+
+def check_sampling_fields(client, model):
+    greedy = complete(client, model).choices[0].text
+    assert len(greedy) > 0
+    # top_k = 1 under sampling is greedy; min_p and a unit repetition penalty change nothing.
+    for extra in ({"top_k": 1}, {"top_k": 1, "min_p": 0.5}, {"repeat_penalty": 1.0}):
+        same = complete(client, model, temperature=1.0, seed=3, extra_body=extra).choices[0].text
+        if "top_k" not in extra:
+            same = complete(client, model, extra_body=extra).choices[0].text
+        assert same == greedy, (extra, same, greedy)
+    # The greedy reply to a repeating prompt repeats; each penalty breaks the repetition.
+    for fields in (
+        {"frequency_penalty": 2.0},
+        {"presence_penalty": 2.0},
+        {"extra_body": {"repetition_penalty": 1.5}},
+        {"extra_body": {"repeat_penalty": 1.5}},
+    ):
+        penalized = complete(client, model, **fields).choices[0].text
+        assert penalized != greedy, (fields, penalized)
+    # A +100 bias makes the biased token the only one generated.
+    one = complete(client, model, max_tokens=1, logit_bias={"1000": 100})
+    five = complete(client, model, max_tokens=5, logit_bias={"1000": 100})
+    assert five.usage.completion_tokens == 5
+    assert five.choices[0].text == one.choices[0].text * 5, (one, five)
+    chat_biased = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+        temperature=0.8, logit_bias={"1000": 100},
+    )
+    assert chat_biased.choices[0].message.content == one.choices[0].text * 3, chat_biased
+
+    for param, extra in [
+        ("top_k", {"top_k": -1}),
+        ("min_p", {"min_p": 1.5}),
+        ("repeat_penalty", {"repeat_penalty": 0}),
+        ("repetition_penalty", {"repetition_penalty": -1}),
+        ("top_p", {"top_p": 0}),
+    ]:
+        expect_400(param, lambda: complete(client, model, extra_body=extra))
+    expect_400("presence_penalty", lambda: complete(client, model, presence_penalty=2.5))
+    expect_400("frequency_penalty", lambda: complete(client, model, frequency_penalty=-3))
+    expect_400("logit_bias", lambda: complete(client, model, logit_bias={"999999999": 1}))
+    expect_400("logit_bias", lambda: complete(client, model, logit_bias={"word": 1}))
+    expect_400("logit_bias", lambda: complete(client, model, logit_bias={"1000": 101}))
+    print("openai client: top_k, min_p, repetition / presence / frequency penalties, logit_bias OK")
+
+
+def tern_logits_row(tern, model, ids):
+    """The last row of `tern logits` for `ids`: the model's logits after them."""
+    out = f"/tmp/tern-logits-{os.getpid()}.safetensors"
+    subprocess.run([tern, "logits", "--model", model, "--ids", ",".join(map(str, ids)),
+                    "--out", out], check=True, capture_output=True)
+    with open(out, "rb") as f:
+        data = f.read()
+    os.remove(out)
+    header_len = struct.unpack("<Q", data[:8])[0]
+    info = json.loads(data[8:8 + header_len])["logits"]
+    rows, vocab = info["shape"]
+    start = 8 + header_len + info["data_offsets"][0]
+    row = array.array("f")
+    row.frombytes(data[start + (rows - 1) * vocab * 4:start + rows * vocab * 4])
+    return list(row)
+
+
+def log_softmax(row):
+    top = max(row)
+    log_z = top + math.log(sum(math.exp(v - top) for v in row))
+    return [v - log_z for v in row]
+
+
+PROMPT_IDS = [1, 300, 301, 302, 303, 304]
+
+
+def check_logprobs(client, model, tern):
+    """Log-probabilities are the model's own (log-softmax of the raw logits), as `tern logits`
+    computes them, whatever the sampling."""
+    whole = complete(client, model, prompt=PROMPT_IDS, max_tokens=3, logprobs=5,
+                     frequency_penalty=1.0, temperature=0)
+    lp = whole.choices[0].logprobs
+    n = len(lp.tokens)
+    # Every token has an entry, but an end of turn (no part of the text).
+    ended = whole.choices[0].finish_reason == "stop"
+    assert n == whole.usage.completion_tokens - ended and len(lp.token_logprobs) == n, lp
+    assert len(lp.top_logprobs) == n and len(lp.text_offset) == n, lp
+    ids = list(PROMPT_IDS)
+    for k in range(n):
+        want = log_softmax(tern_logits_row(tern, model, ids))
+        ranked = sorted(range(len(want)), key=lambda i: (-want[i], i))
+        top = sorted(lp.top_logprobs[k].values(), reverse=True)
+        assert len(lp.top_logprobs[k]) <= 5
+        for got, i in zip(top, ranked):
+            assert abs(got - want[i]) < 1e-4, (k, got, want[i])
+        # The penalty may change the choice, not the log-probabilities: find the chosen token
+        # among those whose log-probability matches.
+        chosen = [i for i in range(len(want)) if abs(want[i] - lp.token_logprobs[k]) < 1e-4]
+        assert chosen, (k, lp.token_logprobs[k])
+        ids.append(chosen[0])
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), lp.text_offset
+
+    streamed = complete(client, model, prompt=PROMPT_IDS, max_tokens=3, logprobs=5,
+                        frequency_penalty=1.0, stream=True)
+    got = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert [g.tokens[0] for g in got] == lp.tokens, (got, lp)
+    assert [g.token_logprobs[0] for g in got] == lp.token_logprobs
+    assert [g.text_offset[0] for g in got] == lp.text_offset
+
+    def chat_logprobs(**fields):
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
+            temperature=0, logprobs=True, **fields)
+    reply = chat_logprobs(top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    ended = reply.choices[0].finish_reason == "stop"
+    assert len(content) == reply.usage.completion_tokens - ended, reply
+    assert "".join(e.token for e in content) == reply.choices[0].message.content, content
+    for entry in content:
+        assert entry.bytes == list(entry.token.encode()), entry
+        values = [t.logprob for t in entry.top_logprobs]
+        assert len(values) == 3 and values == sorted(values, reverse=True), entry
+        # Greedy: the chosen token is the most likely one.
+        assert entry.top_logprobs[0].token == entry.token, entry
+        assert abs(entry.top_logprobs[0].logprob - entry.logprob) < 1e-6, entry
+    pieces = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
+        temperature=0, logprobs=True, top_logprobs=3, stream=True)
+    streamed = [e for c in pieces if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    assert chat_logprobs().choices[0].logprobs.content[0].top_logprobs == []
+    # An end of turn (forced here by a bias on the fixture's <|eot_id|>) gets no entry.
+    ended = chat_logprobs(logit_bias={"1021": 100})
+    assert ended.choices[0].finish_reason == "stop" and ended.usage.completion_tokens == 1, ended
+    assert ended.choices[0].logprobs.content == [], ended
+    plain = chat(client, model, "Hello")
+    assert plain.choices[0].logprobs is None
+    expect_400("top_logprobs", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, top_logprobs=2))
+    expect_400("top_logprobs", lambda: chat_logprobs(top_logprobs=21))
+    expect_400("logprobs", lambda: complete(client, model, logprobs=21))
+    print("openai client: logprobs (chat and completions, whole and streamed) match tern logits")
+
+
+def check_refused_fields(client, model):
+    """Fields that would change the reply's form are refused, never silently ignored."""
+    def ask(**fields):
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, **fields)
+    assert ask(response_format={"type": "text"}).usage.completion_tokens == 2
+    for kind in ("json_object", "json_schema"):
+        fmt = {"type": kind}
+        if kind == "json_schema":
+            fmt["json_schema"] = {"name": "x", "schema": {"type": "object"}}
+        error = expect_400("response_format", lambda: ask(response_format=fmt))
+        assert "not supported yet" in error.message, error
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    expect_400("tools", lambda: ask(tools=[tool]))
+    expect_400("tool_choice", lambda: ask(tool_choice="required"))
+    expect_400("functions", lambda: ask(functions=[tool["function"]]))
+    # Empty lists and "none" ask for nothing.
+    assert ask(tools=[], tool_choice="none").usage.completion_tokens == 2
+    print("openai client: response_format json_* and tools refused (400), text accepted")
+
+
+def check_models(client, model):
+    """/v1/models describes the model; --alias names it too; --max-tokens-default bounds chats."""
+    (listed,) = client.models.list().data
+    for described in (listed, client.models.retrieve(model), client.models.retrieve(ALIAS)):
+        assert described.id == model and described.owned_by == "tern", described
+        extra = described.model_extra
+        assert extra["context_length"] == 256, extra
+        assert extra["quantization"] == "ternary b1.58", extra
+        assert extra["size_bytes"] > 0 and extra["aliases"] == [ALIAS], extra
+    by_alias = chat(client, ALIAS, "Hello").choices[0].message.content
+    assert by_alias == chat(client, model, "Hello").choices[0].message.content
+    try:
+        client.models.retrieve("not-" + ALIAS)
+        raise AssertionError("an unknown model was described")
+    except openai.NotFoundError:
+        pass
+    # No max_tokens: a chat stops at --max-tokens-default (or earlier, at an end of turn).
+    for message in MESSAGES:
+        unbounded = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": message}], temperature=0)
+        tokens, finish = unbounded.usage.completion_tokens, unbounded.choices[0].finish_reason
+        assert tokens <= DEFAULT_MAX_TOKENS, unbounded.usage
+        assert (finish == "length") == (tokens == DEFAULT_MAX_TOKENS), unbounded
+    text = client.completions.create(model=model, prompt=REPEATING, temperature=0)
+    assert text.usage.completion_tokens == 16, text.usage
+    print("openai client: /v1/models fields, --alias and --max-tokens-default OK")
 
 
 def check_api_key(base, model):
@@ -345,6 +562,10 @@ def main():
         client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0, timeout=300)
         check_api_key(base, args.model)
         check_basics(client, args.model)
+        check_sampling_fields(client, args.model)
+        check_logprobs(client, args.model, args.tern)
+        check_refused_fields(client, args.model)
+        check_models(client, args.model)
         load_test(client, args.model, server, base, args.rounds, args.clients)
         full_queue(client, args.model, server, PARALLEL + QUEUE + 64)
         churn(client, args.model, server, args.churn)

@@ -209,15 +209,16 @@ fn a_batch_refuses_bad_rows() {
 
 /// The front door's scheduler: every request's reply through a `Batch` of 3 slots equals the one a
 /// fresh `Session` gives it alone — greedy, seeded sampling (GPU top-k and full logits), a
-/// repetition penalty, a stop string — while requests queue, prefill in chunks between decode
+/// repetition penalty, a stop string, OpenAI's penalties and logit bias, log-probabilities (equal
+/// too) — while requests queue, prefill in chunks between decode
 /// steps, get cancelled midway, and (second round) start from the whole prefill chunks of a
 /// previous prompt left in a slot.
 #[test]
 fn batch_replies_equal_the_replies_of_sessions_alone() {
     use std::collections::HashMap;
     use tern::{
-        BatchEvent, BatchOptions, ChatMessage, GenerateOptions, Model, OpenOptions, SamplingParams,
-        SessionOptions, StopReason,
+        BatchEvent, BatchOptions, ChatMessage, GenerateOptions, Model, OpenOptions, Penalties,
+        ReplyExtras, SamplingParams, SessionOptions, StopReason, TokenLogprobs,
     };
 
     for ctx in contexts() {
@@ -228,11 +229,11 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
         };
         let model = Model::open_with(&fixture("bitnet-2b4t").to_string_lossy(), options).unwrap();
         let (context, chunk) = (160, 8);
-        let requests: Vec<(Vec<u32>, GenerateOptions)> = (0..10)
+        let requests: Vec<(Vec<u32>, GenerateOptions, ReplyExtras)> = (0..10)
             .map(|i| {
                 let text = "tell me about the sea and the ships ".repeat(1 + i % 4);
                 let prompt = model
-                    .chat_prompt(&[ChatMessage::new("user", &format!("{text}{i}"))])
+                    .chat_prompt(&[ChatMessage::new("user", format!("{text}{i}"))])
                     .unwrap();
                 let sampling = match i % 4 {
                     0 => SamplingParams::default(),
@@ -259,20 +260,47 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
                     stop: if i == 6 { vec!["e".into()] } else { Vec::new() },
                     ignore_eos: i % 2 == 0,
                 };
-                (prompt, options)
+                let extras = ReplyExtras {
+                    penalties: match i {
+                        7 => Penalties {
+                            presence: 0.5,
+                            frequency: 1.5,
+                            logit_bias: vec![(5, 3.0), (17, -100.0)],
+                        },
+                        9 => Penalties {
+                            frequency: 2.0,
+                            logit_bias: vec![(5, 100.0)],
+                            ..Penalties::default()
+                        },
+                        _ => Penalties::default(),
+                    },
+                    logprobs: (i >= 8).then(|| i - 6),
+                };
+                (prompt, options, extras)
             })
             .collect();
         let sizes = SessionOptions {
             max_context: context,
             max_batch: chunk,
         };
+        let mut alone_logprobs: Vec<Vec<TokenLogprobs>> = Vec::new();
         let alone: Vec<_> = requests
             .iter()
-            .map(|(prompt, options)| {
+            .map(|(prompt, options, extras)| {
                 let mut session = model.session(sizes).unwrap();
-                pollster::block_on(session.generate(prompt, options, |_| {})).unwrap()
+                let mut logprobs = Vec::new();
+                let generation =
+                    pollster::block_on(session.generate_with(prompt, options, extras, |t| {
+                        logprobs.extend(t.logprobs.cloned())
+                    }))
+                    .unwrap();
+                assert_eq!(extras.logprobs.is_some(), !logprobs.is_empty());
+                alone_logprobs.push(logprobs);
+                generation
             })
             .collect();
+        // The bias bites: +100 outweighs a frequency penalty of 2 for every token of the reply.
+        assert!(alone[9].ids.iter().all(|&id| id == 5), "{adapter}");
 
         let mut batch = model
             .batch(BatchOptions {
@@ -284,16 +312,26 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
         for round in 0..2 {
             let ids: Vec<_> = requests
                 .iter()
-                .map(|(prompt, options)| batch.submit(prompt.clone(), options.clone()).unwrap())
+                .map(|(prompt, options, extras)| {
+                    batch
+                        .submit_with(prompt.clone(), options.clone(), extras)
+                        .unwrap()
+                })
                 .collect();
             let cancelled = ids[4 + round];
             let mut tokens: HashMap<_, usize> = HashMap::new();
             let mut done = HashMap::new();
+            let mut logprobs: HashMap<_, Vec<TokenLogprobs>> = HashMap::new();
             while !batch.is_idle() {
                 let events = pollster::block_on(batch.step());
                 for event in events.unwrap_or_else(|e| panic!("{adapter}: {e}")) {
                     match event {
-                        BatchEvent::Token { request, .. } => {
+                        BatchEvent::Token {
+                            request,
+                            logprobs: token_logprobs,
+                            ..
+                        } => {
+                            logprobs.entry(request).or_default().extend(token_logprobs);
                             let count = tokens.entry(request).or_default();
                             *count += 1;
                             if request == cancelled && *count == 2 {
@@ -322,6 +360,8 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
                 assert_eq!(got.ids, alone[i].ids, "{what}");
                 assert_eq!(got.text, alone[i].text, "{what}");
                 assert_eq!(got.stop_reason, alone[i].stop_reason, "{what}");
+                let got_logprobs = logprobs.remove(id).unwrap_or_default();
+                assert_eq!(got_logprobs, alone_logprobs[i], "{what}");
                 if round == 1 {
                     // Every prompt of round 2 was prefilled in round 1 and finds whole chunks of
                     // itself in some slot unless they were overwritten since.

@@ -2,10 +2,12 @@
 //! [`super::Session`] runs one at a time, a [`super::Batch`] one per request; both feed it each
 //! step's result and act on what it says.
 
-use crate::generate::{GenerateOptions, Generation, Model, Sampler, StopReason, GPU_TOP_K};
+use crate::generate::{
+    GenerateOptions, Generation, Model, ReplyExtras, Sampler, StopReason, TokenLogprobs, GPU_TOP_K,
+};
 use crate::model::{Output, StepResult};
 use crate::text::stream::{StopMatcher, TextStreamer};
-use crate::Result;
+use crate::{Error, Result};
 
 pub(super) struct Reply {
     sampler: Sampler,
@@ -18,6 +20,8 @@ pub(super) struct Reply {
     /// Generated ids (a final EOS included).
     ids: Vec<u32>,
     text: String,
+    /// Alternatives per token when log-probabilities are asked for.
+    logprobs: Option<usize>,
 }
 
 /// The token a step chose, the text it completes, and whether the reply ends with it.
@@ -25,14 +29,30 @@ pub(super) struct Accepted {
     pub id: u32,
     pub text: String,
     pub stop: Option<StopReason>,
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 impl Reply {
-    pub fn new(model: &Model, options: &GenerateOptions) -> Result<Reply> {
+    pub fn new(model: &Model, options: &GenerateOptions, extras: &ReplyExtras) -> Result<Reply> {
         let sampling = &options.sampling;
+        let penalties = &extras.penalties;
+        let vocab = model.config().vocab_size;
+        if let Some((id, _)) = penalties
+            .logit_bias
+            .iter()
+            .find(|&&(id, _)| id as usize >= vocab)
+        {
+            return Err(Error::Invalid(format!(
+                "logit_bias: token id {id} is outside the vocabulary ({vocab})"
+            )));
+        }
         // The cheapest readback that serves the sampling: the argmax for greedy decoding, the
-        // GPU's top-k candidates when top-k bounds the choice, the full logits otherwise.
-        let output = if sampling.repetition_penalty != 1.0 {
+        // GPU's top-k candidates when top-k bounds the choice, the full logits otherwise (and
+        // whenever a penalty or bias changes logits, or log-probabilities are asked for).
+        let output = if sampling.repetition_penalty != 1.0
+            || penalties.is_active()
+            || extras.logprobs.is_some()
+        {
             Output::LastLogits
         } else if sampling.is_greedy() {
             Output::Argmax
@@ -42,7 +62,7 @@ impl Reply {
             Output::LastLogits
         };
         Ok(Reply {
-            sampler: Sampler::new(sampling.clone())?,
+            sampler: Sampler::with_penalties(sampling.clone(), penalties.clone())?,
             output,
             streamer: TextStreamer::new(model.tokenizer().clone(), true),
             stops: StopMatcher::new(options.stop.iter().cloned()),
@@ -53,6 +73,7 @@ impl Reply {
             },
             ids: Vec::new(),
             text: String::new(),
+            logprobs: extras.logprobs,
         })
     }
 
@@ -62,15 +83,21 @@ impl Reply {
     }
 
     /// Chooses the next token from a step's `result` (`history`: the tokens in the cache, for the
-    /// repetition penalty) and streams its text.
+    /// repetition penalty; the reply's own tokens count for the presence and frequency penalties)
+    /// and streams its text.
     pub fn accept(&mut self, result: StepResult, history: &[u32]) -> Result<Accepted> {
+        let mut logprobs = None;
         let id = match result {
             StepResult::Token(id) => id,
             StepResult::Candidates(c) => {
                 let pairs: Vec<(u32, f32)> = c.iter().map(|c| (c.index, c.value)).collect();
                 self.sampler.sample_candidates(&pairs, history)?
             }
-            StepResult::Logits(logits) => self.sampler.sample(&logits, history)?,
+            StepResult::Logits(logits) => {
+                let id = self.sampler.sample_reply(&logits, history, &self.ids)?;
+                logprobs = self.logprobs.map(|n| TokenLogprobs::of(&logits, id, n));
+                id
+            }
         };
         self.ids.push(id);
         if self.end_ids.binary_search(&id).is_ok() {
@@ -78,6 +105,7 @@ impl Reply {
                 id,
                 text: String::new(),
                 stop: Some(StopReason::EndOfSequence),
+                logprobs,
             });
         }
         let text = self.stops.push(&self.streamer.push(id)?);
@@ -87,7 +115,12 @@ impl Reply {
             None if self.ids.len() >= self.max_new_tokens => Some(StopReason::MaxTokens),
             None => None,
         };
-        Ok(Accepted { id, text, stop })
+        Ok(Accepted {
+            id,
+            text,
+            stop,
+            logprobs,
+        })
     }
 
     /// Ends the reply for `stop_reason`: the text held back until now (a partial character, a

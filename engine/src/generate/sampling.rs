@@ -1,4 +1,5 @@
-//! Token sampling: repetition penalty, temperature, top-k, top-p, min-p, then a seeded draw.
+//! Token sampling: repetition penalty, OpenAI's presence/frequency penalties and logit bias
+//! ([`Penalties`]), temperature, top-k, top-p, min-p, then a seeded draw.
 //!
 //! The order and the semantics follow Hugging Face `generate`: the repetition penalty divides
 //! positive logits and multiplies negative ones of every token seen in the history (once per
@@ -17,7 +18,7 @@
 //! platforms landing exactly on a draw boundary).
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -81,22 +82,102 @@ impl SamplingParams {
     }
 }
 
+/// OpenAI's logit adjustments, applied after the repetition penalty: `logit_bias` adds its bias to
+/// a token's logit, and each token generated so far in this reply loses
+/// `presence + frequency × count` (count: how often the reply holds it). All zero: no change.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Penalties {
+    /// Subtracted once from every token the reply already holds, in [-2, 2].
+    pub presence: f32,
+    /// Subtracted from a token's logit once per occurrence in the reply, in [-2, 2].
+    pub frequency: f32,
+    /// `(token id, bias)`: added to the token's logit, bias in [-100, 100].
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl Penalties {
+    /// True when they change some logit.
+    pub fn is_active(&self) -> bool {
+        self.presence != 0.0
+            || self.frequency != 0.0
+            || self.logit_bias.iter().any(|&(_, bias)| bias != 0.0)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("presence_penalty", self.presence),
+            ("frequency_penalty", self.frequency),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::Invalid(format!(
+                    "sampling: {what} must be in [-2, 2]; {what} = {v}"
+                )));
+            }
+        }
+        if let Some(&(id, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, bias)| !(-100.0..=100.0).contains(bias))
+        {
+            return Err(Error::Invalid(format!(
+                "sampling: a logit bias must be in [-100, 100]; token {id} has {bias}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn apply(&self, cands: &mut [(u32, f32)], generated: &[u32]) {
+        if self.logit_bias.is_empty() && generated.is_empty() {
+            return;
+        }
+        let mut delta: HashMap<u32, f32> = HashMap::new();
+        for &(id, bias) in &self.logit_bias {
+            *delta.entry(id).or_default() += bias;
+        }
+        if self.presence != 0.0 || self.frequency != 0.0 {
+            let mut counts: HashMap<u32, u32> = HashMap::new();
+            for &id in generated {
+                *counts.entry(id).or_default() += 1;
+            }
+            for (id, count) in counts {
+                *delta.entry(id).or_default() -= self.presence + self.frequency * count as f32;
+            }
+        }
+        for (id, l) in cands {
+            if let Some(d) = delta.get(id) {
+                *l += d;
+            }
+        }
+    }
+}
+
 /// Chooses tokens from logits with a fixed [`SamplingParams`] and its own random stream.
 #[derive(Clone, Debug)]
 pub struct Sampler {
     params: SamplingParams,
+    penalties: Penalties,
     rng: StdRng,
 }
 
 impl Sampler {
     /// Fails on out-of-range parameters (NaN temperature, top_p outside (0, 1], …).
     pub fn new(params: SamplingParams) -> Result<Self> {
+        Self::with_penalties(params, Penalties::default())
+    }
+
+    /// [`Sampler::new`] that also applies `penalties` (out-of-range values fail).
+    pub fn with_penalties(params: SamplingParams, penalties: Penalties) -> Result<Self> {
         params.validate()?;
+        penalties.validate()?;
         let rng = match params.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Ok(Sampler { params, rng })
+        Ok(Sampler {
+            params,
+            penalties,
+            rng,
+        })
     }
 
     /// The validated parameters this sampler draws with.
@@ -107,21 +188,37 @@ impl Sampler {
     /// Picks a token from the full logits row (`logits[id]`). `history` holds the tokens the
     /// repetition penalty applies to (usually prompt and generated tokens so far).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32> {
+        self.sample_reply(logits, history, &[])
+    }
+
+    /// [`Sampler::sample`] for a reply that has generated `generated` so far (what the presence
+    /// and frequency [`Penalties`] count).
+    pub fn sample_reply(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        generated: &[u32],
+    ) -> Result<u32> {
         let candidates = logits
             .iter()
             .enumerate()
             .map(|(id, &l)| (id as u32, l))
             .collect();
-        self.pick(candidates, history)
+        self.pick(candidates, history, generated)
     }
 
     /// Picks a token from `(id, logit)` pairs, e.g. the top candidates the GPU returned; the
     /// distribution is renormalized over the candidates given.
     pub fn sample_candidates(&mut self, candidates: &[(u32, f32)], history: &[u32]) -> Result<u32> {
-        self.pick(candidates.to_vec(), history)
+        self.pick(candidates.to_vec(), history, &[])
     }
 
-    fn pick(&mut self, mut cands: Vec<(u32, f32)>, history: &[u32]) -> Result<u32> {
+    fn pick(
+        &mut self,
+        mut cands: Vec<(u32, f32)>,
+        history: &[u32],
+        generated: &[u32],
+    ) -> Result<u32> {
         cands.retain(|&(_, l)| !l.is_nan());
         for (_, l) in &mut cands {
             *l = l.min(f32::MAX);
@@ -135,6 +232,7 @@ impl Sampler {
                 }
             }
         }
+        self.penalties.apply(&mut cands, generated);
         // -inf (a masked token) is never a valid choice.
         cands.retain(|&(_, l)| l > f32::NEG_INFINITY);
         if cands.is_empty() {
@@ -217,6 +315,52 @@ impl Sampler {
 /// Rank order: larger logit first, lower id first among equals (NaN was removed before).
 fn by_rank(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The log-probabilities of one step: of the model's own distribution (log-softmax of the raw
+/// logits), before temperature, penalties, bias and truncation change it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first (lowest id on ties).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// The log-probability of `id` and the `top` most likely tokens in the `logits` row.
+    pub fn of(logits: &[f32], id: u32, top: usize) -> TokenLogprobs {
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|l| !l.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max)
+            .min(f32::MAX);
+        let max = f64::from(max);
+        let sum: f64 = logits
+            .iter()
+            .filter(|l| !l.is_nan())
+            .map(|&l| (f64::from(l.min(f32::MAX)) - max).exp())
+            .sum();
+        let log_z = max + sum.ln();
+        let logprob = |l: f32| (f64::from(l) - log_z) as f32;
+        let mut ranked: Vec<(u32, f32)> = (0u32..)
+            .zip(logits.iter().copied())
+            .filter(|(_, l)| !l.is_nan())
+            .collect();
+        let top = top.min(ranked.len());
+        if top > 0 && top < ranked.len() {
+            ranked.select_nth_unstable_by(top - 1, by_rank);
+        }
+        ranked.truncate(top);
+        ranked.sort_unstable_by(by_rank);
+        TokenLogprobs {
+            logprob: logits
+                .get(id as usize)
+                .map_or(f32::NEG_INFINITY, |&l| logprob(l)),
+            top: ranked.into_iter().map(|(i, l)| (i, logprob(l))).collect(),
+        }
+    }
 }
 
 /// log softmax(logits)`[index]`, in f64: a token's log-probability (perplexity sums these).
@@ -467,6 +611,134 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.sample(&[3.0, 2.0], &[1]).unwrap(), 1);
+    }
+
+    fn penalized(penalties: Penalties) -> Sampler {
+        Sampler::with_penalties(SamplingParams::default(), penalties).unwrap()
+    }
+
+    #[test]
+    fn frequency_penalty_counts_occurrences_in_the_reply() {
+        let f = |frequency| Penalties {
+            frequency,
+            ..Default::default()
+        };
+        // Token 0 leads by 1.5; generated twice, it loses 2 × 1.0 and token 1 wins.
+        let logits = [3.0, 1.5, 0.0];
+        assert_eq!(
+            penalized(f(1.0))
+                .sample_reply(&logits, &[], &[0, 0])
+                .unwrap(),
+            1
+        );
+        // Once: it loses only 1.0 and still wins.
+        assert_eq!(
+            penalized(f(1.0)).sample_reply(&logits, &[], &[0]).unwrap(),
+            0
+        );
+        // The prompt (history) does not count, only the reply.
+        assert_eq!(
+            penalized(f(2.0))
+                .sample_reply(&logits, &[0, 0], &[])
+                .unwrap(),
+            0
+        );
+        // A negative penalty encourages repeats.
+        assert_eq!(
+            penalized(f(-1.0))
+                .sample_reply(&logits, &[], &[1, 1])
+                .unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn presence_penalty_counts_once() {
+        let p = Penalties {
+            presence: 1.0,
+            ..Default::default()
+        };
+        let logits = [3.0, 1.5, 0.0];
+        // However often token 0 occurs it loses 1.0: 2.0 > 1.5.
+        assert_eq!(
+            penalized(p.clone())
+                .sample_reply(&logits, &[], &[0; 5])
+                .unwrap(),
+            0
+        );
+        let both = Penalties {
+            presence: 1.0,
+            frequency: 0.5,
+            ..Default::default()
+        };
+        // 3.0 - 1.0 - 0.5 × 2 = 1.0 < 1.5.
+        assert_eq!(
+            penalized(both).sample_reply(&logits, &[], &[0, 0]).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn logit_bias_adds_to_the_logit() {
+        let bias = |logit_bias: Vec<(u32, f32)>| Penalties {
+            logit_bias,
+            ..Default::default()
+        };
+        let logits = [3.0, 1.5, 0.0];
+        assert_eq!(
+            penalized(bias(vec![(2, 100.0)]))
+                .sample(&logits, &[])
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            penalized(bias(vec![(0, -2.0)]))
+                .sample(&logits, &[])
+                .unwrap(),
+            1
+        );
+        // -100 bans a token under sampling too.
+        let mut s = Sampler::with_penalties(temp(1.0), bias(vec![(0, -100.0)])).unwrap();
+        for _ in 0..200 {
+            assert_ne!(s.sample(&[0.0, 0.0, 0.0], &[]).unwrap(), 0);
+        }
+        assert!(!bias(vec![(0, 0.0)]).is_active());
+        assert!(bias(vec![(0, 1.0)]).is_active());
+    }
+
+    #[test]
+    fn rejects_bad_penalties() {
+        for p in [
+            Penalties {
+                presence: 2.5,
+                ..Default::default()
+            },
+            Penalties {
+                frequency: f32::NAN,
+                ..Default::default()
+            },
+            Penalties {
+                logit_bias: vec![(1, -101.0)],
+                ..Default::default()
+            },
+        ] {
+            assert!(Sampler::with_penalties(SamplingParams::default(), p).is_err());
+        }
+    }
+
+    #[test]
+    fn token_logprobs_are_log_softmax_of_the_raw_logits() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, f32::NAN];
+        let lp = TokenLogprobs::of(&logits, 2, 3);
+        let z: f64 = [1.0f64, 3.0, 2.0, 3.0].iter().map(|l| l.exp()).sum();
+        let want = |l: f64| (l - z.ln()) as f32;
+        assert!((lp.logprob - want(2.0)).abs() < 1e-6, "{lp:?}");
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2], "most likely first, lowest id on ties");
+        assert!((lp.top[0].1 - want(3.0)).abs() < 1e-6);
+        assert!((lp.logprob - log_softmax_at(&logits[..4], 2) as f32).abs() < 1e-6);
+        assert_eq!(TokenLogprobs::of(&logits, 0, 0).top, []);
+        assert_eq!(TokenLogprobs::of(&logits, 0, 99).top.len(), 4);
     }
 
     #[test]
