@@ -40,6 +40,11 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Keep going past EOS / end-of-turn tokens (benchmarks, parity checks).
     pub ignore_eos: bool,
+    /// OpenAI's presence and frequency penalties and logit bias (none by default).
+    pub penalties: Penalties,
+    /// `Some(n)`: give every token its [`TokenLogprobs`] with the `n` most likely alternatives
+    /// (each step then reads the full logits back).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -49,20 +54,10 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            penalties: Penalties::default(),
+            logprobs: None,
         }
     }
-}
-
-/// What a reply does beyond its [`GenerateOptions`] (given to [`Session::generate_with`] and
-/// [`Batch::submit_with`]); the default adds nothing. Kept apart from `GenerateOptions` so that
-/// code that builds those field by field stays valid.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ReplyExtras {
-    /// OpenAI's presence and frequency penalties and logit bias.
-    pub penalties: Penalties,
-    /// `Some(n)`: give every token its [`TokenLogprobs`] with the `n` most likely alternatives
-    /// (each step then reads the full logits back).
-    pub logprobs: Option<usize>,
 }
 
 /// Why generation ended.
@@ -125,7 +120,7 @@ pub struct TokenEvent<'a> {
     pub id: u32,
     /// The text it completes, without special tokens and held-back stop-string prefixes.
     pub text: &'a str,
-    /// Its log-probabilities, when [`ReplyExtras::logprobs`] asked for them (`None` on the event
+    /// Its log-probabilities, when [`GenerateOptions::logprobs`] asked for them (`None` on the event
     /// that only releases held-back text at the end).
     pub logprobs: Option<&'a TokenLogprobs>,
 }
@@ -398,24 +393,12 @@ impl Session {
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
-        on_token: impl FnMut(TokenEvent<'_>),
-    ) -> Result<Generation> {
-        self.generate_with(prompt, options, &ReplyExtras::default(), on_token)
-            .await
-    }
-
-    /// [`Session::generate`] with `extras` (penalties, logit bias, log-probabilities).
-    pub async fn generate_with(
-        &mut self,
-        prompt: &[u32],
-        options: &GenerateOptions,
-        extras: &ReplyExtras,
         mut on_token: impl FnMut(TokenEvent<'_>),
     ) -> Result<Generation> {
         self.cancel.rearm();
         let limit = self.max_context();
         check_prompt(&self.model, prompt, limit)?;
-        let mut reply = Reply::new(&self.model, options, extras)?;
+        let mut reply = Reply::new(&self.model, options)?;
 
         // Reuse the cache for the common prefix; at least the last prompt token is recomputed.
         let reused = common_prefix(&self.history, prompt).min(prompt.len() - 1);

@@ -66,7 +66,7 @@ pub mod reference;
 pub use error::{Error, Result};
 pub use generate::{
     Batch, BatchEvent, BatchOptions, CancelHandle, GenerateOptions, Generation, Model, OpenOptions,
-    Penalties, ReplyExtras, RequestId, SamplingParams, Session, SessionOptions, StopReason,
-    TokenEvent, TokenLogprobs,
+    Penalties, RequestId, SamplingParams, Session, SessionOptions, StopReason, TokenEvent,
+    TokenLogprobs,
 };
 pub use text::chat_template::ChatMessage;

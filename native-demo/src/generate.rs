@@ -86,6 +86,7 @@ impl SamplingArgs {
             },
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
+            ..GenerateOptions::default()
         }
     }
 }

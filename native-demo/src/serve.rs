@@ -50,7 +50,7 @@ use tern::generate::{CancelHandle, GenerateOptions, SamplingParams, StopReason};
 use tern::model::weights::ProjectionKind;
 use tern::text::chat_template::{ChatMessage, ChatTemplate};
 use tern::text::tokenizer::Tokenizer;
-use tern::{Batch, BatchEvent, BatchOptions, Penalties, ReplyExtras, RequestId, TokenLogprobs};
+use tern::{Batch, BatchEvent, BatchOptions, Penalties, RequestId, TokenLogprobs};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -512,13 +512,11 @@ impl Server {
         &self,
         prompt: Vec<u32>,
         options: GenerateOptions,
-        extras: ReplyExtras,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let (events, receiver) = unbounded_channel();
         let job = Job {
             prompt,
             options,
-            extras,
             events,
             queued: Instant::now(),
         };
@@ -582,7 +580,6 @@ impl Prompter {
 struct Job {
     prompt: Vec<u32>,
     options: GenerateOptions,
-    extras: ReplyExtras,
     events: UnboundedSender<Event>,
     queued: Instant,
 }
@@ -672,7 +669,7 @@ impl Worker {
                 }));
                 continue;
             }
-            match self.batch.submit_with(job.prompt, job.options, &job.extras) {
+            match self.batch.submit(job.prompt, job.options) {
                 Ok(id) => {
                     let request = InFlight {
                         events: job.events,
@@ -1012,7 +1009,6 @@ struct StreamOptions {
 /// The sampling and streaming fields shared by both endpoints; unknown fields are ignored.
 struct Params {
     options: GenerateOptions,
-    extras: ReplyExtras,
     stream: bool,
     include_usage: bool,
 }
@@ -1131,8 +1127,6 @@ impl Params {
                 },
                 stop,
                 ignore_eos: false,
-            },
-            extras: ReplyExtras {
                 penalties: Penalties {
                     presence,
                     frequency,
@@ -1362,7 +1356,7 @@ async fn answer(
         if chat { server.chat_max_tokens } else { 16 },
         server.vocab,
     )?;
-    params.extras.logprobs = logprobs_asked(&fields, chat)?;
+    params.options.logprobs = logprobs_asked(&fields, chat)?;
     refuse_unsupported(&fields)?;
     let prompt = match chat {
         true => Prompt::Chat(chat_messages(&fields)?),
@@ -1375,7 +1369,10 @@ async fn answer(
         created: unix_seconds(),
         chat,
         include_usage: params.include_usage,
-        logprobs: params.extras.logprobs.map(|_| Arc::clone(&server.prompter)),
+        logprobs: params
+            .options
+            .logprobs
+            .map(|_| Arc::clone(&server.prompter)),
         text_offset: 0,
     };
     respond(server, prompt, params, shape).await
@@ -1390,7 +1387,7 @@ async fn respond(
     shape: Shape,
 ) -> Result<Response, ApiError> {
     let stream = params.stream;
-    let mut events = server.submit(prompt, params.options, params.extras)?;
+    let mut events = server.submit(prompt, params.options)?;
     let first = match events.recv().await {
         Some(Event::Failed(error)) => return Err(error.into()),
         Some(event) => event,

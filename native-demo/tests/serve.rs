@@ -604,7 +604,10 @@ fn api_key_guards_every_v1_route_but_not_health() {
 
 #[test]
 fn queue_is_bounded_and_long_prompts_are_refused_before_it() {
-    let server = Arc::new(Server::start_with(&["--parallel", "1", "--queue", "1"], &[]));
+    let server = Arc::new(Server::start_with(
+        &["--parallel", "1", "--queue", "1"],
+        &[],
+    ));
     // The one slot is busy with this for a second or more; everything below takes milliseconds.
     let busy = server.open_stream(
         "/v1/chat/completions",

@@ -218,7 +218,7 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
     use std::collections::HashMap;
     use tern::{
         BatchEvent, BatchOptions, ChatMessage, GenerateOptions, Model, OpenOptions, Penalties,
-        ReplyExtras, SamplingParams, SessionOptions, StopReason, TokenLogprobs,
+        SamplingParams, SessionOptions, StopReason, TokenLogprobs,
     };
 
     for ctx in contexts() {
@@ -229,7 +229,7 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
         };
         let model = Model::open_with(&fixture("bitnet-2b4t").to_string_lossy(), options).unwrap();
         let (context, chunk) = (160, 8);
-        let requests: Vec<(Vec<u32>, GenerateOptions, ReplyExtras)> = (0..10)
+        let requests: Vec<(Vec<u32>, GenerateOptions)> = (0..10)
             .map(|i| {
                 let text = "tell me about the sea and the ships ".repeat(1 + i % 4);
                 let prompt = model
@@ -259,8 +259,6 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
                     sampling,
                     stop: if i == 6 { vec!["e".into()] } else { Vec::new() },
                     ignore_eos: i % 2 == 0,
-                };
-                let extras = ReplyExtras {
                     penalties: match i {
                         7 => Penalties {
                             presence: 0.5,
@@ -276,7 +274,7 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
                     },
                     logprobs: (i >= 8).then(|| i - 6),
                 };
-                (prompt, options, extras)
+                (prompt, options)
             })
             .collect();
         let sizes = SessionOptions {
@@ -286,15 +284,14 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
         let mut alone_logprobs: Vec<Vec<TokenLogprobs>> = Vec::new();
         let alone: Vec<_> = requests
             .iter()
-            .map(|(prompt, options, extras)| {
+            .map(|(prompt, options)| {
                 let mut session = model.session(sizes).unwrap();
                 let mut logprobs = Vec::new();
-                let generation =
-                    pollster::block_on(session.generate_with(prompt, options, extras, |t| {
-                        logprobs.extend(t.logprobs.cloned())
-                    }))
-                    .unwrap();
-                assert_eq!(extras.logprobs.is_some(), !logprobs.is_empty());
+                let generation = pollster::block_on(
+                    session.generate(prompt, options, |t| logprobs.extend(t.logprobs.cloned())),
+                )
+                .unwrap();
+                assert_eq!(options.logprobs.is_some(), !logprobs.is_empty());
                 alone_logprobs.push(logprobs);
                 generation
             })
@@ -312,11 +309,7 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
         for round in 0..2 {
             let ids: Vec<_> = requests
                 .iter()
-                .map(|(prompt, options, extras)| {
-                    batch
-                        .submit_with(prompt.clone(), options.clone(), extras)
-                        .unwrap()
-                })
+                .map(|(prompt, options)| batch.submit(prompt.clone(), options.clone()).unwrap())
                 .collect();
             let cancelled = ids[4 + round];
             let mut tokens: HashMap<_, usize> = HashMap::new();

@@ -79,6 +79,7 @@ impl JsGenerateOptions {
             },
             stop: o.stop.unwrap_or_default(),
             ignore_eos: o.ignore_eos.unwrap_or(false),
+            ..defaults
         };
         Ok((options, signal))
     }

@@ -494,7 +494,7 @@ unsafe fn generate_options(
             seed: o.use_seed.then_some(o.seed),
         },
         stop,
-        ignore_eos: false,
+        ..GenerateOptions::default()
     })
 }
 

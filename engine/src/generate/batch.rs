@@ -23,8 +23,8 @@
 use std::collections::VecDeque;
 
 use crate::generate::{
-    check_prompt, common_prefix, now, GenerateOptions, Generation, Model, Reply, ReplyExtras,
-    StopReason, TokenLogprobs,
+    check_prompt, common_prefix, now, GenerateOptions, Generation, Model, Reply, StopReason,
+    TokenLogprobs,
 };
 use crate::model::{DecodeRow, SequenceBatch, StepResult};
 use crate::{Error, Result};
@@ -55,7 +55,7 @@ pub enum BatchEvent {
         id: u32,
         /// Text completed by the token.
         text: String,
-        /// Its log-probabilities, when [`ReplyExtras::logprobs`] asked for them.
+        /// Its log-probabilities, when [`GenerateOptions::logprobs`] asked for them.
         logprobs: Option<TokenLogprobs>,
     },
     /// The request ended; `text` is what was held back until now (often empty). Its slot is free.
@@ -197,19 +197,9 @@ impl Batch {
     /// Queues a generation after `prompt` (ids, BOS included if wanted). A prompt that leaves no
     /// room for a reply in a slot's context, or names ids outside the vocabulary, is refused here.
     pub fn submit(&mut self, prompt: Vec<u32>, options: GenerateOptions) -> Result<RequestId> {
-        self.submit_with(prompt, options, &ReplyExtras::default())
-    }
-
-    /// [`Batch::submit`] with `extras` (penalties, logit bias, log-probabilities).
-    pub fn submit_with(
-        &mut self,
-        prompt: Vec<u32>,
-        options: GenerateOptions,
-        extras: &ReplyExtras,
-    ) -> Result<RequestId> {
         check_prompt(&self.model, &prompt, self.max_context())?;
         // Sampling parameters are checked now, not when a slot frees up.
-        let reply = Reply::new(&self.model, &options, extras)?;
+        let reply = Reply::new(&self.model, &options)?;
         let request = RequestId(self.next_request);
         self.next_request += 1;
         self.waiting.push_back(Waiting {

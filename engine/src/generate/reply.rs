@@ -3,7 +3,7 @@
 //! step's result and act on what it says.
 
 use crate::generate::{
-    GenerateOptions, Generation, Model, ReplyExtras, Sampler, StopReason, TokenLogprobs, GPU_TOP_K,
+    GenerateOptions, Generation, Model, Sampler, StopReason, TokenLogprobs, GPU_TOP_K,
 };
 use crate::model::{Output, StepResult};
 use crate::text::stream::{StopMatcher, TextStreamer};
@@ -33,9 +33,9 @@ pub(super) struct Accepted {
 }
 
 impl Reply {
-    pub fn new(model: &Model, options: &GenerateOptions, extras: &ReplyExtras) -> Result<Reply> {
+    pub fn new(model: &Model, options: &GenerateOptions) -> Result<Reply> {
         let sampling = &options.sampling;
-        let penalties = &extras.penalties;
+        let penalties = &options.penalties;
         let vocab = model.config().vocab_size;
         if let Some((id, _)) = penalties
             .logit_bias
@@ -51,7 +51,7 @@ impl Reply {
         // whenever a penalty or bias changes logits, or log-probabilities are asked for).
         let output = if sampling.repetition_penalty != 1.0
             || penalties.is_active()
-            || extras.logprobs.is_some()
+            || options.logprobs.is_some()
         {
             Output::LastLogits
         } else if sampling.is_greedy() {
@@ -73,7 +73,7 @@ impl Reply {
             },
             ids: Vec::new(),
             text: String::new(),
-            logprobs: extras.logprobs,
+            logprobs: options.logprobs,
         })
     }
 
