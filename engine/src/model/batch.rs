@@ -19,9 +19,11 @@
 use crate::error::NO_FINITE_LOGIT;
 use crate::format::config::ModelConfig;
 use crate::gpu::{read_buffer, AllocationCount, KernelProfile, KernelTiming, StepRecorder};
-use crate::model::forward::{attention_shape, read_f32, ModelOptions, Output, StepResult};
+use crate::model::forward::{
+    attention_shape, read_f32, LastLayerActivations, ModelOptions, Output, StepResult, Transformer,
+};
 use crate::model::graph::{bitnet_step, Activations, GraphBuilder, Slot, SlotStep, StepGraph};
-use crate::model::{limits, LastLayerActivations, Transformer};
+use crate::model::limits;
 use crate::ops::dense_matvec::DenseMatvecBinding;
 use crate::ops::select::{Candidate, SelectBinding, MAX_TOP_K};
 use crate::ops::StepParams;

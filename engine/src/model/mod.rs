@@ -6,9 +6,11 @@ pub mod cpu_step;
 mod forward;
 mod graph;
 pub mod limits;
+mod sequence;
 #[cfg(any(test, feature = "internals"))]
 pub mod synthetic;
 pub mod weights;
 
 pub use batch::{DecodeRow, SequenceBatch};
-pub use forward::{LastLayerActivations, ModelOptions, Output, Sequence, StepResult, Transformer};
+pub use forward::{LastLayerActivations, ModelOptions, Output, StepResult, Transformer};
+pub use sequence::Sequence;
