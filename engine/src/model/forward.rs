@@ -66,7 +66,7 @@ pub enum StepResult {
     Logits(Vec<f32>),
 }
 
-/// See [`Sequence::last_layer_activations`].
+/// See [`super::Sequence::last_layer_activations`].
 pub struct LastLayerActivations {
     /// Attention output before the sub-norm and o_proj.
     pub attention: Vec<f32>,
@@ -79,7 +79,7 @@ pub struct LastLayerActivations {
 }
 
 /// A model's weights on the GPU and the pipelines that run them, loaded once and shared by every
-/// [`Sequence`] of the model: a clone is another handle on the same device memory.
+/// [`super::Sequence`] of the model: a clone is another handle on the same device memory.
 #[derive(Clone)]
 pub struct Transformer(Arc<Loaded>);
 
