@@ -189,10 +189,23 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// After each reply, a line of figures: tokens, tokens/s, prompt tokens computed, stop reason
+    /// (`/stats` toggles it).
+    #[arg(long)]
+    stats: bool,
+}
+
+/// A bracketed note on stderr, dimmed where stderr is a terminal (`console` honours NO_COLOR and
+/// CLICOLOR).
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!("{}", console::style(format!("[{}]", format_args!($($arg)*))).dim().for_stderr())
+    };
 }
 
 const CHAT_HELP: &str = "\
 /help           this list
+/stats          show or hide the figures of each reply
 /system TEXT    set the system prompt and start a new conversation
 /reset          start a new conversation (the system prompt stays)
 /save FILE      write the conversation to FILE as JSON messages
@@ -266,7 +279,7 @@ impl Interrupts {
             }
         });
         if let Err(e) = installed {
-            eprintln!("[Ctrl-C cannot stop a reply here: {e}]");
+            note!("Ctrl-C cannot stop a reply here: {e}");
         }
         Interrupts {
             replying,
@@ -326,6 +339,7 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
     let interrupts = Interrupts::install();
     let cancel = session.cancel_handle();
     let mut input = Input::new();
+    let mut stats = args.stats;
     while let Some(line) = input.line()? {
         let line = line.trim();
         if line.is_empty() {
@@ -337,23 +351,27 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
             match name {
                 "exit" | "quit" => break,
                 "help" => eprintln!("{CHAT_HELP}"),
+                "stats" => {
+                    stats = !stats;
+                    note!("reply figures {}", if stats { "on" } else { "off" });
+                }
                 "reset" => {
                     messages = opening.clone();
                     session.reset();
-                    eprintln!("[conversation reset]");
+                    note!("conversation reset");
                 }
                 "system" if !rest.is_empty() => {
                     opening = vec![ChatMessage::new("system", rest)];
                     messages = opening.clone();
                     session.reset();
-                    eprintln!("[system prompt set; conversation reset]");
+                    note!("system prompt set; conversation reset");
                 }
                 "save" if !rest.is_empty() => match serde_json::to_string_pretty(&messages)
                     .map_err(anyhow::Error::from)
                     .and_then(|json| Ok(std::fs::write(rest, json + "\n")?))
                 {
-                    Ok(()) => eprintln!("[{} messages saved to {rest}]", messages.len()),
-                    Err(e) => eprintln!("[cannot save to {rest}: {e}]"),
+                    Ok(()) => note!("{} messages saved to {rest}", messages.len()),
+                    Err(e) => note!("cannot save to {rest}: {e}"),
                 },
                 "load" if !rest.is_empty() => match load_conversation(rest) {
                     Ok(loaded) => {
@@ -364,14 +382,14 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
                             .collect();
                         messages = loaded;
                         session.reset();
-                        eprintln!("[{} messages loaded from {rest}]", messages.len());
+                        note!("{} messages loaded from {rest}", messages.len());
                     }
-                    Err(e) => eprintln!("[cannot load {rest}: {e:#}]"),
+                    Err(e) => note!("cannot load {rest}: {e:#}"),
                 },
                 "system" | "save" | "load" => {
-                    eprintln!("[/{name} needs an argument: /help lists the commands]")
+                    note!("/{name} needs an argument: /help lists the commands")
                 }
-                _ => eprintln!("[unknown command /{name}: /help lists the commands]"),
+                _ => note!("unknown command /{name}: /help lists the commands"),
             }
             continue;
         }
@@ -390,11 +408,11 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
             dropped += 1;
         }
         if dropped > 0 {
-            eprintln!("[context full: the {dropped} oldest turn(s) were dropped]");
+            note!("context full: the {dropped} oldest turn(s) were dropped");
         }
         if prompt.len() + 1 > max_context {
-            eprintln!(
-                "[this message does not fit the {max_context}-token context ({} tokens): send a shorter one]",
+            note!(
+                "this message does not fit the {max_context}-token context ({} tokens): send a shorter one",
                 prompt.len()
             );
             messages.pop();
@@ -418,14 +436,35 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<()> {
         let generation = generation?;
         println!();
         if stopped || generation.stop_reason == StopReason::Cancelled {
-            eprintln!("[reply stopped]");
+            note!("reply stopped");
         }
         if generation.stop_reason == StopReason::ContextFull {
-            eprintln!("[the context is full: /reset to start over]");
+            note!("the context is full: /reset to start over");
+        }
+        if stats {
+            note!("{}", reply_figures(&generation));
         }
         messages.push(ChatMessage::new("assistant", generation.text.trim()));
     }
     Ok(())
+}
+
+/// One line about a reply: its tokens and speed, the prompt tokens computed (the rest came from
+/// the KV cache) and why it stopped.
+fn reply_figures(g: &tern::Generation) -> String {
+    let speed = match g.decode_seconds > 0.0 && g.ids.len() > 1 {
+        true => format!(", {:.1} tok/s", (g.ids.len() - 1) as f64 / g.decode_seconds),
+        false => String::new(),
+    };
+    format!(
+        "{} tokens in {:.2} s{speed} · prompt {} tokens, {} computed in {:.2} s · stop: {:?}",
+        g.ids.len(),
+        g.decode_seconds,
+        g.prompt_tokens,
+        g.prefilled_tokens,
+        g.prefill_seconds,
+        g.stop_reason
+    )
 }
 
 /// A conversation written by `/save`: a JSON array of `{"role", "content"}` messages.

@@ -713,6 +713,22 @@ fn chat_commands() {
     );
 }
 
+/// `/stats` turns on a line of figures after each reply (and off again); notes carry no colour
+/// codes when stderr is not a terminal.
+#[test]
+fn chat_stats_show_each_replys_figures() {
+    let out = chat_on_fixture("/stats\nHello\n/stats\nAgain\n/exit\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("[reply figures on]"), "{stderr}");
+    assert!(stderr.contains("[reply figures off]"), "{stderr}");
+    let figures: Vec<&str> = stderr.lines().filter(|l| l.contains(" computed in ")).collect();
+    assert_eq!(figures.len(), 1, "one reply with figures:\n{stderr}");
+    assert!(figures[0].starts_with("[8 tokens in "), "{}", figures[0]);
+    assert!(figures[0].contains("tok/s") && figures[0].contains("stop: MaxTokens"));
+    assert!(!stderr.contains('\x1b'), "colour codes on a pipe:\n{stderr}");
+}
+
 /// An unknown `/command` is an error line, never a message to the model.
 #[test]
 fn chat_unknown_command_does_not_reach_the_model() {
