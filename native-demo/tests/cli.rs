@@ -722,11 +722,17 @@ fn chat_stats_show_each_replys_figures() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("[reply figures on]"), "{stderr}");
     assert!(stderr.contains("[reply figures off]"), "{stderr}");
-    let figures: Vec<&str> = stderr.lines().filter(|l| l.contains(" computed in ")).collect();
+    let figures: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" computed in "))
+        .collect();
     assert_eq!(figures.len(), 1, "one reply with figures:\n{stderr}");
     assert!(figures[0].starts_with("[8 tokens in "), "{}", figures[0]);
     assert!(figures[0].contains("tok/s") && figures[0].contains("stop: MaxTokens"));
-    assert!(!stderr.contains('\x1b'), "colour codes on a pipe:\n{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes on a pipe:\n{stderr}"
+    );
 }
 
 /// An unknown `/command` is an error line, never a message to the model.
