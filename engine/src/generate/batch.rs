@@ -120,7 +120,8 @@ pub struct Batch {
     waiting: VecDeque<Waiting>,
     /// Requests cancelled while waiting: they end at the next step.
     cancelled: Vec<Waiting>,
-    /// The prompt whose whole prefill chunks each slot's cache holds (its last request's).
+    /// The prompt tokens each free slot's cache holds (its last request's, as far as it was read),
+    /// set when that request ends.
     cached_prompts: Vec<Vec<u32>>,
     next_request: u64,
 }
@@ -273,7 +274,6 @@ impl Batch {
                 .max_by_key(|&(kept, slot)| (kept, std::cmp::Reverse(slot)))
                 .expect("a free slot");
             self.sequences.truncate(slot, kept);
-            self.cached_prompts[slot].truncate(kept);
             self.slots[slot] = Some(Running {
                 request: waiting.request,
                 reply: waiting.reply,
@@ -308,7 +308,6 @@ impl Batch {
         let result = self.sequences.forward(slot, &chunk, output).await;
         let running = self.slots[slot].as_mut().expect("the slot runs a request");
         running.history.extend_from_slice(&chunk);
-        self.cached_prompts[slot].extend_from_slice(&chunk);
         match result {
             Ok(result) if end == running.prompt.len() => {
                 running.prefill_seconds = now() - running.prefill_started;
@@ -401,6 +400,7 @@ impl Batch {
     ) -> Result<()> {
         let running = self.slots[slot].take().expect("a running slot");
         let prefilled = running.prompt.len().min(running.history.len());
+        self.cached_prompts[slot] = running.history[..prefilled].to_vec();
         let (text, generation) = running.reply.finish(stop)?;
         let decode_seconds = running
             .decode_started
