@@ -29,7 +29,9 @@ pub fn contexts() -> &'static [Context] {
         let adapters = pollster::block_on(Context::adapters(&options)).expect("listing adapters");
         let contexts: Vec<Context> = adapters
             .into_iter()
-            .map(|a| pollster::block_on(Context::from_adapter(a)).expect("creating a device"))
+            .map(|a| {
+                pollster::block_on(Context::from_adapter(a, &options)).expect("creating a device")
+            })
             .collect();
         assert!(
             !contexts.is_empty(),
@@ -45,13 +47,24 @@ pub fn contexts() -> &'static [Context] {
 /// A second device on each adapter under test, created with the adapter's limits as `lower`
 /// changes them: a model loaded there meets the limits of a smaller GPU.
 pub fn contexts_with_limits(lower: impl Fn(&mut wgpu::Limits)) -> Vec<Context> {
+    second_contexts(lower, ContextOptions::from_env().portable)
+}
+
+/// A second device on each adapter under test without its optional shader features (subgroups,
+/// `shader-f16`): the kernels a browser without them would run.
+pub fn portable_contexts() -> Vec<Context> {
+    second_contexts(|_| {}, true)
+}
+
+fn second_contexts(lower: impl Fn(&mut wgpu::Limits), portable: bool) -> Vec<Context> {
     contexts()
         .iter()
         .map(|ctx| {
             let options = ContextOptions {
                 backend: Some(format!("{:?}", ctx.info.backend).to_lowercase()),
                 adapter_name: Some(ctx.info.name.clone()),
-                ..ContextOptions::default()
+                portable,
+                ..ContextOptions::from_env()
             };
             let adapter = pollster::block_on(Context::adapters(&options))
                 .expect("listing adapters")
@@ -60,7 +73,8 @@ pub fn contexts_with_limits(lower: impl Fn(&mut wgpu::Limits)) -> Vec<Context> {
                 .expect("the adapter under test");
             let mut limits = adapter.limits();
             lower(&mut limits);
-            pollster::block_on(Context::with_limits(adapter, limits)).expect("creating a device")
+            pollster::block_on(Context::with_limits(adapter, limits, &options))
+                .expect("creating a device")
         })
         .collect()
 }

@@ -2,12 +2,16 @@
 //! limit than the adapter's (as a smaller GPU or a browser has) refuses a KV cache that does not fit
 //! with an error naming the limit, and runs a model that fits — embedding and LM head split into
 //! binding-sized chunks — to the same logits as the adapter's own limits. And a wgpu validation
-//! error becomes an `Error`, not a panic.
+//! error becomes an `Error`, not a panic. A portable device (`TERN_PORTABLE`, what `cargo xtask
+//! gpu-check` runs the tests on a second time) leaves out subgroups and `shader-f16` and computes the
+//! same logits.
 
 use tern::gpu::Context;
 use tern::model::synthetic::{self, Shape};
 use tern::model::{ModelOptions, Output, Sequence, StepResult};
-use tern_tests::{assert_close, contexts, contexts_with_limits, for_each_adapter};
+use tern_tests::{
+    assert_close, contexts, contexts_with_limits, for_each_adapter, portable_contexts,
+};
 
 /// Smaller than the tiny shape's 512 KiB bf16 embedding (so it is chunked), larger than its
 /// largest ternary weight (gate|up, 96 KiB).
@@ -89,4 +93,36 @@ fn wgpu_validation_errors_become_errors() {
         // Reported once: the device goes on working.
         pollster::block_on(ctx.wait()).expect("no error left");
     });
+}
+
+#[test]
+fn a_portable_device_leaves_out_the_shader_features_and_computes_the_same() {
+    for (portable, full) in portable_contexts().iter().zip(contexts()) {
+        let adapter = portable.adapter_name();
+        assert!(
+            !portable.caps.subgroups
+                && !portable.caps.shader_f16
+                && portable.caps.subgroup_min_size == 0,
+            "{adapter}: a portable device has no subgroups or shader-f16: {:?}",
+            portable.caps
+        );
+        assert_eq!(
+            portable.caps.timestamps, full.caps.timestamps,
+            "{adapter}: timestamps stay"
+        );
+        assert_eq!(
+            portable.limits, full.limits,
+            "{adapter}: the limits stay the adapter's"
+        );
+        let ids = [1, 5, 900, 42, 7];
+        let expected = logits(&mut load(full, 64, 8).expect("load"), &ids);
+        let got = logits(&mut load(portable, 64, 8).expect("load"), &ids);
+        assert_close(
+            &format!("{adapter}: portable logits"),
+            &got,
+            &expected,
+            1e-4,
+            1e-4,
+        );
+    }
 }

@@ -65,7 +65,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a sweep report", path.display()))?
         }
-        None => run_tern(root, &bench)?,
+        None => run_tern(root, &bench, &[])?,
     };
     let adapter = slug(report["adapter"].as_str().unwrap_or("unknown"));
     let dir = root.join("target/bench");
@@ -91,13 +91,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_tern(root: &Path, bench: &[&str]) -> anyhow::Result<Value> {
+/// `cargo run --release -p tern-cli -- <bench>` with `env` set, its standard output parsed as JSON.
+pub(crate) fn run_tern(root: &Path, bench: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Value> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo run --release -p tern-cli -- {}", bench.join(" "));
     let output = Command::new(cargo)
         .current_dir(root)
         .args(["run", "--quiet", "--release", "-p", "tern-cli", "--"])
         .args(bench)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running tern bench")?;
@@ -107,12 +109,12 @@ fn run_tern(root: &Path, bench: &[&str]) -> anyhow::Result<Value> {
     serde_json::from_slice(&output.stdout).context("tern bench printed no JSON object")
 }
 
-fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)` → `llvmpipe-llvm-15-0-6-256-bits-vulkan`.
-fn slug(name: &str) -> String {
+pub(crate) fn slug(name: &str) -> String {
     name.to_ascii_lowercase()
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|word| !word.is_empty())

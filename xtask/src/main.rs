@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod fixtures;
 mod gguf;
+mod gpu_check;
 mod test;
 mod wasm;
 mod web;
@@ -26,6 +27,9 @@ enum Command {
     Fixtures(fixtures::Args),
     /// Convert a model in the 2B-4T packed layout (HF safetensors) to a bitnet.cpp I2_S GGUF.
     Gguf(gguf::Args),
+    /// On a machine with a real GPU: release build, kernel and model tests on its adapter (native
+    /// and portable kernels), the 2B-4T and batching benches, one report in target/bench/.
+    GpuCheck(gpu_check::Args),
     /// Build the browser package web/pkg (tern.js, .wasm, .d.ts, package.json).
     Wasm(wasm::Args),
     /// Build the browser package and serve the chat page and local models on 127.0.0.1.
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Fixtures(args) => fixtures::run(&args),
         Command::Gguf(args) => gguf::run(&args),
+        Command::GpuCheck(args) => gpu_check::run(&args),
         Command::Wasm(args) => wasm::run(&args),
         Command::Web(args) => web::run(&args),
     }

@@ -14,17 +14,33 @@ pub struct ContextOptions {
     /// smaller: to check on a large GPU that a model fits a smaller one (WebGPU's default is
     /// 134217728).
     pub max_storage_binding: Option<String>,
+    /// Create the device without the optional shader features (subgroups, `shader-f16`) even where
+    /// the adapter has them, so the portable kernels run as in a browser that lacks them: checks
+    /// those kernels on a GPU that would otherwise pick the subgroup variants.
+    pub portable: bool,
 }
 
 impl ContextOptions {
-    /// Options from `TERN_BACKEND`, `TERN_ADAPTER` and `TERN_MAX_STORAGE_BINDING`.
+    /// Options from `TERN_BACKEND`, `TERN_ADAPTER`, `TERN_MAX_STORAGE_BINDING` and `TERN_PORTABLE`
+    /// (any value but `0`).
     pub fn from_env() -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         ContextOptions {
             backend: var("TERN_BACKEND"),
             adapter_name: var("TERN_ADAPTER"),
             max_storage_binding: var("TERN_MAX_STORAGE_BINDING"),
+            portable: var("TERN_PORTABLE").is_some_and(|v| v != "0"),
         }
+    }
+
+    /// The optional features the device is created with: what the adapter has of those the
+    /// kernels can use, less the shader features when `portable`.
+    fn features(&self, adapter: &wgpu::Adapter) -> wgpu::Features {
+        let mut features = adapter.features() & OPTIONAL_FEATURES;
+        if self.portable {
+            features.remove(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        }
+        features
     }
 
     /// The adapter's limits, lowered as asked.
@@ -147,8 +163,7 @@ impl Context {
         let backends = options.backends()?;
         let instance = instance(backends);
         let adapter = Self::choose_adapter(&instance, backends, options).await?;
-        let limits = options.limits(&adapter)?;
-        Self::with_limits(adapter, limits).await
+        Self::from_adapter(adapter, options).await
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -199,17 +214,22 @@ impl Context {
             .map_err(|e| Error::Gpu(format!("this browser offers no WebGPU adapter: {e}")))
     }
 
-    /// Creates the device with the adapter's own maxima and every optional feature it has.
-    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
-        let limits = adapter.limits();
-        Self::with_limits(adapter, limits).await
+    /// Creates the device with the adapter's own maxima (lowered as `options` ask) and every
+    /// optional feature it has (less the shader features when `options.portable`).
+    pub async fn from_adapter(adapter: wgpu::Adapter, options: &ContextOptions) -> Result<Self> {
+        let limits = options.limits(&adapter)?;
+        Self::with_limits(adapter, limits, options).await
     }
 
     /// Creates the device with `limits` (at most the adapter's: lower ones make a large GPU
-    /// behave like a smaller one) and every optional feature the adapter has.
-    pub async fn with_limits(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Self> {
+    /// behave like a smaller one) and the optional features `options` allow.
+    pub async fn with_limits(
+        adapter: wgpu::Adapter,
+        limits: wgpu::Limits,
+        options: &ContextOptions,
+    ) -> Result<Self> {
         let info = adapter.get_info();
-        let features = adapter.features() & OPTIONAL_FEATURES;
+        let features = options.features(&adapter);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("tern"),
