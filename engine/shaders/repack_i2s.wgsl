@@ -10,6 +10,10 @@ struct Params {
     cols: u32,
     words_per_row: u32,
     words: u32, // rows · words_per_row
+    out_offset: u32,
+    slot: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @compute @workgroup_size(64)

@@ -13,6 +13,10 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+    out_offset: u32,
+    slot: u32,
+    _pad3: u32,
+    _pad4: u32,
 }
 
 const BLOCK_BYTES: u32 = 54u;
@@ -63,7 +67,7 @@ fn main(
                 }
             }
             live = live || word != 0x55555555u;
-            packed[block * 16u + w] = word;
+            packed[params.out_offset + block * 16u + w] = word;
         }
         if (live) {
             let d = read_byte(base + 52u) | (read_byte(base + 53u) << 8u);

@@ -12,6 +12,10 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+    out_offset: u32,
+    slot: u32,
+    _pad3: u32,
+    _pad4: u32,
 }
 
 const BLOCK_BYTES: u32 = 66u;

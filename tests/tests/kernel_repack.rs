@@ -1,12 +1,13 @@
 //! `repack_{hf_packed,i2s,tq2_0,tq1_0}.wgsl` against `reference::repack` + `pack_ternary`.
 //! Integer paths: the GPU output must equal `pack_ternary` of the original values exactly, and block
-//! scales must be exact.
+//! scales must be exact. A queue of repacks writes each tensor into its rows of one fused weight and
+//! reports each tensor's scale and errors by name, read back once.
 
 use half::f16;
 use proptest::prelude::*;
 use rand::Rng;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
-use tern::ops::repack::{Repacker, TernaryLayout};
+use tern::ops::repack::{engine_bytes, Repacker, TernaryLayout};
 use tern::reference::repack::{
     decode_hf_packed, decode_i2s, decode_tq1_0, decode_tq2_0, encode_hf_packed, encode_i2s,
     encode_tq1_0, encode_tq2_0, i2s_scale, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK,
@@ -313,4 +314,127 @@ proptest! {
     fn random_tq1_0(rows in 1usize..40, blocks in 1usize..5, seed in any::<u64>()) {
         for_each_adapter(|ctx| check(ctx, TernaryLayout::Tq1_0, rows, blocks * TQ_BLOCK, seed));
     }
+}
+
+/// Tensors in each layout queued without waiting, each into its rows of one fused weight (as q|k|v
+/// and gate|up load): every row range equals its tensor's packing, each scale comes back in order,
+/// and a tensor with invalid codes among valid ones is named when the queue finishes.
+#[test]
+fn a_queue_fuses_tensors_and_checks_each() {
+    let cols = 512; // whole TQ blocks and I2_S blocks in every row
+    let parts: Vec<(TernaryLayout, usize)> = vec![
+        (TernaryLayout::HfPacked, 12),
+        (TernaryLayout::Tq2_0, 3),
+        (TernaryLayout::I2S, 5),
+        (TernaryLayout::Tq1_0, 7),
+    ];
+    let mut rng = seeded(41);
+    let encoded: Vec<(Vec<i8>, Vec<u8>, Option<f32>)> = parts
+        .iter()
+        .map(|&(layout, rows)| {
+            let t = random_ternary(&mut rng, rows * cols);
+            let scale = f16::from_f32(rng.random_range(0.5..3.0));
+            let (bytes, expected_scale) = encode(layout, &t, rows, cols, scale);
+            (t, bytes, expected_scale)
+        })
+        .collect();
+    let rows: usize = parts.iter().map(|p| p.1).sum();
+    for_each_adapter(|ctx| {
+        let repacker = Repacker::new(ctx);
+        let fused =
+            GpuBuffer::new(ctx, "fused", engine_bytes(rows, cols), BufferUsage::Storage).unwrap();
+        let mut queue = repacker.queue(ctx, parts.len() + 1).unwrap();
+        let mut first_row = 0;
+        for (&(layout, part_rows), (_, bytes, _)) in parts.iter().zip(&encoded) {
+            let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
+            let name = format!("part.{layout:?}");
+            queue
+                .submit(ctx, &name, layout, &raw, part_rows, cols, &fused, first_row)
+                .unwrap();
+            first_row += part_rows;
+        }
+        let scales = pollster::block_on(queue.finish(ctx)).unwrap();
+        let expected_scales: Vec<Option<f32>> = encoded.iter().map(|e| e.2).collect();
+        assert_eq!(scales, expected_scales, "scales in submission order");
+        let packed: Vec<u32> = pollster::block_on(fused.read_vec(ctx)).unwrap();
+        let expected: Vec<u32> = parts
+            .iter()
+            .zip(&encoded)
+            .flat_map(|(&(_, part_rows), (t, _, _))| pack_ternary(t, part_rows, cols))
+            .collect();
+        assert!(
+            packed == expected,
+            "fused rows differ from each part's packing"
+        );
+
+        // One bad tensor (an HF byte of code 3) between good ones: the error names it.
+        let mut bad = encoded[0].1.clone();
+        bad[3] = 0xff;
+        let mut queue = repacker.queue(ctx, 3).unwrap();
+        for (name, bytes) in [
+            ("good.a", &encoded[0].1),
+            ("bad.b", &bad),
+            ("good.c", &encoded[0].1),
+        ] {
+            let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
+            let out =
+                GpuBuffer::new(ctx, name, engine_bytes(12, cols), BufferUsage::Storage).unwrap();
+            queue
+                .submit(ctx, name, TernaryLayout::HfPacked, &raw, 12, cols, &out, 0)
+                .unwrap();
+        }
+        let err = pollster::block_on(queue.finish(ctx))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.b") && err.contains("invalid 2-bit codes"),
+            "{err}"
+        );
+
+        // Rows past the end of the weight and a full queue are refused before anything runs.
+        let raw = GpuBuffer::from_bytes(ctx, "raw", &encoded[0].1, BufferUsage::Storage).unwrap();
+        let small =
+            GpuBuffer::new(ctx, "small", engine_bytes(12, cols), BufferUsage::Storage).unwrap();
+        let mut queue = repacker.queue(ctx, 1).unwrap();
+        let err = queue
+            .submit(
+                ctx,
+                "late",
+                TernaryLayout::HfPacked,
+                &raw,
+                12,
+                cols,
+                &small,
+                1,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("late") && err.contains("do not fit"), "{err}");
+        queue
+            .submit(
+                ctx,
+                "first",
+                TernaryLayout::HfPacked,
+                &raw,
+                12,
+                cols,
+                &small,
+                0,
+            )
+            .unwrap();
+        let err = queue
+            .submit(
+                ctx,
+                "second",
+                TernaryLayout::HfPacked,
+                &raw,
+                12,
+                cols,
+                &small,
+                0,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("second") && err.contains("holds 1"), "{err}");
+    });
 }

@@ -1,6 +1,8 @@
 // Shared by the repack_* kernels (the engine appends it to each): the bindings, byte access to the
 // file's words, the engine word's code order, and the TQ block-scale reduction. `Params` is each
-// kernel's own.
+// kernel's own; every one ends with `out_offset` (the first output word: a tensor is written into
+// its rows of a fused q|k|v or gate|up weight) and `slot` (its entry in `status`, one per tensor of a
+// load, read back once at the end).
 
 struct Status {
     invalid_codes: atomic<u32>, // count of code 3 (not a ternary value)
@@ -12,7 +14,7 @@ struct Status {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> raw: array<u32>; // the file's bytes, little-endian words
 @group(0) @binding(2) var<storage, read_write> packed: array<u32>;
-@group(0) @binding(3) var<storage, read_write> status: Status;
+@group(0) @binding(3) var<storage, read_write> status: array<Status>;
 
 const WG: u32 = 64u;
 
@@ -47,10 +49,10 @@ fn gather16(first: u32, shift: u32) -> u32 {
 
 // Stores engine word `index`, counting its 2-bit fields that hold code 3 (not a ternary value).
 fn store_word(index: u32, word: u32) {
-    packed[index] = word;
+    packed[params.out_offset + index] = word;
     let invalid = countOneBits(word & (word >> 1u) & 0x55555555u);
     if (invalid != 0u) {
-        atomicAdd(&status.invalid_codes, invalid);
+        atomicAdd(&status[params.slot].invalid_codes, invalid);
     }
 }
 
@@ -78,8 +80,8 @@ fn block_scales_end(lid: u32) {
     if (lid == 0u) {
         let lo = atomicLoad(&group_min);
         if (lo != 0xffffffffu) {
-            atomicMin(&status.scale_min, lo);
-            atomicMax(&status.scale_max, atomicLoad(&group_max));
+            atomicMin(&status[params.slot].scale_min, lo);
+            atomicMax(&status[params.slot].scale_max, atomicLoad(&group_max));
         }
     }
 }

@@ -9,11 +9,12 @@ use crate::format::config::ScaleConvention;
 use crate::format::gguf::unpermute_rope_rows;
 use crate::format::source::read_range;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::layout::{words_per_row, TernaryLayout};
+use crate::layout::TernaryLayout;
 use crate::ops::embedding::DenseTable;
 use crate::ops::quantize::Quantizer;
-use crate::ops::repack::Repacker;
+use crate::ops::repack::{engine_bytes, RepackQueue, Repacker};
 use crate::{Error, Result};
+use std::cell::RefCell;
 
 /// A ternary matrix in the engine layout with the scale of each of its rows.
 pub struct TernaryWeight {
@@ -153,10 +154,12 @@ pub async fn load(
     progress: LoadProgress<'_>,
 ) -> Result<Weights> {
     let config = &checkpoint.config;
+    let repacker = Repacker::new(ctx);
     let loader = Loader {
         ctx,
         checkpoint,
-        repacker: Repacker::new(ctx),
+        repacks: RefCell::new(repacker.queue(ctx, config.num_layers * TENSORS_PER_LAYER)?),
+        row_scales: RefCell::new(Vec::new()),
         quantizer: Quantizer::new(ctx),
     };
     let total = config.num_layers * 11 + 3;
@@ -202,6 +205,7 @@ pub async fn load(
         layers.push(weights);
         step(progress, 11);
     }
+    loader.write_row_scales().await?;
     Ok(Weights {
         embedding,
         lm_head,
@@ -210,11 +214,31 @@ pub async fn load(
     })
 }
 
+/// Ternary tensors of a layer: q, k, v, o, gate, up, down.
+const TENSORS_PER_LAYER: usize = 7;
+
 struct Loader<'a> {
     ctx: &'a Context,
     checkpoint: &'a Checkpoint,
-    repacker: Repacker,
+    /// Every ternary tensor of the load is repacked through one queue, checked once at the end.
+    repacks: RefCell<RepackQueue<'a>>,
+    /// Fused weights whose row scales are written once the repack queue's block scales are known.
+    row_scales: RefCell<Vec<PendingRowScales>>,
     quantizer: Quantizer,
+}
+
+/// A fused weight's row-scale buffer and, per part, its rows and where its scale comes from.
+struct PendingRowScales {
+    buffer: wgpu::Buffer,
+    parts: Vec<(usize, PartScale)>,
+}
+
+/// Where one part's scale comes from.
+enum PartScale {
+    /// Known at upload: the file's scale tensor or I2_S tail, or the absmean of float latents.
+    Known(f32),
+    /// The block scale of the queue's `slot`-th repack (TQ1_0/TQ2_0 store d in every block).
+    Blocks { slot: usize },
 }
 
 /// Rows streamed per read when uploading a dense table (bounded host memory for a 656 MB embedding).
@@ -330,52 +354,39 @@ impl Loader<'_> {
         Ok(DenseWeight { table, up })
     }
 
-    /// The projections `parts` of `layer`, each converted to the engine layout on the GPU, stacked
-    /// row-wise into one weight.
+    /// The projections `parts` of `layer` in the engine layout, stacked row-wise into one weight:
+    /// each part repacked on the GPU straight into its rows (float latents quantized, then copied).
+    /// Nothing waits for the repacks: the next part is read from its file while the GPU works.
     async fn fused(&self, layer: usize, parts: &[Projection]) -> Result<TernaryWeight> {
-        let mut pieces = Vec::with_capacity(parts.len());
-        for &part in parts {
-            let r = self.checkpoint.projection(layer, part)?;
-            pieces.push((self.ternary(&r).await?, r.rows, r.cols));
-        }
-        let cols = pieces[0].2;
-        let rows: usize = pieces.iter().map(|p| p.1).sum();
-        let label = format!("layer {layer} {parts:?}");
-        let row_scale: Vec<f32> = pieces
+        let refs = parts
             .iter()
-            .flat_map(|((_, scale), rows, _)| std::iter::repeat_n(*scale, *rows))
-            .collect();
-        let row_scale = GpuBuffer::from_slice(self.ctx, &label, &row_scale, BufferUsage::Storage)?;
-        if pieces.len() == 1 {
-            let ((codes, _), rows, cols) = pieces.pop().expect("one piece");
-            return Ok(TernaryWeight {
-                codes,
-                row_scale,
-                rows,
-                cols,
-            });
+            .map(|&p| self.checkpoint.projection(layer, p))
+            .collect::<Result<Vec<_>>>()?;
+        let label = format!("layer {layer} {parts:?}");
+        let cols = refs[0].cols;
+        if refs.iter().any(|r| r.cols != cols) {
+            return Err(Error::Invalid(format!(
+                "{label}: fused projections differ in width"
+            )));
         }
-        let row_bytes = (words_per_row(cols) * 4) as u64;
+        let rows: usize = refs.iter().map(|r| r.rows).sum();
         let codes = GpuBuffer::new(
             self.ctx,
             &label,
-            rows as u64 * row_bytes,
+            engine_bytes(rows, cols),
             BufferUsage::Storage,
         )?;
-        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        let mut offset = 0;
-        for ((piece, _), piece_rows, piece_cols) in &pieces {
-            if *piece_cols != cols {
-                return Err(Error::Invalid(format!(
-                    "{label}: fused projections differ in width"
-                )));
-            }
-            let bytes = *piece_rows as u64 * row_bytes;
-            encoder.copy_buffer_to_buffer(&piece.buffer, 0, &codes.buffer, offset, bytes);
-            offset += bytes;
+        let row_scale = GpuBuffer::new(self.ctx, &label, rows as u64 * 4, BufferUsage::Storage)?;
+        let mut part_scales = Vec::with_capacity(refs.len());
+        let mut first_row = 0;
+        for r in &refs {
+            part_scales.push((r.rows, self.ternary(r, &codes, first_row).await?));
+            first_row += r.rows;
         }
-        self.ctx.queue.submit([encoder.finish()]);
-        self.ctx.wait().await?;
+        self.row_scales.borrow_mut().push(PendingRowScales {
+            buffer: row_scale.buffer.clone(),
+            parts: part_scales,
+        });
         Ok(TernaryWeight {
             codes,
             row_scale,
@@ -384,8 +395,14 @@ impl Loader<'_> {
         })
     }
 
-    /// One projection in the engine layout and the multiplier of its integer dot products.
-    async fn ternary(&self, r: &WeightRef) -> Result<(GpuBuffer, f32)> {
+    /// Puts projection `r` in the engine layout into rows `first_row..` of `codes` and says where
+    /// the multiplier of its integer dot products comes from.
+    async fn ternary(
+        &self,
+        r: &WeightRef,
+        codes: &GpuBuffer,
+        first_row: usize,
+    ) -> Result<PartScale> {
         let mut bytes = self.read(r.source, r.offset, r.len).await?;
         if r.rope_permuted {
             let row_bytes = match r.data {
@@ -395,27 +412,62 @@ impl Loader<'_> {
             let head_dim = self.checkpoint.config.head_dim;
             bytes = unpermute_rope_rows(&r.file, &r.name, &bytes, r.rows, row_bytes, head_dim)?;
         }
+        // The previous tensor's repack has run: one upload in flight bounds the host's memory.
+        self.ctx.wait().await?;
         let raw = GpuBuffer::from_bytes(self.ctx, &r.name, &bytes, BufferUsage::Storage)?;
+        drop(bytes);
         match r.data {
             WeightData::Ternary { layout, scale } => {
-                let (codes, block_scale) = self
-                    .repacker
-                    .repack(self.ctx, &r.name, layout, &raw, r.rows, r.cols)
-                    .await?;
-                let stored = scale
-                    .or(block_scale)
-                    .ok_or_else(|| Error::format(&r.file, &r.name, "no scale"))?;
+                let mut repacks = self.repacks.borrow_mut();
+                let slot = repacks.submitted();
+                repacks.submit(
+                    self.ctx, &r.name, layout, &raw, r.rows, r.cols, codes, first_row,
+                )?;
                 // Only HF packed files store the reciprocal under the plain-BitLinear convention;
                 // GGUF scales are always multipliers.
                 let divide = layout == TernaryLayout::HfPacked
                     && self.checkpoint.config.scale_convention == ScaleConvention::Divide;
-                Ok((codes, if divide { 1.0 / stored } else { stored }))
+                Ok(match scale {
+                    Some(stored) if divide => PartScale::Known(1.0 / stored),
+                    Some(stored) => PartScale::Known(stored),
+                    None if matches!(layout, TernaryLayout::Tq2_0 | TernaryLayout::Tq1_0) => {
+                        PartScale::Blocks { slot }
+                    }
+                    None => return Err(Error::format(&r.file, &r.name, "no scale")),
+                })
             }
             WeightData::Float { dtype } => {
-                self.quantizer
+                let (part, scale) = self
+                    .quantizer
                     .quantize(self.ctx, &r.name, dtype, &raw, r.rows, r.cols)
-                    .await
+                    .await?;
+                let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+                let offset = engine_bytes(first_row, r.cols);
+                let bytes = engine_bytes(r.rows, r.cols);
+                encoder.copy_buffer_to_buffer(&part.buffer, 0, &codes.buffer, offset, bytes);
+                self.ctx.queue.submit([encoder.finish()]);
+                Ok(PartScale::Known(scale))
             }
         }
+    }
+
+    /// Checks every repack (one readback) and writes each fused weight's row scales.
+    async fn write_row_scales(self) -> Result<()> {
+        let block_scales = self.repacks.into_inner().finish(self.ctx).await?;
+        for pending in self.row_scales.into_inner() {
+            let mut scales = Vec::new();
+            for (rows, scale) in pending.parts {
+                let scale = match scale {
+                    PartScale::Known(s) => s,
+                    // TQ statuses always carry a scale (0 when every block is zero).
+                    PartScale::Blocks { slot } => block_scales[slot].unwrap_or(0.0),
+                };
+                scales.extend(std::iter::repeat_n(scale, rows));
+            }
+            self.ctx
+                .queue
+                .write_buffer(&pending.buffer, 0, bytemuck::cast_slice(&scales));
+        }
+        self.ctx.wait().await
     }
 }

@@ -72,6 +72,11 @@ impl TernaryLayout {
 struct Params {
     /// HF/I2_S: rows, cols, words per row, output words. TQ: blocks, then padding.
     fields: [u32; 4],
+    /// First output word (the tensor's first row in a fused weight).
+    out_offset: u32,
+    /// The tensor's entry in the queue's status array.
+    slot: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -82,6 +87,13 @@ struct Status {
     scale_max: u32,
     _pad: u32,
 }
+
+const EMPTY_STATUS: Status = Status {
+    invalid_codes: 0,
+    scale_min: u32::MAX,
+    scale_max: 0,
+    _pad: 0,
+};
 
 const WORKGROUP: usize = 64;
 
@@ -104,11 +116,19 @@ impl Repacker {
         }
     }
 
+    /// A queue for up to `capacity` repacks whose checks are read back together.
+    pub fn queue(&self, ctx: &Context, capacity: usize) -> Result<RepackQueue<'_>> {
+        let status = vec![EMPTY_STATUS; capacity.max(1)];
+        Ok(RepackQueue {
+            repacker: self,
+            status: GpuBuffer::from_slice(ctx, "repack.status", &status, BufferUsage::Storage)?,
+            tensors: Vec::with_capacity(capacity),
+        })
+    }
+
     /// Repacks tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) into a new buffer in
-    /// the engine layout: rows of `words_per_row(cols)` u32. Returns the tensor scale when the layout
-    /// stores it in its blocks (TQ1_0/TQ2_0: d, a multiplier); HF packed takes it from a separate
-    /// tensor and I2_S from the blob's tail ([`crate::reference::repack::i2s_scale`]). One submit and
-    /// one 16-byte readback; `raw` can be dropped afterwards.
+    /// the engine layout and returns it with its block scale ([`RepackQueue::finish`]): a queue of
+    /// one.
     pub async fn repack(
         &self,
         ctx: &Context,
@@ -118,6 +138,50 @@ impl Repacker {
         rows: usize,
         cols: usize,
     ) -> Result<(GpuBuffer, Option<f32>)> {
+        let packed = GpuBuffer::new(ctx, name, engine_bytes(rows, cols), BufferUsage::Storage)?;
+        let mut queue = self.queue(ctx, 1)?;
+        queue.submit(ctx, name, layout, raw, rows, cols, &packed, 0)?;
+        let scale = queue.finish(ctx).await?[0];
+        Ok((packed, scale))
+    }
+}
+
+/// Bytes of a [rows, cols] ternary matrix in the engine layout.
+pub fn engine_bytes(rows: usize, cols: usize) -> u64 {
+    (rows * words_per_row(cols)) as u64 * 4
+}
+
+/// Repacks submitted to the GPU one after another without waiting for any, so the loader reads the
+/// next tensor from its file while the GPU repacks the last; each writes its invalid-code count and
+/// block-scale range to its own status entry, and [`RepackQueue::finish`] reads them all back once.
+pub struct RepackQueue<'a> {
+    repacker: &'a Repacker,
+    status: GpuBuffer,
+    /// Name and layout of each submitted tensor, by status slot.
+    tensors: Vec<(String, TernaryLayout)>,
+}
+
+impl RepackQueue<'_> {
+    /// Repacks submitted so far: the status slot of the next one.
+    pub fn submitted(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Submits the repack of tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) into
+    /// `out` from row `first_row` on (rows of `words_per_row(cols)` u32). `raw` may be dropped at
+    /// once: the GPU keeps it until the repack has run.
+    #[allow(clippy::too_many_arguments)] // one tensor's description, as the kernels take it
+    pub fn submit(
+        &mut self,
+        ctx: &Context,
+        name: &str,
+        layout: TernaryLayout,
+        raw: &GpuBuffer,
+        rows: usize,
+        cols: usize,
+        out: &GpuBuffer,
+        first_row: usize,
+    ) -> Result<()> {
         layout.check_shape(name, rows, cols)?;
         let code_bytes = layout.code_bytes(rows, cols) as u64;
         if raw.size < code_bytes {
@@ -128,86 +192,116 @@ impl Repacker {
             )));
         }
         let words = rows * words_per_row(cols);
-        let out_bytes = words as u64 * 4;
+        let out_offset = first_row * words_per_row(cols);
         let limit = ctx.caps.max_binding_bytes;
-        if code_bytes > limit || out_bytes > limit {
+        if code_bytes > limit || out.size > limit {
             return Err(Error::Gpu(format!(
                 "{name}: {rows}×{cols} ternary weights exceed the adapter's {limit}-byte binding limit"
             )));
         }
-        let (pipeline, fields, invocations) = match layout {
+        if (out_offset + words) as u64 * 4 > out.size {
+            return Err(Error::Invalid(format!(
+                "{name}: rows {first_row}..{} do not fit the {}-byte weight they are written to",
+                first_row + rows,
+                out.size
+            )));
+        }
+        let slot = self.tensors.len();
+        if slot as u64 * 16 >= self.status.size {
+            return Err(Error::Invalid(format!(
+                "{name}: the repack queue holds {} tensors",
+                self.status.size / 16
+            )));
+        }
+        let r = self.repacker;
+        let (pipeline, fields, grid) = match layout {
             TernaryLayout::HfPacked | TernaryLayout::I2S => {
                 let pipeline = if layout == TernaryLayout::HfPacked {
-                    &self.hf_packed
+                    &r.hf_packed
                 } else {
-                    &self.i2s
+                    &r.i2s
                 };
-                (pipeline, [rows, cols, words_per_row(cols), words], words)
+                let (x, y) = dispatch_grid(words.div_ceil(WORKGROUP) as u32);
+                let grid = (x, y, 1);
+                (pipeline, [rows, cols, words_per_row(cols), words], grid)
             }
             TernaryLayout::Tq2_0 | TernaryLayout::Tq1_0 => {
                 let pipeline = if layout == TernaryLayout::Tq2_0 {
-                    &self.tq2_0
+                    &r.tq2_0
                 } else {
-                    &self.tq1_0
+                    &r.tq1_0
                 };
                 let blocks = rows * cols / TQ_BLOCK;
-                (pipeline, [blocks, 0, 0, 0], blocks)
+                let (x, y) = dispatch_grid(blocks.div_ceil(WORKGROUP) as u32);
+                (pipeline, [blocks, 0, 0, 0], (x, y, 1))
             }
         };
         let params = Params {
             fields: fields.map(|f| f as u32),
+            out_offset: out_offset as u32,
+            slot: slot as u32,
+            _pad: [0; 2],
         };
         let params = GpuBuffer::from_slice(ctx, "repack.params", &[params], BufferUsage::Uniform)?;
-        let status = Status {
-            invalid_codes: 0,
-            scale_min: u32::MAX,
-            scale_max: 0,
-            _pad: 0,
-        };
-        let status = GpuBuffer::from_slice(ctx, "repack.status", &[status], BufferUsage::Storage)?;
-        let packed = GpuBuffer::new(ctx, name, out_bytes, BufferUsage::Storage)?;
         let bind_group = ctx.bind_group(
             "repack",
             pipeline,
             &[
                 params.binding(),
                 raw.slice_binding(0, code_bytes.next_multiple_of(4)),
-                packed.binding(),
-                status.binding(),
+                out.binding(),
+                self.status.binding(),
             ],
         );
-        let (x, y) = dispatch_grid(invocations.div_ceil(WORKGROUP) as u32);
-        ctx.run(|encoder| {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        })
-        .await?;
-        let status: Status = status.read_vec(ctx).await?[0];
-        if status.invalid_codes != 0 {
-            return Err(Error::Invalid(format!(
-                "{name}: {} weights hold {} invalid 2-bit codes (3): not a ternary tensor",
-                layout.name(),
-                status.invalid_codes
-            )));
+            pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         }
-        let scale = match layout {
-            TernaryLayout::HfPacked | TernaryLayout::I2S => None,
-            // No block with a non-zero value: every scale gives the same (zero) weights.
-            _ if status.scale_min > status.scale_max => Some(0.0),
-            _ if status.scale_min == status.scale_max => {
-                Some(f16::from_bits(status.scale_min as u16).to_f32())
-            }
-            _ => {
-                return Err(Error::Invalid(format!(
+        ctx.queue.submit([encoder.finish()]);
+        self.tensors.push((name.to_string(), layout));
+        Ok(())
+    }
+
+    /// Waits for every submitted repack and checks each: an error names the first tensor with codes
+    /// that are not ternary or with differing block scales. Returns, in submission order, the tensor
+    /// scale each layout stores in its blocks (TQ1_0/TQ2_0: d, a multiplier); HF packed takes it from
+    /// a separate tensor and I2_S from the blob's tail ([`crate::reference::repack::i2s_scale`]).
+    pub async fn finish(self, ctx: &Context) -> Result<Vec<Option<f32>>> {
+        let status: Vec<Status> = self.status.read_vec(ctx).await?;
+        self.tensors
+            .iter()
+            .zip(status)
+            .map(|((name, layout), status)| checked_scale(name, *layout, status))
+            .collect()
+    }
+}
+
+/// The tensor scale a repack's status reports, or the error it shows.
+fn checked_scale(name: &str, layout: TernaryLayout, status: Status) -> Result<Option<f32>> {
+    if status.invalid_codes != 0 {
+        return Err(Error::Invalid(format!(
+            "{name}: {} weights hold {} invalid 2-bit codes (3): not a ternary tensor",
+            layout.name(),
+            status.invalid_codes
+        )));
+    }
+    Ok(match layout {
+        TernaryLayout::HfPacked | TernaryLayout::I2S => None,
+        // No block with a non-zero value: every scale gives the same (zero) weights.
+        _ if status.scale_min > status.scale_max => Some(0.0),
+        _ if status.scale_min == status.scale_max => {
+            Some(f16::from_bits(status.scale_min as u16).to_f32())
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
                 "{name}: {} block scales differ ({} … {}): the engine needs one scale per tensor",
                 layout.name(),
                 f16::from_bits(status.scale_min as u16),
                 f16::from_bits(status.scale_max as u16)
             )))
-            }
-        };
-        Ok((packed, scale))
-    }
+        }
+    })
 }
