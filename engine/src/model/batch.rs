@@ -24,6 +24,7 @@ use crate::model::forward::{
 };
 use crate::model::graph::{bitnet_step, Activations, GraphBuilder, Slot, SlotStep, StepGraph};
 use crate::model::limits;
+use crate::ops::attention::KvCacheDtype;
 use crate::ops::dense_matvec::DenseMatvecBinding;
 use crate::ops::select::{Candidate, SelectBinding, MAX_TOP_K};
 use crate::ops::StepParams;
@@ -110,13 +111,15 @@ impl Stage {
 
 impl SequenceBatch {
     /// `slots` empty sequences with KV caches of `max_context` positions (capped at the model's
-    /// `max_position_embeddings`) and prefill chunks of `max_batch` tokens, with every bind group
-    /// of both steps. Sizes past the device's limits fail, naming the largest that fit.
+    /// `max_position_embeddings`) storing k and v as `kv_cache`, and prefill chunks of `max_batch`
+    /// tokens, with every bind group of both steps. Sizes past the device's limits fail, naming the
+    /// largest that fit.
     pub async fn new(
         model: &Transformer,
         slots: usize,
         max_context: usize,
         max_batch: usize,
+        kv_cache: KvCacheDtype,
     ) -> Result<SequenceBatch> {
         let ctx = model.context();
         let config = model.config().clone();
@@ -127,6 +130,7 @@ impl SequenceBatch {
             max_context: max_context.min(config.max_position_embeddings).max(1),
             max_batch: max_batch.max(1),
             projections: model.projections(),
+            kv_cache,
         };
         let on_adapter = |exceeded: limits::LimitExceeded| exceeded.into_error(&ctx.adapter_name());
         limits::check(&ctx.limits, &config, &options).map_err(on_adapter)?;
@@ -134,7 +138,7 @@ impl SequenceBatch {
             .map_err(on_adapter)?;
         let allocations = AllocationCount::start();
         let (weights, kernels) = (model.weights(), model.kernels());
-        let shape = attention_shape(&config, options.max_context);
+        let shape = attention_shape(&config, options.max_context, kv_cache);
         let slots = (0..slots)
             .map(|_| Slot::new(ctx, config.num_layers, shape))
             .collect::<Result<Vec<_>>>()?;

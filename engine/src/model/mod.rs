@@ -14,3 +14,6 @@ pub mod weights;
 pub use batch::{DecodeRow, SequenceBatch};
 pub use forward::{LastLayerActivations, ModelOptions, Output, StepResult, Transformer};
 pub use sequence::Sequence;
+
+#[doc(inline)]
+pub use crate::ops::attention::KvCacheDtype;
