@@ -109,6 +109,20 @@ impl Stage {
     }
 }
 
+/// The context a cache of `max_context` positions gets: capped at the model's
+/// `max_position_embeddings`, at least 1.
+fn capped_context(config: &ModelConfig, max_context: usize) -> usize {
+    max_context.min(config.max_position_embeddings).max(1)
+}
+
+/// Bytes of one sequence's KV cache (every layer's K and V) for a model of `config` asked for
+/// `max_context` positions stored as `kv_cache`: what [`SequenceBatch::slot_bytes`] reports once
+/// allocated, known before anything is.
+pub fn slot_bytes(config: &ModelConfig, max_context: usize, kv_cache: KvCacheDtype) -> u64 {
+    let shape = attention_shape(config, capped_context(config, max_context), kv_cache);
+    2 * config.num_layers as u64 * shape.cache_bytes()
+}
+
 impl SequenceBatch {
     /// `slots` empty sequences with KV caches of `max_context` positions (capped at the model's
     /// `max_position_embeddings`) storing k and v as `kv_cache`, and prefill chunks of `max_batch`
@@ -127,7 +141,7 @@ impl SequenceBatch {
             return Err(Error::Invalid("a batch needs at least one slot".into()));
         }
         let options = ModelOptions {
-            max_context: max_context.min(config.max_position_embeddings).max(1),
+            max_context: capped_context(&config, max_context),
             max_batch: max_batch.max(1),
             projections: model.projections(),
             kv_cache,
@@ -215,7 +229,7 @@ impl SequenceBatch {
         self.state_bytes
     }
 
-    /// Bytes of one slot's KV cache.
+    /// Bytes of one slot's KV cache ([`slot_bytes`] of the batch's sizes).
     pub fn slot_bytes(&self) -> u64 {
         self.slots[0]
             .cache
