@@ -118,7 +118,9 @@ impl AttentionShape {
         }
     }
 
-    /// Elements of one layer's K (or V) cache.
+    /// Elements of one layer's K (or V) cache (the length of the CPU twins' caches; the GPU's are
+    /// sized by [`Self::cache_bytes`]).
+    #[cfg(any(test, feature = "internals"))]
     pub fn cache_len(&self) -> usize {
         self.kv_heads * self.max_seq * self.head_dim
     }
