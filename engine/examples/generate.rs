@@ -88,6 +88,7 @@ fn reply(model: &str, message: &str, updates: &mpsc::Sender<Update>) -> tern::Re
     let mut session = model.session(SessionOptions {
         max_context: 2048,
         max_batch: 128,
+        ..SessionOptions::default()
     })?;
     let stop = session.cancel_handle();
     let adapter = model.transformer().context().adapter_name();

@@ -67,7 +67,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let lanes = min(per_slice, group - slice * per_slice);
     let start = chunk * CHUNK;
     let end = min(start + CHUNK, step.pos + 1u);
-    let hd4 = hd / 4u; // head_dim is a multiple of 4: K and V are read as vec4
+    let hd4 = hd / 4u; // head_dim is a multiple of 4: K and V are read four elements at a time
     let cache_base = kv_head * params.max_seq * hd4;
 
     // Unused lanes hold a zero query: their scores are computed and never written.
@@ -90,7 +90,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let key = cache_base + p * hd4;
             var dots = vec4<f32>(0.0);
             for (var j = 0u; j < hd4; j = j + 1u) {
-                let k = k_cache[key + j];
+                let k = k_vec4(key + j);
                 dots = dots + vec4<f32>(
                     dot(q_shared[j], k),
                     dot(q_shared[hd4 + j], k),
@@ -125,7 +125,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var acc2 = vec4<f32>(0.0);
         var acc3 = vec4<f32>(0.0);
         for (var p = start; p < end; p = p + 1u) {
-            let v = v_cache[cache_base + p * hd4 + lid];
+            let v = v_vec4(cache_base + p * hd4 + lid);
             let w = weights[p - start];
             acc0 = acc0 + w.x * v;
             acc1 = acc1 + w.y * v;

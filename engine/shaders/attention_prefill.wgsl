@@ -49,7 +49,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let hd = params.head_dim;
     let kv_head = head / (params.heads / params.kv_heads);
     let end = step.pos + t + 1u;
-    let hd4 = hd / 4u; // head_dim is a multiple of 4: K and V are read as vec4
+    let hd4 = hd / 4u; // head_dim is a multiple of 4: K and V are read four elements at a time
     let cache_base = kv_head * params.max_seq * hd4;
 
     if (lid < hd4) {
@@ -71,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let key = cache_base + p * hd4;
                 var dot_qk = 0.0;
                 for (var j = 0u; j < hd4; j = j + 1u) {
-                    dot_qk = dot_qk + dot(q_shared[j], k_cache[key + j]);
+                    dot_qk = dot_qk + dot(q_shared[j], k_vec4(key + j));
                 }
                 score = dot_qk * params.scale;
             }
@@ -93,7 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (lid < hd4) {
             acc = acc * rescale;
             for (var p = start; p < tile_end; p = p + 1u) {
-                acc = acc + weights[p - start] * v_cache[cache_base + p * hd4 + lid];
+                acc = acc + weights[p - start] * v_vec4(cache_base + p * hd4 + lid);
             }
         }
         workgroupBarrier(); // the next tile overwrites `weights`

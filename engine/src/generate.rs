@@ -17,7 +17,7 @@ use crate::format::gguf::MetaValue;
 use crate::gpu::Context;
 use crate::model::weights::LoadProgress;
 use crate::model::weights::ProjectionKind;
-use crate::model::{Output, Sequence, StepResult, Transformer};
+use crate::model::{KvCacheDtype, Output, Sequence, StepResult, Transformer};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
 use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -170,16 +170,20 @@ pub struct SessionOptions {
     pub max_context: usize,
     /// Tokens per prefill batch; longer prompts run in several batches.
     pub max_batch: usize,
+    /// How the KV cache stores k and v: [`KvCacheDtype::F16`] (the default) halves its memory and
+    /// attention's reads of it; [`KvCacheDtype::F32`] keeps them exact.
+    pub kv_cache: KvCacheDtype,
 }
 
 impl Default for SessionOptions {
     /// The engine's default sizes ([`crate::model::ModelOptions::default`]): 4096 positions,
-    /// prefill batches of 128.
+    /// prefill batches of 128, an f16 KV cache.
     fn default() -> Self {
         let sizes = crate::model::ModelOptions::default();
         SessionOptions {
             max_context: sizes.max_context,
             max_batch: sizes.max_batch,
+            kv_cache: sizes.kv_cache,
         }
     }
 }
@@ -260,8 +264,13 @@ impl Model {
 
     /// [`Model::session`] without blocking (the browser).
     pub async fn open_session(&self, options: SessionOptions) -> Result<Session> {
-        let sequence =
-            Sequence::new(&self.0.transformer, options.max_context, options.max_batch).await?;
+        let sequence = Sequence::new(
+            &self.0.transformer,
+            options.max_context,
+            options.max_batch,
+            options.kv_cache,
+        )
+        .await?;
         Ok(Session {
             model: self.clone(),
             sequence,

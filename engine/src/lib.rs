@@ -69,4 +69,5 @@ pub use generate::{
     Penalties, RequestId, SamplingParams, Session, SessionOptions, StopReason, TokenEvent,
     TokenLogprobs,
 };
+pub use model::KvCacheDtype;
 pub use text::chat_template::ChatMessage;

@@ -15,6 +15,7 @@ use tern::{BatchEvent, BatchOptions, GenerateOptions, Model};
 
 use crate::compare::{self, Baseline};
 use crate::energy::{self, Dims};
+use crate::load::KvCacheArg;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -34,6 +35,9 @@ pub struct BenchArgs {
     /// Tokens per prefill batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// How the KV cache stores keys and values (f16 halves its memory; f32 is exact).
+    #[arg(long, value_enum, default_value_t = KvCacheArg::F16)]
+    pub kv_cache: KvCacheArg,
     /// MiB of the bandwidth yardstick's buffer (far larger than the last-level cache).
     #[arg(long, default_value_t = 256)]
     pub copy_mib: u64,
@@ -96,6 +100,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         gen_tokens: args.gen_tokens,
         batch: args.batch,
         context: args.prompt_tokens + args.gen_tokens + 1,
+        kv_cache: args.kv_cache.into(),
     };
     if args.sweep {
         let report = pollster::block_on(compare::sweep(&ctx, run))?;
@@ -136,6 +141,7 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     let options = ModelOptions {
         max_context: context,
         max_batch: args.batch,
+        kv_cache: args.kv_cache.into(),
         ..ModelOptions::default()
     };
     let mut model = Sequence::load(&ctx, &checkpoint, options, &mut |_, _| {}).await?;
@@ -199,6 +205,7 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
         "prefill_tok_s": args.prompt_tokens as f64 / ttft_s,
         "decode_tok_s": decode_tok_s,
         "gpu_bytes": model.gpu_bytes(),
+        "kv_cache": args.kv_cache.name(),
         "host_peak_rss_bytes": host_peak_rss_bytes,
         "ternary_weight_bytes": ternary_bytes,
         "copy_gbps": copy.copy_gbps,
@@ -258,6 +265,7 @@ async fn concurrent(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Value> {
             slots: streams,
             max_context: context,
             max_batch: args.batch,
+            kv_cache: args.kv_cache.into(),
         };
         let mut batch = model.open_batch(sizes).await?;
         for i in 0..streams {

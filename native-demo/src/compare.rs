@@ -92,6 +92,8 @@ pub struct Run {
     pub batch: usize,
     /// KV-cache positions the models are loaded with.
     pub context: usize,
+    /// How their KV caches store keys and values.
+    pub kv_cache: tern::KvCacheDtype,
 }
 
 /// Loads the synthetic checkpoint of `shape` with `kind` projections (packed ternary weights for
@@ -189,6 +191,7 @@ async fn load(
         max_context: run.context,
         max_batch: run.batch,
         projections: kind,
+        kv_cache: run.kv_cache,
     };
     let model = Sequence::load(ctx, checkpoint, options, &mut |_, _| {})
         .await
@@ -298,7 +301,7 @@ fn does_not_fit(ctx: &Context, shape: Shape, kind: ProjectionKind, run: Run) -> 
     if !ctx.caps.is_cpu {
         return None; // device memory is not reported; a failed allocation is reported instead
     }
-    let needed = estimated_gpu_bytes(shape, kind, run.context);
+    let needed = estimated_gpu_bytes(shape, kind, run.context, run.kv_cache);
     let available = available_host_bytes()?;
     let limit = (available as f64 * HOST_MEMORY_SHARE) as u64;
     (needed > limit).then(|| {
@@ -312,15 +315,20 @@ fn does_not_fit(ctx: &Context, shape: Shape, kind: ProjectionKind, run: Run) -> 
     })
 }
 
-/// Weights (2-bit codes or f16; the bf16 embedding) plus the f32 KV cache.
-fn estimated_gpu_bytes(shape: Shape, kind: ProjectionKind, context: usize) -> u64 {
+/// Weights (2-bit codes or f16; the bf16 embedding) plus the KV cache stored as `kv_cache`.
+fn estimated_gpu_bytes(
+    shape: Shape,
+    kind: ProjectionKind,
+    context: usize,
+    kv_cache: tern::KvCacheDtype,
+) -> u64 {
     let projections = shape.projection_parameters();
     let projection_bytes = match kind {
         ProjectionKind::Ternary => projections / 4,
         ProjectionKind::Dense => projections * 2,
     };
     let kv = shape.hidden / shape.heads * shape.kv_heads;
-    let cache = (2 * shape.layers * context * kv * 4) as u64;
+    let cache = (2 * shape.layers * context * kv * kv_cache.element_bytes()) as u64;
     projection_bytes + 2 * (shape.vocab * shape.hidden) as u64 + cache
 }
 

@@ -3,7 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tern::gpu::{Context, ContextOptions};
-use tern::{Model, OpenOptions, Session, SessionOptions};
+use tern::{KvCacheDtype, Model, OpenOptions, Session, SessionOptions};
 
 /// The model Tern ships, used when no `--model` is given: a 5.8 M-parameter BitNet b1.58 trained
 /// from scratch on the Python documentation by train/ (models/tern-pydoc-6m/README.md). It lives in
@@ -26,6 +26,38 @@ pub struct ModelArgs {
     /// Tokens per prefill batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// How the KV cache stores keys and values: f16 halves its memory (and attention's reads of
+    /// it); f32 keeps them exact.
+    #[arg(long, value_enum, default_value_t = KvCacheArg::F16)]
+    pub kv_cache: KvCacheArg,
+}
+
+/// `--kv-cache`: the KV cache's storage type.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvCacheArg {
+    /// Half precision: half the memory of f32, each key and value rounded once.
+    F16,
+    /// Single precision: exact.
+    F32,
+}
+
+impl KvCacheArg {
+    /// The name `--kv-cache` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCacheArg::F16 => "f16",
+            KvCacheArg::F32 => "f32",
+        }
+    }
+}
+
+impl From<KvCacheArg> for KvCacheDtype {
+    fn from(arg: KvCacheArg) -> Self {
+        match arg {
+            KvCacheArg::F16 => KvCacheDtype::F16,
+            KvCacheArg::F32 => KvCacheDtype::F32,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -41,11 +73,12 @@ impl ModelArgs {
     }
 }
 
-/// A session of the model `args` name, with their context and prefill batch sizes.
+/// A session of the model `args` name, with their context, prefill batch sizes and cache type.
 pub fn session(args: &ModelArgs) -> anyhow::Result<Session> {
     Ok(model(args)?.session(SessionOptions {
         max_context: args.context(),
         max_batch: args.batch,
+        kv_cache: args.kv_cache.into(),
     })?)
 }
 

@@ -123,12 +123,13 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let model = load::model(&args.model)?;
     let parallel = match args.parallel {
         Some(n) => n.into(),
-        None => default_parallel(&model, args.model.context()),
+        None => default_parallel(&model, args.model.context(), args.model.kv_cache.into()),
     };
     let batch = model.batch(BatchOptions {
         slots: parallel,
         max_context: args.model.context(),
         max_batch: args.model.batch,
+        kv_cache: args.model.kv_cache.into(),
     })?;
     eprintln!(
         "{parallel} parallel slot(s) of {} tokens ({} MiB of KV cache each; --parallel N to \
@@ -848,14 +849,12 @@ async fn metrics_text(State(server): State<Arc<Server>>) -> Response {
     }
 }
 
-/// Slots when `--parallel` is not given: as many KV caches of `context` positions as fit a budget,
-/// 1 to 8. wgpu reports no memory size, so the budget is a quarter of the available system memory
+/// Slots when `--parallel` is not given: as many KV caches of `context` positions stored as
+/// `kv_cache` as fit a budget, 1 to 8. wgpu reports no memory size, so the budget is a quarter of the available system memory
 /// on a CPU adapter (llvmpipe, SwiftShader: the caches live in RAM) and 2 GiB on a GPU — what any
 /// GPU that holds the model beside its caches can spare.
-fn default_parallel(model: &tern::Model, context: usize) -> usize {
-    let c = model.config();
-    let context = context.clamp(1, c.max_position_embeddings.max(1));
-    let slot_bytes = (2 * c.num_layers * c.num_kv_heads * c.head_dim * context * 4).max(1) as u64;
+fn default_parallel(model: &tern::Model, context: usize, kv_cache: tern::KvCacheDtype) -> usize {
+    let slot_bytes = tern::model::slot_bytes(model.config(), context, kv_cache).max(1);
     let gpu_budget = 2u64 << 30;
     let budget = match model.transformer().context().info.device_type {
         wgpu::DeviceType::Cpu => available_memory().map_or(gpu_budget, |bytes| bytes / 4),

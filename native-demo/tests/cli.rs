@@ -635,9 +635,10 @@ fn a_batch_beyond_the_binding_limit_is_refused_naming_the_limit() {
 
 #[test]
 fn a_kv_cache_beyond_the_binding_limit_is_refused_naming_the_limit() {
-    // The fixture with a context of 2^20 positions: its K cache per layer is 2 KV heads × 2^20 ×
-    // 32 × 4 bytes = 256 MiB, more than WebGPU's (and lavapipe's) 128 MiB binding limit, which
-    // TERN_MAX_STORAGE_BINDING imposes on any adapter.
+    // The fixture with a context of 2^21 positions. An f32 K cache of 2^20 positions per layer is
+    // 2 KV heads × 2^20 × 32 × 4 bytes = 256 MiB, more than WebGPU's (and lavapipe's) 128 MiB
+    // binding limit, which TERN_MAX_STORAGE_BINDING imposes on any adapter; the default f16 cache
+    // fits twice the positions, so it is refused at 2^21.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("long-context-fixture");
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(fixture("bitnet-2b4t")).unwrap() {
@@ -647,29 +648,38 @@ fn a_kv_cache_beyond_the_binding_limit_is_refused_naming_the_limit() {
     let config_path = dir.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["max_position_embeddings"] = (1u64 << 20).into();
+    config["max_position_embeddings"] = (1u64 << 21).into();
     std::fs::write(&config_path, config.to_string()).unwrap();
 
     let model = dir.display().to_string();
-    let args = [
-        "run",
-        "-m",
-        &model,
-        "--prompt",
-        "hi",
-        "-n",
-        "1",
-        "--context",
-        "1048576",
-    ];
-    let stderr = refused(&args, &[("TERN_MAX_STORAGE_BINDING", "134217728")]);
-    for expected in [
-        "max_storage_buffer_binding_size",
-        "134217728",
-        "K (and V) cache",
-        "--context 524288",
-    ] {
-        assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+    for (kv_cache, context, largest) in
+        [("f32", "1048576", "524288"), ("f16", "2097152", "1048576")]
+    {
+        let args = [
+            "run",
+            "-m",
+            &model,
+            "--prompt",
+            "hi",
+            "-n",
+            "1",
+            "--context",
+            context,
+            "--kv-cache",
+            kv_cache,
+        ];
+        let stderr = refused(&args, &[("TERN_MAX_STORAGE_BINDING", "134217728")]);
+        for expected in [
+            "max_storage_buffer_binding_size",
+            "134217728",
+            "K (and V) cache",
+            &format!("--context {largest}"),
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{kv_cache}: {expected:?} not in:\n{stderr}"
+            );
+        }
     }
 }
 

@@ -41,15 +41,15 @@ fn a_smaller_binding_limit_refuses_the_kv_cache_and_runs_what_fits() {
         let adapter = ctx.adapter_name();
         assert_eq!(ctx.limits.max_storage_buffer_binding_size, BINDING);
 
-        // The tiny shape's K cache: 2 KV heads × 32 × 4 bytes = 256 bytes a position.
-        let error = load(ctx, 2048, 16)
+        // The tiny shape's (default, f16) K cache: 2 KV heads × 32 × 2 bytes = 128 bytes a position.
+        let error = load(ctx, 4096, 16)
             .err()
             .expect("a 512 KiB K cache is refused");
         let message = error.to_string();
         for expected in [
             "max_storage_buffer_binding_size",
             "262144",
-            "--context 1024",
+            "--context 2048",
         ] {
             assert!(message.contains(expected), "{adapter}: {message}");
         }

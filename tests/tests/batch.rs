@@ -5,7 +5,9 @@
 
 use tern::format::checkpoint::Checkpoint;
 use tern::model::weights::ProjectionKind;
-use tern::model::{DecodeRow, Output, Sequence, SequenceBatch, StepResult, Transformer};
+use tern::model::{
+    slot_bytes, DecodeRow, KvCacheDtype, Output, Sequence, SequenceBatch, StepResult, Transformer,
+};
 use tern_tests::contexts;
 use tern_tests::goldens::fixture;
 
@@ -66,7 +68,13 @@ fn argmax(logits: &[f32]) -> u32 {
 
 /// Each request alone: the logits after its prompt and after each greedy token.
 fn alone(model: &Transformer, request: &Request) -> Vec<Vec<f32>> {
-    let mut sequence = pollster::block_on(Sequence::new(model, CONTEXT, CHUNK)).unwrap();
+    let mut sequence = pollster::block_on(Sequence::new(
+        model,
+        CONTEXT,
+        CHUNK,
+        KvCacheDtype::default(),
+    ))
+    .unwrap();
     let mut steps = vec![logits(
         pollster::block_on(sequence.forward(&request.prompt, Output::LastLogits)).unwrap(),
     )];
@@ -94,7 +102,14 @@ fn batched_sequences_get_the_logits_they_get_alone() {
         let requests = requests(vocab as u32);
         let expected: Vec<Vec<Vec<f32>>> = requests.iter().map(|r| alone(&model, r)).collect();
 
-        let mut batch = pollster::block_on(SequenceBatch::new(&model, 4, CONTEXT, CHUNK)).unwrap();
+        let mut batch = pollster::block_on(SequenceBatch::new(
+            &model,
+            4,
+            CONTEXT,
+            CHUNK,
+            KvCacheDtype::default(),
+        ))
+        .unwrap();
         let mut slots: Vec<Option<Running>> = (0..4).map(|_| None).collect();
         let mut waiting = 0..requests.len();
         let mut finished = 0;
@@ -182,11 +197,34 @@ fn batched_sequences_get_the_logits_they_get_alone() {
     }
 }
 
+/// `model::slot_bytes` (what the server sizes `--parallel` from) is what a batch allocates, for
+/// both cache dtypes, an odd context and one past the model's maximum (capped).
+#[test]
+fn slot_bytes_are_known_before_allocating() {
+    let ctx = &contexts()[0];
+    let model = load(ctx);
+    let too_long = model.config().max_position_embeddings + 5;
+    for kv_cache in [KvCacheDtype::F32, KvCacheDtype::F16] {
+        for context in [7, too_long] {
+            let batch =
+                pollster::block_on(SequenceBatch::new(&model, 2, context, 4, kv_cache)).unwrap();
+            let expected = slot_bytes(model.config(), context, kv_cache);
+            assert_eq!(batch.slot_bytes(), expected, "{kv_cache:?} {context}");
+        }
+    }
+    let f32_bytes = slot_bytes(model.config(), 64, KvCacheDtype::F32);
+    assert_eq!(
+        slot_bytes(model.config(), 64, KvCacheDtype::F16) * 2,
+        f32_bytes
+    );
+}
+
 #[test]
 fn a_batch_refuses_bad_rows() {
     let ctx = &contexts()[0];
     let model = load(ctx);
-    let mut batch = pollster::block_on(SequenceBatch::new(&model, 2, 8, 4)).unwrap();
+    let mut batch =
+        pollster::block_on(SequenceBatch::new(&model, 2, 8, 4, KvCacheDtype::default())).unwrap();
     let row = |slot, token| DecodeRow {
         slot,
         token,
@@ -280,6 +318,7 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
         let sizes = SessionOptions {
             max_context: context,
             max_batch: chunk,
+            kv_cache: KvCacheDtype::default(),
         };
         let mut alone_logprobs: Vec<Vec<TokenLogprobs>> = Vec::new();
         let alone: Vec<_> = requests
@@ -304,6 +343,7 @@ fn batch_replies_equal_the_replies_of_sessions_alone() {
                 slots: 3,
                 max_context: context,
                 max_batch: chunk,
+                kv_cache: KvCacheDtype::default(),
             })
             .unwrap();
         for round in 0..2 {

@@ -1,11 +1,14 @@
 //! Decode (split over the sequence + combine) and prefill attention against
-//! `reference::attention::attention`. Tolerance: |gpu − cpu| ≤ 1e-5 absolute (+1e-5 relative) on
+//! `reference::attention::attention`, over f32 and f16 caches (the twin reads the same f16 values
+//! the kernels unpack, so the tolerance is the same). Tolerance: |gpu − cpu| ≤ 1e-5 absolute (+1e-5 relative) on
 //! outputs of inputs drawn from [−1, 1] (the softmax sums in another order and, for decode, is merged
 //! across chunks).
 
 use proptest::prelude::*;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
-use tern::ops::attention::{AttentionBuffers, AttentionDecode, AttentionPrefill, AttentionShape};
+use tern::ops::attention::{
+    AttentionBuffers, AttentionDecode, AttentionPrefill, AttentionShape, KvCacheDtype,
+};
 use tern::ops::StepParams;
 use tern::reference::attention::attention;
 use tern_tests::{assert_close, for_each_adapter, random_f32, seeded};
@@ -58,8 +61,12 @@ impl Case {
         };
         let step = GpuBuffer::from_slice(ctx, "step", &[step], BufferUsage::Uniform).unwrap();
         let q = GpuBuffer::from_slice(ctx, "q", &self.q, BufferUsage::Storage).unwrap();
-        let k_cache = GpuBuffer::from_slice(ctx, "k", &self.k_cache, BufferUsage::Storage).unwrap();
-        let v_cache = GpuBuffer::from_slice(ctx, "v", &self.v_cache, BufferUsage::Storage).unwrap();
+        let upload = |label, values: &[f32]| {
+            let words = self.shape.cache.encode(values);
+            GpuBuffer::from_slice(ctx, label, &words, BufferUsage::Storage).unwrap()
+        };
+        let k_cache = upload("k", &self.k_cache);
+        let v_cache = upload("v", &self.v_cache);
         let out_len = self.tokens * self.shape.heads * self.shape.head_dim;
         let out = GpuBuffer::from_slice(ctx, "out", &vec![f32::NAN; out_len], BufferUsage::Storage)
             .unwrap();
@@ -121,6 +128,14 @@ fn shape(kv_heads: usize, group: usize, head_dim: usize, max_seq: usize) -> Atte
         kv_heads,
         head_dim,
         max_seq,
+        cache: KvCacheDtype::F32,
+    }
+}
+
+fn f16_cache(shape: AttentionShape) -> AttentionShape {
+    AttentionShape {
+        cache: KvCacheDtype::F16,
+        ..shape
     }
 }
 
@@ -132,6 +147,17 @@ fn long_context_split() {
         Case::new(shape(1, 5, 256, 3000), 2999, 1, 2).check(ctx);
         // Chunked prefill continuing a long cache, tile boundaries crossed inside the step.
         Case::new(shape(2, 2, 100, 3100), 2900, 5, 3).check(ctx);
+    });
+}
+
+#[test]
+fn f16_cache_long_context_split() {
+    for_each_adapter(|ctx| {
+        Case::new(f16_cache(shape(5, 4, 128, 3100)), 2999, 1, 1).check(ctx);
+        Case::new(f16_cache(shape(1, 5, 256, 3000)), 2999, 1, 2).check(ctx);
+        Case::new(f16_cache(shape(2, 2, 100, 3100)), 2900, 5, 3).check(ctx);
+        // An odd number of positions × head_dim 4: the cache ends mid 16-byte vector.
+        Case::new(f16_cache(shape(3, 3, 4, 7)), 2, 5, 4).check(ctx);
     });
 }
 
@@ -159,10 +185,11 @@ proptest! {
         head_dim in prop::sample::select(vec![64usize, 96, 100, 128, 256, 4, 36]),
         len in 1usize..=600,
         tokens in 1usize..5,
+        cache in prop::sample::select(vec![KvCacheDtype::F32, KvCacheDtype::F16]),
         seed in any::<u64>(),
     ) {
         let tokens = tokens.min(len);
-        let shape = shape(kv_heads, group, head_dim, len + 5);
+        let shape = AttentionShape { cache, ..shape(kv_heads, group, head_dim, len + 5) };
         // A prefill step ending at position len − 1, and the decode step at len − 1 (also run as prefill).
         let prefill = Case::new(shape, len - tokens, tokens, seed);
         let decode = Case::new(shape, len - 1, 1, seed ^ 1);

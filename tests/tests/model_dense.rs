@@ -6,7 +6,7 @@
 use tern::model::cpu_step::dense_logits;
 use tern::model::synthetic::{self, Shape};
 use tern::model::weights::ProjectionKind;
-use tern::model::{ModelOptions, Output, Sequence, StepResult};
+use tern::model::{KvCacheDtype, ModelOptions, Output, Sequence, StepResult};
 use tern_tests::{assert_close, for_each_adapter};
 
 const CONTEXT: usize = 16;
@@ -32,7 +32,7 @@ fn dense_forward_without_sub_norms_matches_its_cpu_twins() {
 fn check_against_cpu(sub_norms: bool) {
     let mut checkpoint = synthetic::dense_checkpoint(Shape::TINY, CONTEXT, 3).unwrap();
     checkpoint.config.sub_norms = sub_norms;
-    let cpu = dense_logits(&checkpoint, &IDS, CONTEXT).unwrap();
+    let cpu = dense_logits(&checkpoint, &IDS, CONTEXT, KvCacheDtype::default()).unwrap();
     let vocab = checkpoint.config.vocab_size;
     assert!(cpu.iter().all(|v| v.is_finite()) && cpu.iter().any(|v| v.abs() > 1.0));
     for_each_adapter(|ctx| {
@@ -40,6 +40,7 @@ fn check_against_cpu(sub_norms: bool) {
             max_context: CONTEXT,
             max_batch: 8,
             projections: ProjectionKind::Dense,
+            kv_cache: KvCacheDtype::default(),
         };
         let mut model =
             pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))
@@ -71,6 +72,7 @@ fn dense_load_rejects_packed_ternary_weights() {
             max_context: CONTEXT,
             max_batch: 8,
             projections: ProjectionKind::Dense,
+            ..ModelOptions::default()
         };
         let error = pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))
             .err()

@@ -6,7 +6,7 @@
 
 use safetensors::SafeTensors;
 use tern::format::checkpoint::Checkpoint;
-use tern::model::{ModelOptions, Output, Sequence};
+use tern::model::{KvCacheDtype, ModelOptions, Output, Sequence};
 use tern_tests::goldens::{fixture, repo_root};
 use tern_tests::{assert_close, contexts};
 
@@ -31,6 +31,7 @@ fn check(fixture_name: &str, golden_name: &str) {
         let options = ModelOptions {
             max_context: 64,
             max_batch: 64,
+            kv_cache: KvCacheDtype::F32, // the exact path the reference dumps are held to
             ..ModelOptions::default()
         };
         let mut model =

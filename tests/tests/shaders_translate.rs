@@ -18,9 +18,18 @@ fn uses_subgroups(name: &str) -> bool {
     name.starts_with("subgroup/")
 }
 
+/// Whether `module` declares the pipeline-overridable constant `name`.
+fn has_override(module: &Module, name: &str) -> bool {
+    module
+        .overrides
+        .iter()
+        .any(|(_, o)| o.name.as_deref() == Some(name))
+}
+
 /// The module and its validation, with `WG` (where a kernel's workgroup size is an override) at the
-/// largest size any wrapper uses, so workgroup memory sized by it is checked at its largest.
-fn compile(name: &str, source: &str) -> Result<(Module, ModuleInfo), String> {
+/// largest size any wrapper uses, so workgroup memory sized by it is checked at its largest, and
+/// `KV_F16` (where a kernel reads or writes the KV cache) as given.
+fn compile(name: &str, source: &str, kv_f16: bool) -> Result<(Module, ModuleInfo), String> {
     let module = naga::front::wgsl::parse_str(source)
         .map_err(|e| format!("WGSL parse: {}", e.emit_to_string(source)))?;
     // As wgpu grants a WebGPU-compliant device (unpack2x16float needs this one).
@@ -32,12 +41,11 @@ fn compile(name: &str, source: &str) -> Result<(Module, ModuleInfo), String> {
         .validate(&module)
         .map_err(|e| format!("validation: {}", e.emit_to_string(source)))?;
     let mut constants = naga::back::PipelineConstants::default();
-    if module
-        .overrides
-        .iter()
-        .any(|(_, o)| o.name.as_deref() == Some("WG"))
-    {
+    if has_override(&module, "WG") {
         constants.insert("WG".into(), f64::from(KERNEL_WORKGROUP_INVOCATIONS));
+    }
+    if has_override(&module, "KV_F16") {
+        constants.insert("KV_F16".into(), f64::from(u8::from(kv_f16)));
     }
     let (module, info) =
         naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
@@ -127,8 +135,16 @@ fn check_entry_points(module: &Module, info: &ModuleInfo) -> Vec<String> {
 #[test]
 fn every_kernel_translates_for_vulkan_metal_and_dx12() {
     let mut failures = Vec::new();
-    for &(name, source) in sources::ALL {
-        let (module, info) = match compile(name, source) {
+    // Kernels over the KV cache are translated for both cache dtypes (f32, f16 pairs).
+    let variants = sources::ALL.iter().flat_map(|&(name, source)| {
+        let both = source.contains("override KV_F16");
+        [(name.to_string(), source, false)]
+            .into_iter()
+            .chain(both.then(|| (format!("{name} (KV_F16)"), source, true)))
+    });
+    for (label, source, kv_f16) in variants {
+        let name = label.as_str();
+        let (module, info) = match compile(name, source, kv_f16) {
             Ok(compiled) => compiled,
             Err(e) => {
                 failures.push(format!("{name}: {e}"));

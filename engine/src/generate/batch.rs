@@ -26,7 +26,7 @@ use crate::generate::{
     check_prompt, common_prefix, now, GenerateOptions, Generation, Model, Reply, StopReason,
     TokenLogprobs,
 };
-use crate::model::{DecodeRow, SequenceBatch, StepResult};
+use crate::model::{DecodeRow, KvCacheDtype, SequenceBatch, StepResult};
 use crate::{Error, Result};
 
 /// The sizes of a [`Batch`].
@@ -38,6 +38,9 @@ pub struct BatchOptions {
     pub max_context: usize,
     /// Prompt tokens per prefill chunk.
     pub max_batch: usize,
+    /// How each slot's KV cache stores k and v: [`KvCacheDtype::F16`] (the engine's default) takes
+    /// half the memory of [`KvCacheDtype::F32`], so twice the slots fit in the same memory.
+    pub kv_cache: KvCacheDtype,
 }
 
 /// Names a request submitted to a [`Batch`].
@@ -140,6 +143,7 @@ impl Model {
             options.slots,
             options.max_context,
             options.max_batch,
+            options.kv_cache,
         )
         .await?;
         Ok(Batch {

@@ -24,6 +24,7 @@ use crate::model::forward::{
 };
 use crate::model::graph::{bitnet_step, Activations, GraphBuilder, Slot, SlotStep, StepGraph};
 use crate::model::limits;
+use crate::ops::attention::KvCacheDtype;
 use crate::ops::dense_matvec::DenseMatvecBinding;
 use crate::ops::select::{Candidate, SelectBinding, MAX_TOP_K};
 use crate::ops::StepParams;
@@ -108,15 +109,31 @@ impl Stage {
     }
 }
 
+/// The context a cache of `max_context` positions gets: capped at the model's
+/// `max_position_embeddings`, at least 1.
+fn capped_context(config: &ModelConfig, max_context: usize) -> usize {
+    max_context.min(config.max_position_embeddings).max(1)
+}
+
+/// Bytes of one sequence's KV cache (every layer's K and V) for a model of `config` asked for
+/// `max_context` positions stored as `kv_cache`: what [`SequenceBatch::slot_bytes`] reports once
+/// allocated, known before anything is.
+pub fn slot_bytes(config: &ModelConfig, max_context: usize, kv_cache: KvCacheDtype) -> u64 {
+    let shape = attention_shape(config, capped_context(config, max_context), kv_cache);
+    2 * config.num_layers as u64 * shape.cache_bytes()
+}
+
 impl SequenceBatch {
     /// `slots` empty sequences with KV caches of `max_context` positions (capped at the model's
-    /// `max_position_embeddings`) and prefill chunks of `max_batch` tokens, with every bind group
-    /// of both steps. Sizes past the device's limits fail, naming the largest that fit.
+    /// `max_position_embeddings`) storing k and v as `kv_cache`, and prefill chunks of `max_batch`
+    /// tokens, with every bind group of both steps. Sizes past the device's limits fail, naming the
+    /// largest that fit.
     pub async fn new(
         model: &Transformer,
         slots: usize,
         max_context: usize,
         max_batch: usize,
+        kv_cache: KvCacheDtype,
     ) -> Result<SequenceBatch> {
         let ctx = model.context();
         let config = model.config().clone();
@@ -124,9 +141,10 @@ impl SequenceBatch {
             return Err(Error::Invalid("a batch needs at least one slot".into()));
         }
         let options = ModelOptions {
-            max_context: max_context.min(config.max_position_embeddings).max(1),
+            max_context: capped_context(&config, max_context),
             max_batch: max_batch.max(1),
             projections: model.projections(),
+            kv_cache,
         };
         let on_adapter = |exceeded: limits::LimitExceeded| exceeded.into_error(&ctx.adapter_name());
         limits::check(&ctx.limits, &config, &options).map_err(on_adapter)?;
@@ -134,7 +152,7 @@ impl SequenceBatch {
             .map_err(on_adapter)?;
         let allocations = AllocationCount::start();
         let (weights, kernels) = (model.weights(), model.kernels());
-        let shape = attention_shape(&config, options.max_context);
+        let shape = attention_shape(&config, options.max_context, kv_cache);
         let slots = (0..slots)
             .map(|_| Slot::new(ctx, config.num_layers, shape))
             .collect::<Result<Vec<_>>>()?;
@@ -211,7 +229,7 @@ impl SequenceBatch {
         self.state_bytes
     }
 
-    /// Bytes of one slot's KV cache.
+    /// Bytes of one slot's KV cache ([`slot_bytes`] of the batch's sizes).
     pub fn slot_bytes(&self) -> u64 {
         self.slots[0]
             .cache

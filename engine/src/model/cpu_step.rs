@@ -8,7 +8,7 @@ use crate::format::checkpoint::{Checkpoint, FloatRef, NormWeight, Projection, We
 use crate::format::config::ModelConfig;
 use crate::format::source::{complete_now, read_range};
 use crate::model::graph::gated_epilogue;
-use crate::ops::attention::AttentionShape;
+use crate::ops::attention::{AttentionShape, KvCacheDtype};
 use crate::ops::embedding::FloatDType;
 use crate::ops::ternary_matvec::Epilogue;
 use crate::reference::attention::attention;
@@ -18,12 +18,17 @@ use crate::reference::norm::rmsnorm;
 use crate::reference::rope::rope_append;
 use crate::{Error, Result};
 
-/// Logits [ids.len(), vocab] of `ids` from position 0 of an empty cache of `max_seq` positions,
-/// for a checkpoint of f16 latent projections.
-pub fn dense_logits(checkpoint: &Checkpoint, ids: &[u32], max_seq: usize) -> Result<Vec<f32>> {
+/// Logits [ids.len(), vocab] of `ids` from position 0 of an empty cache of `max_seq` positions
+/// stored as `cache`, for a checkpoint of f16 latent projections.
+pub fn dense_logits(
+    checkpoint: &Checkpoint,
+    ids: &[u32],
+    max_seq: usize,
+    cache: KvCacheDtype,
+) -> Result<Vec<f32>> {
     let c = &checkpoint.config;
     let gated = gated_epilogue(c.activation);
-    let g = CpuGraph::new(checkpoint, ids.len(), max_seq);
+    let g = CpuGraph::new(checkpoint, ids.len(), max_seq, cache);
 
     let mut x = g.embedding(ids)?;
     for layer in 0..c.num_layers {
@@ -89,7 +94,7 @@ struct CpuGraph<'a> {
 }
 
 impl<'a> CpuGraph<'a> {
-    fn new(checkpoint: &'a Checkpoint, tokens: usize, max_seq: usize) -> Self {
+    fn new(checkpoint: &'a Checkpoint, tokens: usize, max_seq: usize, cache: KvCacheDtype) -> Self {
         let config = &checkpoint.config;
         CpuGraph {
             checkpoint,
@@ -100,6 +105,7 @@ impl<'a> CpuGraph<'a> {
                 kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
                 max_seq,
+                cache,
             },
             inv_freq: config.rope_inv_freq(),
         }

@@ -13,7 +13,7 @@ use crate::gpu::{read_buffer, Context, GpuBuffer};
 use crate::model::graph::Kernels;
 use crate::model::limits;
 use crate::model::weights::{self, LoadProgress, ProjectionKind, Weights};
-use crate::ops::attention::AttentionShape;
+use crate::ops::attention::{AttentionShape, KvCacheDtype};
 use crate::ops::select::Candidate;
 use crate::Result;
 
@@ -30,6 +30,9 @@ pub struct ModelOptions {
     pub max_batch: usize,
     /// Ternary (BitNet b1.58) or dense projections (the baseline; needs float latent weights).
     pub projections: ProjectionKind,
+    /// How the KV cache stores k and v: f16 (the default: half the memory and attention reads,
+    /// each value rounded to f16 once) or f32 (exact).
+    pub kv_cache: KvCacheDtype,
 }
 
 impl Default for ModelOptions {
@@ -38,6 +41,7 @@ impl Default for ModelOptions {
             max_context: 4096,
             max_batch: 128,
             projections: ProjectionKind::Ternary,
+            kv_cache: KvCacheDtype::default(),
         }
     }
 }
@@ -148,13 +152,18 @@ impl Transformer {
     }
 }
 
-/// The attention shape of `config` with a cache of `max_context` positions.
-pub(super) fn attention_shape(config: &ModelConfig, max_context: usize) -> AttentionShape {
+/// The attention shape of `config` with a cache of `max_context` positions stored as `cache`.
+pub(super) fn attention_shape(
+    config: &ModelConfig,
+    max_context: usize,
+    cache: KvCacheDtype,
+) -> AttentionShape {
     AttentionShape {
         heads: config.num_heads,
         kv_heads: config.num_kv_heads,
         head_dim: config.head_dim,
         max_seq: max_context,
+        cache,
     }
 }
 

@@ -130,7 +130,8 @@ fn step_params(c: &Context, label: &str) -> Result<GpuBuffer> {
     GpuBuffer::from_slice(c, label, &[one_token], BufferUsage::Uniform)
 }
 
-/// One layer's K and V caches, [kv_heads, max_context, head_dim] f32 each.
+/// One layer's K and V caches, [kv_heads, max_context, head_dim] each in the shape's
+/// [`crate::ops::attention::KvCacheDtype`].
 pub(super) struct KvCache {
     pub k: GpuBuffer,
     pub v: GpuBuffer,
@@ -147,7 +148,7 @@ pub(super) struct Slot {
 impl Slot {
     /// A slot with an empty cache of `shape.max_seq` positions per layer.
     pub fn new(c: &Context, layers: usize, shape: AttentionShape) -> Result<Slot> {
-        let bytes = (shape.cache_len() * 4) as u64;
+        let bytes = shape.cache_bytes();
         let cache = (0..layers)
             .map(|_| {
                 Ok(KvCache {

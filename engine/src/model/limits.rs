@@ -7,9 +7,10 @@
 //! Pure functions of the limits and the model's shape, so any GPU's limits can be checked anywhere.
 
 use crate::format::config::ModelConfig;
+use crate::model::forward::attention_shape;
 use crate::model::weights::ProjectionKind;
 use crate::model::ModelOptions;
-use crate::ops::attention::DECODE_CHUNK;
+use crate::ops::attention::{KvCacheDtype, DECODE_CHUNK};
 use crate::ops::ternary_matvec::weight_bytes;
 use crate::ops::{padded_activation_words, ActStats, MAX_DISPATCH_X};
 use crate::{Error, Result};
@@ -71,7 +72,7 @@ pub fn check(
 ) -> Result<(), LimitExceeded> {
     check_kernels(limits)?;
     check_weights(limits, config)?;
-    check_context(limits, config, options.max_context)?;
+    check_context(limits, config, options.max_context, options.kv_cache)?;
     check_batch(limits, config, options.projections, options.max_batch)
 }
 
@@ -156,16 +157,18 @@ pub fn check_weights(limits: &wgpu::Limits, config: &ModelConfig) -> Result<(), 
     Ok(())
 }
 
-/// One layer's K (or V) cache and the decode attention's partial results for `context` tokens.
+/// One layer's K (or V) cache, stored as `kv_cache`, and the decode attention's partial results for
+/// `context` tokens.
 pub fn check_context(
     limits: &wgpu::Limits,
     config: &ModelConfig,
     context: usize,
+    kv_cache: KvCacheDtype,
 ) -> Result<(), LimitExceeded> {
-    let largest = largest_context(limits, config);
+    let largest = largest_context(limits, config, kv_cache);
     let advice = || format!("use a context of {largest} tokens or fewer (--context {largest})");
     let (limit, available) = whole_binding(limits);
-    for (what, needed) in context_buffers(config, context) {
+    for (what, needed) in context_buffers(config, context, kv_cache) {
         if needed > available {
             return Err(LimitExceeded {
                 limit,
@@ -224,15 +227,20 @@ pub fn check_batch(
     Ok(())
 }
 
-/// The longest context whose buffers fit `limits` (0 if none does).
-pub fn largest_context(limits: &wgpu::Limits, config: &ModelConfig) -> usize {
+/// The longest context whose buffers fit `limits` with the K/V cache stored as `kv_cache` (0 if none
+/// does): an f16 cache holds twice the positions of an f32 one in the same binding.
+pub fn largest_context(
+    limits: &wgpu::Limits,
+    config: &ModelConfig,
+    kv_cache: KvCacheDtype,
+) -> usize {
     let (_, available) = whole_binding(limits);
-    // The K/V cache grows fastest; step down past the partials' rounding to whole chunks.
-    let per_token = context_buffers(config, 1)[0].1;
+    // The K/V cache grows fastest; step down past the partials' and the cache's rounding.
+    let per_token = (config.num_kv_heads * config.head_dim * kv_cache.element_bytes()) as u64;
     let mut context = (available / per_token.max(1)) as usize;
     context = context.min(limits.max_compute_workgroups_per_dimension as usize * DECODE_CHUNK);
     while context > 0
-        && context_buffers(config, context)
+        && context_buffers(config, context, kv_cache)
             .iter()
             .any(|&(_, bytes)| bytes > available)
     {
@@ -268,15 +276,18 @@ fn whole_binding(limits: &wgpu::Limits) -> (&'static str, u64) {
 }
 
 /// Bytes of the buffers that grow with the context; the K/V cache first.
-fn context_buffers(config: &ModelConfig, context: usize) -> [(&'static str, u64); 2] {
+fn context_buffers(
+    config: &ModelConfig,
+    context: usize,
+    kv_cache: KvCacheDtype,
+) -> [(&'static str, u64); 2] {
     // In u64: a long context's cache passes 4 GiB, which wraps a wasm32 usize.
-    let [kv_heads, heads, head_dim] =
-        [config.num_kv_heads, config.num_heads, config.head_dim].map(|n| n as u64);
+    let [heads, head_dim] = [config.num_heads, config.head_dim].map(|n| n as u64);
     let chunks = context.div_ceil(DECODE_CHUNK) as u64;
     [
         (
             "one layer's K (and V) cache",
-            kv_heads * context as u64 * head_dim * 4,
+            attention_shape(config, context, kv_cache).cache_bytes(),
         ),
         (
             "the decode attention's partial results",
@@ -369,9 +380,13 @@ mod tests {
         let limits = webgpu_defaults();
         // 2B-4T: 5 KV heads × 128 × 4 bytes = 2 560 bytes a position, 52 428 positions in 128 MiB.
         let config = config_of(Shape::BITNET_2B4T, 1 << 17);
-        assert_eq!(largest_context(&limits, &config), 52_428);
-        assert_eq!(check(&limits, &config, &options(52_428, 128)), Ok(()));
-        let error = check(&limits, &config, &options(65_536, 128)).unwrap_err();
+        let f32_cache = |max_context| ModelOptions {
+            kv_cache: KvCacheDtype::F32,
+            ..options(max_context, 128)
+        };
+        assert_eq!(largest_context(&limits, &config, KvCacheDtype::F32), 52_428);
+        assert_eq!(check(&limits, &config, &f32_cache(52_428)), Ok(()));
+        let error = check(&limits, &config, &f32_cache(65_536)).unwrap_err();
         assert_eq!(error.limit, "max_storage_buffer_binding_size");
         assert_eq!(error.needed, 5 * 65_536 * 128 * 4);
         assert!(error.what.contains("K (and V) cache"), "{error}");
@@ -387,8 +402,37 @@ mod tests {
             vocab: 128_256,
         };
         let config = config_of(llama_8b, 1 << 17);
-        assert_eq!(largest_context(&limits, &config), 32_768);
-        assert!(check_context(&limits, &config, 32_769).is_err());
+        assert_eq!(largest_context(&limits, &config, KvCacheDtype::F32), 32_768);
+        assert!(check_context(&limits, &config, 32_769, KvCacheDtype::F32).is_err());
+    }
+
+    #[test]
+    fn an_f16_kv_cache_fits_twice_the_positions() {
+        let limits = webgpu_defaults();
+        // 2B-4T: 5 KV heads × 128 × 2 bytes = 1 280 bytes a position, 104 857 positions in 128 MiB.
+        let config = config_of(Shape::BITNET_2B4T, 1 << 17);
+        assert_eq!(
+            largest_context(&limits, &config, KvCacheDtype::F16),
+            104_857
+        );
+        assert_eq!(check(&limits, &config, &options(104_857, 128)), Ok(()));
+        let error = check(&limits, &config, &options(104_858, 128)).unwrap_err();
+        assert_eq!(
+            error.needed,
+            (5 * 104_858 * 128 * 2_u64).next_multiple_of(16)
+        );
+        assert!(error.advice.contains("--context 104857"), "{error}");
+        // Llama-3-8B-1.58's 8 KV heads: 64k positions in f16 where f32 holds 32k.
+        let llama_8b = Shape {
+            hidden: 4096,
+            layers: 32,
+            heads: 32,
+            kv_heads: 8,
+            intermediate: 14336,
+            vocab: 128_256,
+        };
+        let config = config_of(llama_8b, 1 << 17);
+        assert_eq!(largest_context(&limits, &config, KvCacheDtype::F16), 65_536);
     }
 
     #[test]

@@ -11,6 +11,9 @@ mod sequence;
 pub mod synthetic;
 pub mod weights;
 
-pub use batch::{DecodeRow, SequenceBatch};
+pub use batch::{slot_bytes, DecodeRow, SequenceBatch};
 pub use forward::{LastLayerActivations, ModelOptions, Output, StepResult, Transformer};
 pub use sequence::Sequence;
+
+#[doc(inline)]
+pub use crate::ops::attention::KvCacheDtype;

@@ -7,6 +7,7 @@ use crate::gpu::{Context, KernelProfile, KernelTiming};
 use crate::model::batch::SequenceBatch;
 use crate::model::forward::{LastLayerActivations, ModelOptions, Output, StepResult, Transformer};
 use crate::model::weights::LoadProgress;
+use crate::ops::attention::KvCacheDtype;
 use crate::Result;
 
 /// One sequence's state on the GPU: its KV cache, its activations and every bind group of its
@@ -30,24 +31,33 @@ impl Sequence {
         progress: LoadProgress<'_>,
     ) -> Result<Sequence> {
         let model = Transformer::load(ctx, checkpoint, options.projections, progress).await?;
-        Sequence::new(&model, options.max_context, options.max_batch).await
+        Sequence::new(
+            &model,
+            options.max_context,
+            options.max_batch,
+            options.kv_cache,
+        )
+        .await
     }
 
     /// A KV cache of `max_context` positions (capped at the model's `max_position_embeddings`)
     /// and activations for prefill batches of `max_batch` tokens, with every bind group of the
-    /// step. Sizes past the device's limits fail, naming the largest that fit.
+    /// step, the cache storing k and v as `kv_cache`. Sizes past the device's limits fail, naming
+    /// the largest that fit.
     pub async fn new(
         model: &Transformer,
         max_context: usize,
         max_batch: usize,
+        kv_cache: KvCacheDtype,
     ) -> Result<Sequence> {
-        let batch = SequenceBatch::new(model, 1, max_context, max_batch).await?;
+        let batch = SequenceBatch::new(model, 1, max_context, max_batch, kv_cache).await?;
         Ok(Sequence {
             config: model.config().clone(),
             options: ModelOptions {
                 max_context: batch.max_context(),
                 max_batch: batch.max_batch(),
                 projections: model.projections(),
+                kv_cache,
             },
             batch,
         })

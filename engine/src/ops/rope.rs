@@ -1,7 +1,7 @@
 //! RoPE on q and k fused with the KV-cache append: `shaders/rope.wgsl`.
 //! CPU twin: [`crate::reference::rope::rope_append`].
 
-use super::attention::AttentionShape;
+use super::attention::{cache_pipelines, pipeline_index, AttentionShape, KvCacheDtype};
 use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
@@ -19,7 +19,8 @@ const WORKGROUP: u32 = 64;
 
 /// Rotates a step's q in place and appends its rotated k and raw v to the layer's KV cache.
 pub struct Rope {
-    pipeline: wgpu::ComputePipeline,
+    /// One per [`KvCacheDtype`] (indexed by [`pipeline_index`]).
+    pipelines: [wgpu::ComputePipeline; 2],
 }
 
 /// Bindings for one layer (its q|k|v buffer and caches), made at load.
@@ -31,16 +32,17 @@ pub struct RopeBinding {
 }
 
 impl Rope {
-    /// Builds the pipeline.
+    /// Builds the pipelines (one per cache dtype).
     pub fn new(ctx: &Context) -> Self {
         Rope {
-            pipeline: ctx.pipeline("rope", sources::ROPE, "main", &[]),
+            pipelines: cache_pipelines(ctx, "rope", sources::ROPE),
         }
     }
 
     /// `step`: [`super::StepParams`]; `inv_freq`: [head_dim / 2] (see
     /// [`crate::reference::rope::inv_freq`], or a scaled variant); `qkv`: f32
-    /// [T, (heads + 2·kv_heads)·head_dim]; `k_cache`, `v_cache`: f32 [kv_heads, max_seq, head_dim].
+    /// [T, (heads + 2·kv_heads)·head_dim]; `k_cache`, `v_cache`: [kv_heads, max_seq, head_dim] in
+    /// `shape.cache`'s dtype ([`AttentionShape::cache_bytes`] each).
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -70,7 +72,7 @@ impl Rope {
         let inv_freq = GpuBuffer::from_slice(ctx, "rope.inv_freq", inv_freq, BufferUsage::Storage)?;
         let bind_group = ctx.bind_group(
             "rope",
-            &self.pipeline,
+            &self.pipelines[pipeline_index(shape.cache)],
             &[
                 step.binding(),
                 params.binding(),
@@ -91,9 +93,16 @@ impl Rope {
     /// Rotates and appends `tokens` tokens (the step uniform must hold the same count).
     pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, binding: &RopeBinding, tokens: u32) {
         let shape = binding.shape;
-        let invocations = tokens * ((shape.heads + 2 * shape.kv_heads) * shape.head_dim / 2) as u32;
+        // One rotation pair (two elements) per invocation; an f16 cache packs element pairs, so two.
+        let elements_per_invocation = match shape.cache {
+            KvCacheDtype::F32 => 2,
+            KvCacheDtype::F16 => 4,
+        };
+        let per_token =
+            (shape.heads + 2 * shape.kv_heads) * shape.head_dim / elements_per_invocation;
+        let invocations = tokens * per_token as u32;
         let (x, y) = super::dispatch_grid(invocations.div_ceil(WORKGROUP));
-        pass.set_pipeline(&self.pipeline);
+        pass.set_pipeline(&self.pipelines[pipeline_index(shape.cache)]);
         pass.set_bind_group(0, &binding.bind_group, &[]);
         pass.dispatch_workgroups(x, y, 1);
     }

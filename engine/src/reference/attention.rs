@@ -5,7 +5,9 @@ use crate::ops::attention::AttentionShape;
 
 /// The twin of the decode and prefill attention kernels. `q`: [T, q_stride] with head h of token t at
 /// `t·q_stride + h·head_dim`; caches [kv_heads, max_seq, head_dim]; query t sits at position pos + t
-/// and attends to positions 0 ..= pos + t. Output [T, heads·head_dim].
+/// and attends to positions 0 ..= pos + t. The caches are read as `shape.cache` stores them (each
+/// element rounded by [`crate::ops::attention::KvCacheDtype::round`], a no-op on values the twin
+/// of RoPE wrote). Output [T, heads·head_dim].
 pub fn attention(
     q: &[f32],
     q_stride: usize,
@@ -18,6 +20,9 @@ pub fn attention(
     let hd = shape.head_dim;
     let group = shape.heads / shape.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
+    let stored =
+        |cache: &[f32]| -> Vec<f32> { cache.iter().map(|&x| shape.cache.round(x)).collect() };
+    let (k_cache, v_cache) = (stored(k_cache), stored(v_cache));
     let mut out = vec![0.0f32; tokens * shape.heads * hd];
     for t in 0..tokens {
         let len = pos + t + 1;

@@ -16,7 +16,8 @@ pub fn rotate(head: &mut [f32], position: usize, inv_freq: &[f32]) {
 }
 
 /// The twin of `shaders/rope.wgsl`: `qkv` [T, (heads + 2·kv_heads)·head_dim] with q rotated in place
-/// (k and v there are left as they are); rotated k and raw v written to the caches [kv_heads, max_seq, head_dim] at positions pos .. pos + T.
+/// (k and v there are left as they are); rotated k and raw v written to the caches [kv_heads, max_seq, head_dim] at positions pos .. pos + T,
+/// each rounded as `shape.cache` stores it ([`crate::ops::attention::KvCacheDtype::round`]).
 pub fn rope_append(
     qkv: &mut [f32],
     k_cache: &mut [f32],
@@ -38,7 +39,10 @@ pub fn rope_append(
             let dst = (h * shape.max_seq + position) * hd..(h * shape.max_seq + position + 1) * hd;
             k_cache[dst.clone()].copy_from_slice(&k[h * hd..(h + 1) * hd]);
             rotate(&mut k_cache[dst.clone()], position, inv_freq);
-            v_cache[dst].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+            v_cache[dst.clone()].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+            for x in k_cache[dst.clone()].iter_mut().chain(&mut v_cache[dst]) {
+                *x = shape.cache.round(*x);
+            }
         }
     }
 }
