@@ -189,6 +189,7 @@ async fn load(
         max_context: run.context,
         max_batch: run.batch,
         projections: kind,
+        ..ModelOptions::default()
     };
     let model = Sequence::load(ctx, checkpoint, options, &mut |_, _| {})
         .await

@@ -40,6 +40,7 @@ fn check_against_cpu(sub_norms: bool) {
             max_context: CONTEXT,
             max_batch: 8,
             projections: ProjectionKind::Dense,
+            ..ModelOptions::default()
         };
         let mut model =
             pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))
@@ -71,6 +72,7 @@ fn dense_load_rejects_packed_ternary_weights() {
             max_context: CONTEXT,
             max_batch: 8,
             projections: ProjectionKind::Dense,
+            ..ModelOptions::default()
         };
         let error = pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))
             .err()

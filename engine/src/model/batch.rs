@@ -127,6 +127,7 @@ impl SequenceBatch {
             max_context: max_context.min(config.max_position_embeddings).max(1),
             max_batch: max_batch.max(1),
             projections: model.projections(),
+            lm_head: model.lm_head(),
         };
         let on_adapter = |exceeded: limits::LimitExceeded| exceeded.into_error(&ctx.adapter_name());
         limits::check(&ctx.limits, &config, &options).map_err(on_adapter)?;

@@ -29,7 +29,14 @@ impl Sequence {
         options: ModelOptions,
         progress: LoadProgress<'_>,
     ) -> Result<Sequence> {
-        let model = Transformer::load(ctx, checkpoint, options.projections, progress).await?;
+        let model = Transformer::load(
+            ctx,
+            checkpoint,
+            options.projections,
+            options.lm_head,
+            progress,
+        )
+        .await?;
         Sequence::new(&model, options.max_context, options.max_batch).await
     }
 
@@ -48,6 +55,7 @@ impl Sequence {
                 max_context: batch.max_context(),
                 max_batch: batch.max_batch(),
                 projections: model.projections(),
+                lm_head: model.lm_head(),
             },
             batch,
         })
