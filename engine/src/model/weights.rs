@@ -95,20 +95,6 @@ impl LmHead {
     }
 }
 
-impl std::str::FromStr for LmHead {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "stored" => Ok(LmHead::Stored),
-            "int8" => Ok(LmHead::Int8),
-            _ => Err(Error::Invalid(format!(
-                "unknown LM head format {s:?}: expected stored or int8"
-            ))),
-        }
-    }
-}
-
 /// One transformer block's weights on the GPU.
 pub struct LayerWeights {
     /// f32 `[hidden]`: RMSNorm weight before attention.

@@ -5,7 +5,7 @@
 use super::embedding::{DenseTable, FloatDType};
 use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::Result;
+use crate::{Error, Result};
 
 /// u32 words per row of an int8 table with `cols` columns: four codes a word, rows padded with zero
 /// codes to whole 16-byte vec4s (the matvec's loads).
@@ -85,6 +85,13 @@ impl RowQuantizer {
     ) -> Result<Int8Table> {
         let pipeline = &self.pipelines[table.dtype.shader_code() as usize];
         let row_bytes = (int8_row_words(table.cols) * 4) as u64;
+        let largest = table.chunks.iter().map(|c| c.rows).max().unwrap_or(0) as u64 * row_bytes;
+        if largest > ctx.caps.max_binding_bytes {
+            // Only rows of fewer than 8 columns grow when padded to 16 bytes.
+            return Err(Error::Gpu(format!(
+                "{label}: an int8 chunk of {largest} bytes exceeds the binding limit"
+            )));
+        }
         let mut chunks = Vec::with_capacity(table.chunks.len());
         let mut work = Vec::with_capacity(table.chunks.len());
         for source in &table.chunks {
