@@ -222,6 +222,36 @@ fn trained_default_model_with_an_int8_head() {
     }
 }
 
+/// An int8 head tied to the embedding replaces the float table on the device: the weights' live
+/// bytes shrink by the bf16 table less its int8 codes and scales, and `gpu_bytes` says so.
+#[test]
+fn an_int8_tied_head_frees_the_float_table() {
+    let path = repo_root().join("models").join("tern-pydoc-6m");
+    for ctx in contexts_with_limits(|_| {}) {
+        let adapter = ctx.adapter_name();
+        let weights = |lm_head| {
+            let empty = ctx.live_buffer_bytes();
+            let options = OpenOptions {
+                context: Some(ctx.clone()),
+                lm_head,
+                ..OpenOptions::default()
+            };
+            let model = Model::open_with(&path.to_string_lossy(), options).unwrap();
+            let live = ctx.live_buffer_bytes() - empty;
+            let transformer = model.transformer();
+            assert_eq!(live, transformer.gpu_bytes(), "{adapter} {lm_head:?}");
+            assert!(transformer.config().tie_word_embeddings);
+            (live, transformer.lm_head_bytes())
+        };
+        let (stored, stored_head) = weights(LmHead::Stored);
+        let (int8, int8_head) = weights(LmHead::Int8);
+        // tern-pydoc-6m: 4096 × 256 bf16; int8: 256 codes (no padding) and one f32 scale a row.
+        assert_eq!(stored_head, 4096 * 256 * 2, "{adapter}");
+        assert_eq!(int8_head, 4096 * (256 + 4), "{adapter}");
+        assert_eq!(stored - int8, stored_head - int8_head, "{adapter}");
+    }
+}
+
 /// Measured: perplexity +0.112 % (lavapipe) and +0.126 % (SwiftShader) over the stored head's 64.62.
 const INT8_MAX_PERPLEXITY_CHANGE: f64 = 0.002;
 /// Measured: the stored head's top-1 at 98.64 % (lavapipe) and 98.25 % (SwiftShader) of 2061 positions.
