@@ -16,7 +16,7 @@ use crate::format::config::ModelConfig;
 use crate::format::gguf::MetaValue;
 use crate::gpu::Context;
 use crate::model::weights::LoadProgress;
-use crate::model::weights::ProjectionKind;
+use crate::model::weights::{LmHead, ProjectionKind};
 use crate::model::{KvCacheDtype, Output, Sequence, StepResult, Transformer};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
 use crate::text::tokenizer::Tokenizer;
@@ -145,6 +145,9 @@ pub struct OpenOptions<'a> {
     pub context: Option<Context>,
     /// Ternary projections (BitNet b1.58) or the dense baseline (needs float latent weights).
     pub projections: ProjectionKind,
+    /// The LM head as stored (default) or int8 made at load: half the head's bytes per decode step
+    /// for a small change in the logits ([`LmHead`]).
+    pub lm_head: LmHead,
     /// Show a progress bar on stderr while a Hugging Face repo downloads.
     pub download_progress: bool,
     /// Called with (tensors uploaded, tensors in all) while the weights load.
@@ -156,6 +159,7 @@ impl Default for OpenOptions<'_> {
         OpenOptions {
             context: None,
             projections: ProjectionKind::Ternary,
+            lm_head: LmHead::Stored,
             download_progress: true,
             progress: None,
         }
@@ -207,7 +211,13 @@ impl Model {
         };
         let mut no_progress = |_: usize, _: usize| {};
         let progress = options.progress.unwrap_or(&mut no_progress);
-        pollster::block_on(Self::load(&ctx, &checkpoint, options.projections, progress))
+        pollster::block_on(Self::load(
+            &ctx,
+            &checkpoint,
+            options.projections,
+            options.lm_head,
+            progress,
+        ))
     }
 
     /// Loads an opened checkpoint onto `ctx`'s device: the async form of [`Model::open`], for the
@@ -218,6 +228,7 @@ impl Model {
         ctx: &Context,
         checkpoint: &Checkpoint,
         projections: ProjectionKind,
+        lm_head: LmHead,
         progress: LoadProgress<'_>,
     ) -> Result<Model> {
         let tokenizer = tokenizer_of(checkpoint)?;
@@ -247,7 +258,8 @@ impl Model {
                 ),
             ));
         }
-        let transformer = Transformer::load(ctx, checkpoint, projections, progress).await?;
+        let transformer =
+            Transformer::load(ctx, checkpoint, projections, lm_head, progress).await?;
         Ok(Model(Arc::new(LoadedModel {
             transformer,
             tokenizer,

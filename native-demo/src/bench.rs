@@ -15,7 +15,7 @@ use tern::{BatchEvent, BatchOptions, GenerateOptions, Model};
 
 use crate::compare::{self, Baseline};
 use crate::energy::{self, Dims};
-use crate::load::KvCacheArg;
+use crate::load::{KvCacheArg, LmHeadArg};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -64,6 +64,9 @@ pub struct BenchArgs {
     /// How `kernel_ms` is timed: GPU timestamps where the adapter has them, else CPU-timed submits.
     #[arg(long, value_enum, default_value_t = KernelTimingArg::Auto)]
     pub kernel_timing: KernelTimingArg,
+    /// The LM head as stored, or int8 made at load (reported as `lm_head`).
+    #[arg(long, value_enum, default_value_t = LmHeadArg::Stored)]
+    pub lm_head: LmHeadArg,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -142,6 +145,7 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
         max_context: context,
         max_batch: args.batch,
         kv_cache: args.kv_cache.into(),
+        lm_head: args.lm_head.into(),
         ..ModelOptions::default()
     };
     let mut model = Sequence::load(&ctx, &checkpoint, options, &mut |_, _| {}).await?;
@@ -206,6 +210,10 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
         "decode_tok_s": decode_tok_s,
         "gpu_bytes": model.gpu_bytes(),
         "kv_cache": args.kv_cache.name(),
+        "lm_head": {
+            "format": model.transformer().lm_head().name(),
+            "bytes": model.transformer().lm_head_bytes(),
+        },
         "host_peak_rss_bytes": host_peak_rss_bytes,
         "ternary_weight_bytes": ternary_bytes,
         "copy_gbps": copy.copy_gbps,
@@ -252,7 +260,14 @@ async fn concurrent(ctx: &Context, args: &BenchArgs) -> anyhow::Result<Value> {
     if checkpoint.tokenizer_json.is_none() {
         checkpoint.tokenizer_json = Some(synthetic::word_level_tokenizer(vocab));
     }
-    let model = Model::load(ctx, &checkpoint, ProjectionKind::Ternary, &mut |_, _| {}).await?;
+    let model = Model::load(
+        ctx,
+        &checkpoint,
+        ProjectionKind::Ternary,
+        args.lm_head.into(),
+        &mut |_, _| {},
+    )
+    .await?;
     drop(checkpoint);
     let options = GenerateOptions {
         max_new_tokens: args.gen_tokens,

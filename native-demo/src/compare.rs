@@ -192,6 +192,7 @@ async fn load(
         max_batch: run.batch,
         projections: kind,
         kv_cache: run.kv_cache,
+        ..ModelOptions::default()
     };
     let model = Sequence::load(ctx, checkpoint, options, &mut |_, _| {})
         .await

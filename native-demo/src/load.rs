@@ -3,7 +3,28 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tern::gpu::{Context, ContextOptions};
+use tern::model::weights::LmHead;
 use tern::{KvCacheDtype, Model, OpenOptions, Session, SessionOptions};
+
+/// `--lm-head`: how the LM head is held on the GPU.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum LmHeadArg {
+    /// In the checkpoint's float dtype.
+    #[default]
+    Stored,
+    /// Per-row absmax int8, quantized on the GPU at load (half a bf16 head's bytes; a tied
+    /// embedding becomes int8 too).
+    Int8,
+}
+
+impl From<LmHeadArg> for LmHead {
+    fn from(arg: LmHeadArg) -> LmHead {
+        match arg {
+            LmHeadArg::Stored => LmHead::Stored,
+            LmHeadArg::Int8 => LmHead::Int8,
+        }
+    }
+}
 
 /// The model Tern ships, used when no `--model` is given: a 5.8 M-parameter BitNet b1.58 trained
 /// from scratch on the Python documentation by train/ (models/tern-pydoc-6m/README.md). It lives in
@@ -30,6 +51,9 @@ pub struct ModelArgs {
     /// it); f32 keeps them exact.
     #[arg(long, value_enum, default_value_t = KvCacheArg::F16)]
     pub kv_cache: KvCacheArg,
+    /// The LM head as stored, or int8 made at load.
+    #[arg(long, value_enum, default_value_t = LmHeadArg::Stored)]
+    pub lm_head: LmHeadArg,
 }
 
 /// `--kv-cache`: the KV cache's storage type.
@@ -108,6 +132,7 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<Model> {
         &source,
         OpenOptions {
             context: Some(ctx),
+            lm_head: args.lm_head.into(),
             progress: Some(&mut |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);

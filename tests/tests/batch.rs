@@ -1,10 +1,11 @@
 //! Continuous batching in the engine: sequences decoded together in a `SequenceBatch` get
 //! bit-identical logits to each sequence run alone in a `Sequence`, whatever shares the step with
 //! them — sequences admitted and retired between steps, slots reused, rows left idle between busy
-//! ones, and each row reading back a different output (argmax, top-k, logits).
+//! ones, and each row reading back a different output (argmax, top-k, logits) — with the stored LM
+//! head and with the int8 one.
 
 use tern::format::checkpoint::Checkpoint;
-use tern::model::weights::ProjectionKind;
+use tern::model::weights::{LmHead, ProjectionKind};
 use tern::model::{
     slot_bytes, DecodeRow, KvCacheDtype, Output, Sequence, SequenceBatch, StepResult, Transformer,
 };
@@ -14,13 +15,14 @@ use tern_tests::goldens::fixture;
 const CONTEXT: usize = 96;
 const CHUNK: usize = 16;
 
-fn load(ctx: &tern::gpu::Context) -> Transformer {
+fn load(ctx: &tern::gpu::Context, lm_head: LmHead) -> Transformer {
     let checkpoint = Checkpoint::open(&fixture("bitnet-2b4t")).unwrap();
     let projections = ProjectionKind::Ternary;
     pollster::block_on(Transformer::load(
         ctx,
         &checkpoint,
         projections,
+        lm_head,
         &mut |_, _| {},
     ))
     .unwrap()
@@ -95,9 +97,18 @@ struct Running {
 
 #[test]
 fn batched_sequences_get_the_logits_they_get_alone() {
+    batched_logits_match_alone(LmHead::Stored);
+}
+
+#[test]
+fn batched_sequences_get_the_logits_they_get_alone_with_an_int8_head() {
+    batched_logits_match_alone(LmHead::Int8);
+}
+
+fn batched_logits_match_alone(lm_head: LmHead) {
     for ctx in contexts() {
         let adapter = ctx.adapter_name();
-        let model = load(ctx);
+        let model = load(ctx, lm_head);
         let vocab = model.config().vocab_size;
         let requests = requests(vocab as u32);
         let expected: Vec<Vec<Vec<f32>>> = requests.iter().map(|r| alone(&model, r)).collect();
@@ -158,7 +169,7 @@ fn batched_sequences_get_the_logits_they_get_alone() {
                 let at = running.steps.len();
                 let want = &expected[running.request][at];
                 let what = format!(
-                    "request {} token {at} in slot {} of {} rows on {adapter}",
+                    "request {} token {at} in slot {} of {} rows on {adapter}, {lm_head:?} head",
                     running.request,
                     row.slot,
                     rows.len()
@@ -202,7 +213,7 @@ fn batched_sequences_get_the_logits_they_get_alone() {
 #[test]
 fn slot_bytes_are_known_before_allocating() {
     let ctx = &contexts()[0];
-    let model = load(ctx);
+    let model = load(ctx, LmHead::Stored);
     let too_long = model.config().max_position_embeddings + 5;
     for kv_cache in [KvCacheDtype::F32, KvCacheDtype::F16] {
         for context in [7, too_long] {
@@ -222,7 +233,7 @@ fn slot_bytes_are_known_before_allocating() {
 #[test]
 fn a_batch_refuses_bad_rows() {
     let ctx = &contexts()[0];
-    let model = load(ctx);
+    let model = load(ctx, LmHead::Stored);
     let mut batch =
         pollster::block_on(SequenceBatch::new(&model, 2, 8, 4, KvCacheDtype::default())).unwrap();
     let row = |slot, token| DecodeRow {

@@ -1,14 +1,19 @@
-//! `dense_matvec.wgsl` (both work layouts) against `reference::dense::matvec`.
-//! Tolerance: |gpu − cpu| ≤ 1e-5 · Σ_k |w·x| + 1e-30 per output (f32 sums in a different order).
+//! `dense_matvec.wgsl` (both work layouts) against `reference::dense::matvec`, and `int8_matvec.wgsl`
+//! (both layouts, tables quantized by `quantize_rows_int8.wgsl`) against
+//! `reference::quantize_rows::int8_matvec`.
+//! Tolerance: |gpu − cpu| ≤ 1e-5 · Σ_k |w·x| + 1e-30 per output (f32 sums in a different order; for
+//! int8, w = code · scale).
 
 use proptest::prelude::*;
 use rand::Rng as _;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
 use tern::ops::dense_matvec::{DenseMatvec, MatvecLayout};
-use tern::ops::embedding::{DenseTable, FloatDType};
+use tern::ops::embedding::{DenseTable, FloatDType, TableFormat, TokenTable};
+use tern::ops::quantize_rows::RowQuantizer;
 use tern::ops::StepParams;
 use tern::reference::dense::matvec;
 use tern::reference::embedding::table_element;
+use tern::reference::quantize_rows::{int8_code, int8_matvec, quantize_rows_int8};
 use tern_tests::{for_each_adapter, random_f32, seeded};
 
 const LAYOUTS: [MatvecLayout; 2] = [
@@ -31,9 +36,9 @@ fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
     }
 }
 
-fn run_gpu(ctx: &Context, layout: MatvecLayout, table: &DenseTable, x: &[f32]) -> Vec<f32> {
-    let tokens = x.len() / table.cols;
-    let kernel = DenseMatvec::with_layout(ctx, table.dtype, table.cols, layout);
+fn run_gpu(ctx: &Context, layout: MatvecLayout, table: &TokenTable, x: &[f32]) -> Vec<f32> {
+    let tokens = x.len() / table.cols();
+    let kernel = DenseMatvec::with_layout(ctx, table.format(), table.cols(), layout);
     let step = StepParams {
         pos: 0,
         tokens: tokens as u32,
@@ -45,7 +50,7 @@ fn run_gpu(ctx: &Context, layout: MatvecLayout, table: &DenseTable, x: &[f32]) -
     let out = GpuBuffer::from_slice(
         ctx,
         "out",
-        &vec![f32::NAN; tokens * table.rows],
+        &vec![f32::NAN; tokens * table.rows()],
         BufferUsage::Storage,
     )
     .unwrap();
@@ -58,12 +63,12 @@ fn run_gpu(ctx: &Context, layout: MatvecLayout, table: &DenseTable, x: &[f32]) -
     pollster::block_on(out.read_vec(ctx)).unwrap()
 }
 
+/// `weight(v, k)`: the table's element as the kernel multiplies it.
 fn assert_matches(
     what: &str,
     gpu: &[f32],
     cpu: &[f32],
-    bytes: &[u8],
-    dtype: FloatDType,
+    weight: impl Fn(usize, usize) -> f32,
     rows: usize,
     x: &[f32],
 ) {
@@ -71,7 +76,7 @@ fn assert_matches(
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
         let (t, v) = (i / rows, i % rows);
         let magnitude: f32 = (0..cols)
-            .map(|k| (table_element(bytes, dtype, v * cols + k) * x[t * cols + k]).abs())
+            .map(|k| (weight(v, k) * x[t * cols + k]).abs())
             .sum();
         assert!(
             (g - c).abs() <= 1e-5 * magnitude + 1e-30,
@@ -96,18 +101,100 @@ fn check(
         DenseTable::allocate_with_chunk_rows(ctx, "w", dtype, rows, cols, chunk_rows).unwrap();
     table.write_rows(ctx, 0, &bytes).unwrap();
     let cpu = matvec(&bytes, dtype, rows, cols, &x);
+    let table = TokenTable::Float(table);
     for layout in LAYOUTS {
         let gpu = run_gpu(ctx, layout, &table, &x);
         assert_matches(
             &format!("{dtype:?} {layout:?} [{rows}, {cols}] T={tokens}"),
             &gpu,
             &cpu,
-            &bytes,
-            dtype,
+            |v, k| table_element(&bytes, dtype, v * cols + k),
             rows,
             &x,
         );
     }
+}
+
+/// The int8 table quantized on the GPU from a random `dtype` table, against the twin.
+fn check_int8(
+    ctx: &Context,
+    dtype: FloatDType,
+    rows: usize,
+    cols: usize,
+    chunk_rows: usize,
+    tokens: usize,
+    seed: u64,
+) {
+    let mut rng = seeded(seed);
+    let mut values = random_f32(&mut rng, rows * cols, 1.0);
+    values[..cols.min(rows * cols)].fill(0.0); // a row of zeros: scale 0
+    let bytes = table_bytes(dtype, &values);
+    let x = random_f32(&mut rng, tokens * cols, 2.0);
+    let float =
+        DenseTable::allocate_with_chunk_rows(ctx, "w", dtype, rows, cols, chunk_rows).unwrap();
+    float.write_rows(ctx, 0, &bytes).unwrap();
+    let int8 = pollster::block_on(RowQuantizer::new(ctx).quantize(ctx, "w8", &float)).unwrap();
+    let table = TokenTable::Int8(int8);
+    let (codes, scales) = quantize_rows_int8(&bytes, dtype, rows, cols);
+    let cpu = int8_matvec(&codes, &scales, rows, cols, &x);
+    for layout in LAYOUTS {
+        let gpu = run_gpu(ctx, layout, &table, &x);
+        assert_matches(
+            &format!("int8 from {dtype:?} {layout:?} [{rows}, {cols}] T={tokens}"),
+            &gpu,
+            &cpu,
+            |v, k| int8_code(&codes, cols, v, k) as f32 * scales[v],
+            rows,
+            &x,
+        );
+    }
+}
+
+#[test]
+fn int8_aligned_and_unaligned_rows_one_to_five_tokens() {
+    // cols % 16 == 0 takes the vec4 path; the others decode code by code from padded rows.
+    for_each_adapter(|ctx| {
+        for (i, cols) in [2560, 64, 16, 36, 100, 7, 1].into_iter().enumerate() {
+            for tokens in 1..=5 {
+                let dtype = DTYPES[(i + tokens) % 3];
+                check_int8(
+                    ctx,
+                    dtype,
+                    77,
+                    cols,
+                    24,
+                    tokens,
+                    (cols * 10 + tokens) as u64,
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn int8_rows_of_a_token_do_not_depend_on_the_batch() {
+    // The batch decode path's bit-identity: token t's logits are the same alone or among others.
+    let (rows, cols) = (45, 200);
+    let mut rng = seeded(5);
+    let bytes = table_bytes(FloatDType::BF16, &random_f32(&mut rng, rows * cols, 1.0));
+    let x = random_f32(&mut rng, 5 * cols, 2.0);
+    for_each_adapter(|ctx| {
+        let float = DenseTable::upload(ctx, "w", FloatDType::BF16, rows, cols, &bytes).unwrap();
+        let int8 = pollster::block_on(RowQuantizer::new(ctx).quantize(ctx, "w8", &float)).unwrap();
+        let table = TokenTable::Int8(int8);
+        assert_eq!(table.format(), TableFormat::Int8);
+        for layout in LAYOUTS {
+            let batch = run_gpu(ctx, layout, &table, &x);
+            for (t, xt) in x.chunks_exact(cols).enumerate() {
+                let alone = run_gpu(ctx, layout, &table, xt);
+                assert_eq!(
+                    alone,
+                    batch[t * rows..(t + 1) * rows],
+                    "{layout:?} token {t}"
+                );
+            }
+        }
+    });
 }
 
 #[test]
@@ -149,8 +236,9 @@ fn lm_head_bf16_128256_x_2560() {
         let table =
             DenseTable::upload(ctx, "lm_head", FloatDType::BF16, rows, cols, &bytes).unwrap();
         let kernel = MatvecLayout::for_adapter(ctx);
-        let gpu = run_gpu(ctx, kernel, &table, &x);
-        assert_matches("lm head", &gpu, &cpu, &bytes, FloatDType::BF16, rows, &x);
+        let gpu = run_gpu(ctx, kernel, &TokenTable::Float(table), &x);
+        let weight = |v, k| table_element(&bytes, FloatDType::BF16, v * cols + k);
+        assert_matches("lm head", &gpu, &cpu, weight, rows, &x);
     });
 }
 
@@ -161,6 +249,7 @@ proptest! {
         for_each_adapter(|ctx| {
             for dtype in DTYPES {
                 check(ctx, dtype, rows, cols, chunk * 8, tokens, seed);
+                check_int8(ctx, dtype, rows, cols, chunk * 8, tokens + 1, seed);
             }
         });
     }

@@ -1,11 +1,15 @@
-//! `embedding.wgsl` against `reference::embedding::embed`: exact equality (every conversion is exact).
+//! `embedding.wgsl` against `reference::embedding::embed`, and with int8 tables (quantized by
+//! `quantize_rows_int8.wgsl`) against `reference::quantize_rows::int8_embed`: exact equality (every
+//! conversion is exact, and code · scale is one f32 product).
 
 use proptest::prelude::*;
 use rand::Rng as _;
 use tern::gpu::{BufferUsage, Context, GpuBuffer};
-use tern::ops::embedding::{DenseTable, Embedding, FloatDType};
+use tern::ops::embedding::{DenseTable, Embedding, FloatDType, TokenTable};
+use tern::ops::quantize_rows::RowQuantizer;
 use tern::ops::StepParams;
 use tern::reference::embedding::embed;
+use tern::reference::quantize_rows::{int8_embed, quantize_rows_int8};
 use tern_tests::{for_each_adapter, random_f32, seeded};
 
 /// Random values in the table's dtype as little-endian bytes (f16 includes subnormals: scale 1e-4).
@@ -23,8 +27,8 @@ fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
     }
 }
 
-fn run_gpu(ctx: &Context, table: &DenseTable, ids: &[u32]) -> Vec<f32> {
-    let kernel = Embedding::new(ctx, table.dtype);
+fn run_gpu(ctx: &Context, table: &TokenTable, ids: &[u32]) -> Vec<f32> {
+    let kernel = Embedding::new(ctx, table.format());
     let step = StepParams {
         pos: 0,
         tokens: ids.len() as u32,
@@ -37,7 +41,7 @@ fn run_gpu(ctx: &Context, table: &DenseTable, ids: &[u32]) -> Vec<f32> {
     let out = GpuBuffer::from_slice(
         ctx,
         "out",
-        &vec![f32::NAN; ids.len() * table.cols],
+        &vec![f32::NAN; ids.len() * table.cols()],
         BufferUsage::Storage,
     )
     .unwrap();
@@ -72,16 +76,28 @@ fn check(
     let ids: Vec<u32> = (0..tokens)
         .map(|_| rng.random_range(0..rows as u32))
         .collect();
-    let gpu = run_gpu(ctx, &table, &ids);
-    let cpu = embed(&bytes, dtype, cols, &ids);
-    let (gpu_bits, cpu_bits): (Vec<u32>, Vec<u32>) = (
-        gpu.iter().map(|v| v.to_bits()).collect(),
-        cpu.iter().map(|v| v.to_bits()).collect(),
-    );
-    assert_eq!(
-        gpu_bits, cpu_bits,
-        "{dtype:?} rows {rows} cols {cols} chunk {chunk_rows} ids {ids:?}"
-    );
+    let int8 = pollster::block_on(RowQuantizer::new(ctx).quantize(ctx, "int8", &table)).unwrap();
+    let (codes, scales) = quantize_rows_int8(&bytes, dtype, rows, cols);
+    let cases = [
+        (TokenTable::Float(table), embed(&bytes, dtype, cols, &ids)),
+        (
+            TokenTable::Int8(int8),
+            int8_embed(&codes, &scales, cols, &ids),
+        ),
+    ];
+    for (table, cpu) in cases {
+        let gpu = run_gpu(ctx, &table, &ids);
+        let (gpu_bits, cpu_bits): (Vec<u32>, Vec<u32>) = (
+            gpu.iter().map(|v| v.to_bits()).collect(),
+            cpu.iter().map(|v| v.to_bits()).collect(),
+        );
+        assert_eq!(
+            gpu_bits,
+            cpu_bits,
+            "{:?} from {dtype:?} rows {rows} cols {cols} chunk {chunk_rows} ids {ids:?}",
+            table.format()
+        );
+    }
 }
 
 const DTYPES: [FloatDType; 3] = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
@@ -108,7 +124,7 @@ fn full_size_bf16_table_spans_chunks() {
     let ids = [0u32, 128_255, 26_207, 26_208, 52_415, 52_416, 70_000, 5];
     for_each_adapter(|ctx| {
         let table = DenseTable::upload(ctx, "embed", FloatDType::BF16, rows, cols, &bytes).unwrap();
-        let gpu = run_gpu(ctx, &table, &ids);
+        let gpu = run_gpu(ctx, &TokenTable::Float(table), &ids);
         assert_eq!(gpu, embed(&bytes, FloatDType::BF16, cols, &ids));
     });
 }

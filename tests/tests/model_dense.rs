@@ -40,7 +40,7 @@ fn check_against_cpu(sub_norms: bool) {
             max_context: CONTEXT,
             max_batch: 8,
             projections: ProjectionKind::Dense,
-            kv_cache: KvCacheDtype::default(),
+            ..ModelOptions::default()
         };
         let mut model =
             pollster::block_on(Sequence::load(ctx, &checkpoint, options, &mut |_, _| {}))

@@ -9,7 +9,7 @@ use tern::generate::{
     CancelHandle, GenerateOptions, Model, SamplingParams, Session, SessionOptions, StopReason,
 };
 use tern::gpu::{Context, ContextOptions};
-use tern::model::weights::ProjectionKind;
+use tern::model::weights::{LmHead, ProjectionKind};
 use tern::text::chat_template::ChatMessage;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -371,9 +371,15 @@ impl Engine {
         if let Some(n) = max_context {
             options.max_context = n;
         }
-        let model = Model::load(ctx, checkpoint, ProjectionKind::Ternary, &mut |_, _| {})
-            .await
-            .map_err(js_error)?;
+        let model = Model::load(
+            ctx,
+            checkpoint,
+            ProjectionKind::Ternary,
+            LmHead::Stored,
+            &mut |_, _| {},
+        )
+        .await
+        .map_err(js_error)?;
         let session = model.open_session(options).await.map_err(js_error)?;
         let c = model.config();
         let info = EngineInfo {

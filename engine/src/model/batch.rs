@@ -145,6 +145,7 @@ impl SequenceBatch {
             max_batch: max_batch.max(1),
             projections: model.projections(),
             kv_cache,
+            lm_head: model.lm_head(),
         };
         let on_adapter = |exceeded: limits::LimitExceeded| exceeded.into_error(&ctx.adapter_name());
         limits::check(&ctx.limits, &config, &options).map_err(on_adapter)?;

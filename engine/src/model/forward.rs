@@ -12,7 +12,7 @@ use crate::format::config::ModelConfig;
 use crate::gpu::{read_buffer, Context, GpuBuffer};
 use crate::model::graph::Kernels;
 use crate::model::limits;
-use crate::model::weights::{self, LoadProgress, ProjectionKind, Weights};
+use crate::model::weights::{self, LmHead, LoadProgress, ProjectionKind, Weights};
 use crate::ops::attention::{AttentionShape, KvCacheDtype};
 use crate::ops::select::Candidate;
 use crate::Result;
@@ -33,6 +33,8 @@ pub struct ModelOptions {
     /// How the KV cache stores k and v: f16 (the default: half the memory and attention reads,
     /// each value rounded to f16 once) or f32 (exact).
     pub kv_cache: KvCacheDtype,
+    /// The LM head as stored (default) or as int8 made at load ([`LmHead`]).
+    pub lm_head: LmHead,
 }
 
 impl Default for ModelOptions {
@@ -42,6 +44,7 @@ impl Default for ModelOptions {
             max_batch: 128,
             projections: ProjectionKind::Ternary,
             kv_cache: KvCacheDtype::default(),
+            lm_head: LmHead::Stored,
         }
     }
 }
@@ -91,26 +94,28 @@ struct Loaded {
     ctx: Context,
     config: ModelConfig,
     projections: ProjectionKind,
+    lm_head: LmHead,
     weights: Weights,
     kernels: Kernels,
 }
 
 impl Transformer {
-    /// Uploads `checkpoint`'s weights (`projections` says ternary or the dense baseline) and builds
-    /// every pipeline.
+    /// Uploads `checkpoint`'s weights (`projections` says ternary or the dense baseline, `lm_head`
+    /// the head's format) and builds every pipeline.
     // In the browser wgpu's handles are neither Send nor Sync, and there is one thread.
     #[allow(clippy::arc_with_non_send_sync)]
     pub async fn load(
         ctx: &Context,
         checkpoint: &Checkpoint,
         projections: ProjectionKind,
+        lm_head: LmHead,
         progress: LoadProgress<'_>,
     ) -> Result<Transformer> {
         let config = checkpoint.config.clone();
         let on_adapter = |exceeded: limits::LimitExceeded| exceeded.into_error(&ctx.adapter_name());
         limits::check_kernels(&ctx.limits).map_err(on_adapter)?;
         limits::check_weights(&ctx.limits, &config).map_err(on_adapter)?;
-        let weights = weights::load(ctx, checkpoint, projections, progress).await?;
+        let weights = weights::load(ctx, checkpoint, projections, lm_head, progress).await?;
         let kernels = Kernels::new(ctx, &config, &weights)?;
         // Pipelines report validation errors asynchronously: surface them here.
         ctx.wait().await?;
@@ -118,6 +123,7 @@ impl Transformer {
             ctx: ctx.clone(),
             config,
             projections,
+            lm_head,
             weights,
             kernels,
         })))
@@ -136,6 +142,16 @@ impl Transformer {
     /// Ternary projections, or the dense baseline.
     pub fn projections(&self) -> ProjectionKind {
         self.0.projections
+    }
+
+    /// The LM head's format.
+    pub fn lm_head(&self) -> LmHead {
+        self.0.lm_head
+    }
+
+    /// Bytes of the LM head's table on the GPU (the embedding's when tied).
+    pub fn lm_head_bytes(&self) -> u64 {
+        self.0.weights.head_bytes()
     }
 
     /// Bytes of the weights on the GPU (once, however many sequences share them).

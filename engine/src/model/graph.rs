@@ -245,7 +245,7 @@ impl Kernels {
     pub fn new(ctx: &Context, config: &ModelConfig, weights: &Weights) -> Result<Kernels> {
         let gated = gated_epilogue(config.activation);
         Ok(Kernels {
-            embedding: Embedding::new(ctx, weights.embedding.dtype),
+            embedding: Embedding::new(ctx, weights.embedding.format()),
             norm_quant: RmsNormQuant::new(ctx),
             norm: RmsNorm::new(ctx),
             rope: Rope::new(ctx),
@@ -257,7 +257,7 @@ impl Kernels {
             matmul_store: TernaryMatmul::new(ctx, Epilogue::Store),
             matmul_residual: TernaryMatmul::new(ctx, Epilogue::AddResidual),
             matmul_gated: TernaryMatmul::new(ctx, gated),
-            lm_head: DenseMatvec::new(ctx, weights.head().dtype, config.hidden_size),
+            lm_head: DenseMatvec::new(ctx, weights.head().format(), config.hidden_size),
             argmax: Argmax::new(ctx),
             top_k: TopK::new(ctx),
             // Measured on lavapipe at the 2B-4T shape (BENCHMARKS.md, continuous batching): the
@@ -472,7 +472,7 @@ impl<'a> GraphBuilder<'a> {
     /// `out` [T, cols] = the rows of `table` named by `ids`.
     fn embedding(
         &mut self,
-        table: &crate::ops::embedding::DenseTable,
+        table: &crate::ops::embedding::TokenTable,
         ids: &GpuBuffer,
         out: &GpuBuffer,
     ) -> Result<()> {

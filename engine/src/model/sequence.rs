@@ -30,7 +30,14 @@ impl Sequence {
         options: ModelOptions,
         progress: LoadProgress<'_>,
     ) -> Result<Sequence> {
-        let model = Transformer::load(ctx, checkpoint, options.projections, progress).await?;
+        let model = Transformer::load(
+            ctx,
+            checkpoint,
+            options.projections,
+            options.lm_head,
+            progress,
+        )
+        .await?;
         Sequence::new(
             &model,
             options.max_context,
@@ -58,6 +65,7 @@ impl Sequence {
                 max_batch: batch.max_batch(),
                 projections: model.projections(),
                 kv_cache,
+                lm_head: model.lm_head(),
             },
             batch,
         })

@@ -9,9 +9,10 @@ use crate::format::config::ScaleConvention;
 use crate::format::gguf::unpermute_rope_rows;
 use crate::format::source::read_range;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::layout::TernaryLayout;
-use crate::ops::embedding::DenseTable;
+use crate::layout::{words_per_row, TernaryLayout};
+use crate::ops::embedding::{DenseTable, TokenTable};
 use crate::ops::quantize::Quantizer;
+use crate::ops::quantize_rows::RowQuantizer;
 use crate::ops::repack::{engine_bytes, RepackQueue, Repacker};
 use crate::{Error, Result};
 use std::cell::RefCell;
@@ -72,6 +73,29 @@ pub enum ProjectionKind {
     Dense,
 }
 
+/// How the LM head (the [vocab, hidden] matrix that turns the final hidden state into logits) is held
+/// on the GPU. At 2B-4T's vocabulary it is the largest single read of a decode step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LmHead {
+    /// In the checkpoint's float dtype (bf16 for 2B-4T), as stored.
+    #[default]
+    Stored,
+    /// Per-row absmax int8 with an f32 scale per row, quantized on the GPU at load from the stored
+    /// table: half the bytes of bf16, logits `s_r · Σ_k q[r, k] · x[k]` with x kept in f32. A head
+    /// tied to the embedding makes the embedding int8 too (the float table is dropped).
+    Int8,
+}
+
+impl LmHead {
+    /// The name the CLI and reports use: `stored` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LmHead::Stored => "stored",
+            LmHead::Int8 => "int8",
+        }
+    }
+}
+
 /// One transformer block's weights on the GPU.
 pub struct LayerWeights {
     /// f32 `[hidden]`: RMSNorm weight before attention.
@@ -96,10 +120,11 @@ pub struct LayerWeights {
 
 /// A whole model's weights on the GPU.
 pub struct Weights {
-    /// [vocab, hidden] token embedding, in its stored float dtype.
-    pub embedding: DenseTable,
+    /// [vocab, hidden] token embedding, in its stored float dtype (int8 when an [`LmHead::Int8`]
+    /// head is tied to it).
+    pub embedding: TokenTable,
     /// `None` when the head is tied to the embedding.
-    pub lm_head: Option<DenseTable>,
+    pub lm_head: Option<TokenTable>,
     /// f32 `[hidden]`: RMSNorm weight after the last layer.
     pub final_norm: GpuBuffer,
     /// One entry per transformer block, in order.
@@ -108,8 +133,13 @@ pub struct Weights {
 
 impl Weights {
     /// The LM head's table: its own or the embedding's.
-    pub fn head(&self) -> &DenseTable {
+    pub fn head(&self) -> &TokenTable {
         self.lm_head.as_ref().unwrap_or(&self.embedding)
+    }
+
+    /// Bytes the LM head's table occupies on the GPU (the embedding's when tied).
+    pub fn head_bytes(&self) -> u64 {
+        self.head().gpu_bytes()
     }
 
     /// Bytes these weights occupy on the GPU.
@@ -126,8 +156,8 @@ impl Weights {
             .map(|b| b.size)
             .sum::<u64>()
         };
-        table_bytes(&self.embedding)
-            + self.lm_head.as_ref().map_or(0, table_bytes)
+        self.embedding.gpu_bytes()
+            + self.lm_head.as_ref().map_or(0, TokenTable::gpu_bytes)
             + self.final_norm.size
             + self
                 .layers
@@ -146,11 +176,12 @@ impl Weights {
 /// Called after each tensor with (tensors done, tensors in all).
 pub type LoadProgress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Uploads every weight of `checkpoint`, the projections as `kind`.
+/// Uploads every weight of `checkpoint`, the projections as `kind`, the LM head as `lm_head`.
 pub async fn load(
     ctx: &Context,
     checkpoint: &Checkpoint,
     kind: ProjectionKind,
+    lm_head: LmHead,
     progress: LoadProgress<'_>,
 ) -> Result<Weights> {
     let config = &checkpoint.config;
@@ -170,12 +201,20 @@ pub async fn load(
     };
 
     let embedding = loader.table(&checkpoint.embedding()?).await?;
-    step(progress, 1);
-    let lm_head = if config.tie_word_embeddings {
-        None
-    } else {
-        Some(loader.table(&checkpoint.lm_head()?).await?)
+    let (embedding, head) = match (lm_head, config.tie_word_embeddings) {
+        (LmHead::Stored, true) => (TokenTable::Float(embedding), None),
+        (LmHead::Int8, true) => (loader.int8(&embedding, "embedding.int8").await?, None),
+        (LmHead::Stored, false) => {
+            let head = loader.table(&checkpoint.lm_head()?).await?;
+            (TokenTable::Float(embedding), Some(TokenTable::Float(head)))
+        }
+        (LmHead::Int8, false) => {
+            let head = loader.table(&checkpoint.lm_head()?).await?;
+            let head = loader.int8(&head, "lm_head.int8").await?;
+            (TokenTable::Float(embedding), Some(head))
+        }
     };
+    step(progress, 1);
     let final_norm = loader.vector(&checkpoint.final_norm()?).await?;
     step(progress, 2);
 
@@ -208,7 +247,7 @@ pub async fn load(
     loader.write_row_scales().await?;
     Ok(Weights {
         embedding,
-        lm_head,
+        lm_head: head,
         final_norm,
         layers,
     })
@@ -245,6 +284,14 @@ enum PartScale {
 const TABLE_READ_BYTES: usize = 32 << 20;
 
 impl Loader<'_> {
+    /// The int8 form of `table` (the float table's buffers are freed when the caller drops it).
+    async fn int8(&self, table: &DenseTable, label: &str) -> Result<TokenTable> {
+        let quantizer = RowQuantizer::new(self.ctx);
+        Ok(TokenTable::Int8(
+            quantizer.quantize(self.ctx, label, table).await?,
+        ))
+    }
+
     async fn read(&self, source: usize, offset: u64, len: u64) -> Result<Vec<u8>> {
         let source = self.checkpoint.sources.get(source).ok_or_else(|| {
             Error::Invalid(format!(

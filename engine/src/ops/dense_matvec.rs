@@ -1,7 +1,8 @@
-//! Dense matrix-vector product over a row-chunked f32/f16/bf16 table (the LM head):
-//! `shaders/dense_matvec.wgsl`. CPU twin: [`crate::reference::dense::matvec`].
+//! Matrix-vector product over a row-chunked [`TokenTable`] (the LM head): f32/f16/bf16 tables through
+//! `shaders/dense_matvec.wgsl` (CPU twin: [`crate::reference::dense::matvec`]), int8 ones through
+//! `shaders/int8_matvec.wgsl` (CPU twin: [`crate::reference::quantize_rows::int8_matvec`]).
 
-use super::embedding::{DenseTable, FloatDType};
+use super::embedding::{TableFormat, TokenTable};
 use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 use crate::{Error, Result};
@@ -38,11 +39,11 @@ struct Params {
 const ROWS_PER_WORKGROUP: u32 = 64;
 const WORKGROUP_PER_ROW: u32 = 128;
 
-/// f32 `out = table · x` for one or more tokens over a [`DenseTable`] (the LM head's logits).
+/// f32 `out = table · x` for one or more tokens over a [`TokenTable`] (the LM head's logits).
 pub struct DenseMatvec {
     pipeline: wgpu::ComputePipeline,
     layout: MatvecLayout,
-    dtype: FloatDType,
+    format: TableFormat,
     cols: usize,
 }
 
@@ -52,33 +53,45 @@ pub struct DenseMatvecBinding {
 }
 
 impl DenseMatvec {
-    /// A kernel for tables of `dtype` with `cols` columns, laid out for this adapter.
-    pub fn new(ctx: &Context, dtype: FloatDType, cols: usize) -> Self {
-        Self::with_layout(ctx, dtype, cols, MatvecLayout::for_adapter(ctx))
+    /// A kernel for tables of `format` with `cols` columns, laid out for this adapter.
+    pub fn new(ctx: &Context, format: TableFormat, cols: usize) -> Self {
+        Self::with_layout(ctx, format, cols, MatvecLayout::for_adapter(ctx))
     }
 
     /// As [`DenseMatvec::new`] with a given layout (tests run both).
     pub fn with_layout(
         ctx: &Context,
-        dtype: FloatDType,
+        format: TableFormat,
         cols: usize,
         layout: MatvecLayout,
     ) -> Self {
-        let aligned = (cols * dtype.bytes()).is_multiple_of(16);
         let (entry, workgroup) = match layout {
             MatvecLayout::RowPerInvocation => ("row_per_invocation", ROWS_PER_WORKGROUP),
             MatvecLayout::RowPerWorkgroup => ("row_per_workgroup", WORKGROUP_PER_ROW),
         };
-        let constants = [
-            ("DTYPE", dtype.shader_code()),
-            ("ALIGNED", f64::from(u8::from(aligned))),
-            ("WG", f64::from(workgroup)),
-        ];
-        let pipeline = ctx.pipeline("dense_matvec", sources::DENSE_MATVEC, entry, &constants);
+        let pipeline = match format {
+            TableFormat::Float(dtype) => {
+                let aligned = (cols * dtype.bytes()).is_multiple_of(16);
+                let constants = [
+                    ("DTYPE", dtype.shader_code()),
+                    ("ALIGNED", f64::from(u8::from(aligned))),
+                    ("WG", f64::from(workgroup)),
+                ];
+                ctx.pipeline("dense_matvec", sources::DENSE_MATVEC, entry, &constants)
+            }
+            TableFormat::Int8 => {
+                let aligned = cols.is_multiple_of(16);
+                let constants = [
+                    ("ALIGNED", f64::from(u8::from(aligned))),
+                    ("WG", f64::from(workgroup)),
+                ];
+                ctx.pipeline("int8_matvec", sources::INT8_MATVEC, entry, &constants)
+            }
+        };
         DenseMatvec {
             pipeline,
             layout,
-            dtype,
+            format,
             cols,
         }
     }
@@ -88,42 +101,45 @@ impl DenseMatvec {
     pub fn bind(
         &self,
         ctx: &Context,
-        table: &DenseTable,
+        table: &TokenTable,
         step: &GpuBuffer,
         x: &GpuBuffer,
         out: &GpuBuffer,
     ) -> Result<DenseMatvecBinding> {
-        if table.dtype != self.dtype || table.cols != self.cols {
+        if table.format() != self.format || table.cols() != self.cols {
             return Err(Error::Invalid(format!(
                 "dense matvec built for {:?} × {} columns, table is {:?} × {}",
-                self.dtype, self.cols, table.dtype, table.cols
+                self.format,
+                self.cols,
+                table.format(),
+                table.cols()
             )));
         }
         let mut chunks = Vec::new();
-        for chunk in &table.chunks {
+        for (values, scales, first_row, rows) in table.chunk_bindings() {
             let params = Params {
-                cols: table.cols as u32,
-                first_row: chunk.first_row as u32,
-                rows: chunk.rows as u32,
-                out_stride: table.rows as u32,
+                cols: table.cols() as u32,
+                first_row: first_row as u32,
+                rows: rows as u32,
+                out_stride: table.rows() as u32,
             };
             let params =
                 GpuBuffer::from_slice(ctx, "dense_matvec.params", &[params], BufferUsage::Uniform)?;
-            let bind_group = ctx.bind_group(
-                "dense_matvec",
-                &self.pipeline,
-                &[
-                    step.binding(),
-                    params.binding(),
-                    chunk.buffer.binding(),
-                    x.binding(),
-                    out.binding(),
-                    x.binding(),
-                ],
-            );
+            let mut buffers = vec![
+                step.binding(),
+                params.binding(),
+                values.binding(),
+                x.binding(),
+                out.binding(),
+                x.binding(),
+            ];
+            if self.format == TableFormat::Int8 {
+                buffers.push(scales.binding());
+            }
+            let bind_group = ctx.bind_group("dense_matvec", &self.pipeline, &buffers);
             let workgroups = match self.layout {
-                MatvecLayout::RowPerInvocation => (chunk.rows as u32).div_ceil(ROWS_PER_WORKGROUP),
-                MatvecLayout::RowPerWorkgroup => chunk.rows as u32,
+                MatvecLayout::RowPerInvocation => (rows as u32).div_ceil(ROWS_PER_WORKGROUP),
+                MatvecLayout::RowPerWorkgroup => rows as u32,
             };
             chunks.push((bind_group, params, workgroups));
         }

@@ -1,8 +1,10 @@
 //! Embedding lookup: `shaders/embedding.wgsl`. CPU twin: [`crate::reference::embedding::embed`].
 //!
 //! Also defines [`DenseTable`], the row-chunked f32/f16/bf16 matrix shared by the embedding and the
-//! LM head ([`super::dense_matvec`]): a tied head reads the embedding's own buffers.
+//! LM head ([`super::dense_matvec`]): a tied head reads the embedding's own buffers. A [`TokenTable`]
+//! is either such a float table or its int8 form ([`Int8Table`]).
 
+use super::quantize_rows::Int8Table;
 use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 pub use crate::layout::FloatDType;
@@ -145,6 +147,84 @@ impl DenseTable {
     }
 }
 
+/// How a [`TokenTable`]'s elements are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFormat {
+    /// As loaded from the checkpoint, in its float dtype.
+    Float(FloatDType),
+    /// Per-row absmax int8 codes with an f32 scale per row ([`Int8Table`]).
+    Int8,
+}
+
+impl TableFormat {
+    /// The `DTYPE` override constant of the kernels that read tables (int8 is 3).
+    pub(crate) fn shader_code(self) -> f64 {
+        match self {
+            TableFormat::Float(dtype) => dtype.shader_code(),
+            TableFormat::Int8 => 3.0,
+        }
+    }
+}
+
+/// A [vocab, hidden] table of the embedding or the LM head, in either storage.
+pub enum TokenTable {
+    /// Stored float rows.
+    Float(DenseTable),
+    /// Int8 rows quantized from the stored ones at load.
+    Int8(Int8Table),
+}
+
+impl TokenTable {
+    /// How the elements are stored.
+    pub fn format(&self) -> TableFormat {
+        match self {
+            TokenTable::Float(t) => TableFormat::Float(t.dtype),
+            TokenTable::Int8(_) => TableFormat::Int8,
+        }
+    }
+
+    /// Rows of the whole matrix.
+    pub fn rows(&self) -> usize {
+        match self {
+            TokenTable::Float(t) => t.rows,
+            TokenTable::Int8(t) => t.rows,
+        }
+    }
+
+    /// Elements per row.
+    pub fn cols(&self) -> usize {
+        match self {
+            TokenTable::Float(t) => t.cols,
+            TokenTable::Int8(t) => t.cols,
+        }
+    }
+
+    /// Bytes the table occupies on the GPU.
+    pub fn gpu_bytes(&self) -> u64 {
+        match self {
+            TokenTable::Float(t) => t.chunks.iter().map(|c| c.buffer.size).sum(),
+            TokenTable::Int8(t) => t.gpu_bytes(),
+        }
+    }
+
+    /// Each chunk as (values, scales, first row, rows); a float table has no scales and gives its
+    /// values again (kernels bind a scales buffer whatever the format, and read it only for int8).
+    pub(crate) fn chunk_bindings(&self) -> Vec<(&GpuBuffer, &GpuBuffer, usize, usize)> {
+        match self {
+            TokenTable::Float(t) => t
+                .chunks
+                .iter()
+                .map(|c| (&c.buffer, &c.buffer, c.first_row, c.rows))
+                .collect(),
+            TokenTable::Int8(t) => t
+                .chunks
+                .iter()
+                .map(|c| (&c.codes, &c.scales, c.first_row, c.rows))
+                .collect(),
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -154,10 +234,10 @@ struct Params {
     _pad: u32,
 }
 
-/// Looks up token rows of a [`DenseTable`] into f32 activations.
+/// Looks up token rows of a [`TokenTable`] into f32 activations.
 pub struct Embedding {
     pipeline: wgpu::ComputePipeline,
-    dtype: FloatDType,
+    format: TableFormat,
 }
 
 /// One bind group per table chunk, made at load.
@@ -169,15 +249,15 @@ pub struct EmbeddingBinding {
 const WORKGROUP: u32 = 64;
 
 impl Embedding {
-    /// Builds the pipeline for tables of `dtype`.
-    pub fn new(ctx: &Context, dtype: FloatDType) -> Self {
+    /// Builds the pipeline for tables of `format`.
+    pub fn new(ctx: &Context, format: TableFormat) -> Self {
         let pipeline = ctx.pipeline(
             "embedding",
             sources::EMBEDDING,
             "main",
-            &[("DTYPE", dtype.shader_code())],
+            &[("DTYPE", format.shader_code())],
         );
-        Embedding { pipeline, dtype }
+        Embedding { pipeline, format }
     }
 
     /// `step`: [`super::StepParams`] (T = `tokens`); `ids`: u32 `[T]`; `out`: f32 [T, table.cols].
@@ -185,23 +265,24 @@ impl Embedding {
     pub fn bind(
         &self,
         ctx: &Context,
-        table: &DenseTable,
+        table: &TokenTable,
         step: &GpuBuffer,
         ids: &GpuBuffer,
         out: &GpuBuffer,
     ) -> Result<EmbeddingBinding> {
-        if table.dtype != self.dtype {
+        if table.format() != self.format {
             return Err(Error::Invalid(format!(
                 "embedding built for {:?}, table is {:?}",
-                self.dtype, table.dtype
+                self.format,
+                table.format()
             )));
         }
         let mut chunks = Vec::new();
-        for chunk in &table.chunks {
+        for (values, scales, first_row, rows) in table.chunk_bindings() {
             let params = Params {
-                cols: table.cols as u32,
-                first_row: chunk.first_row as u32,
-                rows: chunk.rows as u32,
+                cols: table.cols() as u32,
+                first_row: first_row as u32,
+                rows: rows as u32,
                 _pad: 0,
             };
             let params =
@@ -212,16 +293,17 @@ impl Embedding {
                 &[
                     step.binding(),
                     params.binding(),
-                    chunk.buffer.binding(),
+                    values.binding(),
                     ids.binding(),
                     out.binding(),
+                    scales.binding(),
                 ],
             );
             chunks.push((bind_group, params));
         }
         Ok(EmbeddingBinding {
             chunks,
-            cols: table.cols,
+            cols: table.cols(),
         })
     }
 

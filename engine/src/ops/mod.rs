@@ -9,6 +9,7 @@ pub mod dense_matvec;
 pub mod dense_projection;
 pub mod embedding;
 pub mod quantize;
+pub mod quantize_rows;
 pub mod repack;
 pub mod rmsnorm;
 pub mod rmsnorm_quant;
@@ -71,6 +72,10 @@ pub mod sources {
     pub const REPACK_TQ1_0: &str = shader!("repack_tq1_0", "repack");
     /// Repacks GGUF TQ2_0 ternary weights into the engine layout.
     pub const REPACK_TQ2_0: &str = shader!("repack_tq2_0", "repack");
+    /// Int8 matvec over one chunk of a per-row int8 table (the int8 LM head).
+    pub const INT8_MATVEC: &str = shader!("int8_matvec", "step");
+    /// Per-row absmax int8 quantization of one float table chunk (the int8 LM head, at load).
+    pub const QUANTIZE_ROWS_INT8: &str = shader!("quantize_rows_int8", "float_load");
     /// Plain f32 RMSNorm (the final norm).
     pub const RMSNORM: &str = shader!("rmsnorm");
     /// RMSNorm fused with per-token absmax int8 quantization.
@@ -105,6 +110,8 @@ pub mod sources {
         ("dense_matvec", DENSE_MATVEC),
         ("dense_projection", DENSE_PROJECTION),
         ("embedding", EMBEDDING),
+        ("int8_matvec", INT8_MATVEC),
+        ("quantize_rows_int8", QUANTIZE_ROWS_INT8),
         ("repack_hf_packed", REPACK_HF_PACKED),
         ("repack_i2s", REPACK_I2S),
         ("repack_tq1_0", REPACK_TQ1_0),

@@ -9,6 +9,7 @@ pub mod dense;
 pub mod embedding;
 pub mod norm;
 pub mod quantize;
+pub mod quantize_rows;
 pub mod repack;
 pub mod rope;
 pub mod select;
