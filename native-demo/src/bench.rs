@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Tokens per prefill batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// KV-cache positions to allocate, if more than the prompt, generated and profiled tokens need:
+    /// e.g. 4096 to measure the memory of a full-length session.
+    #[arg(long, value_name = "TOKENS")]
+    pub context: Option<usize>,
     /// How the KV cache stores keys and values (f16 halves its memory; f32 is exact).
     #[arg(long, value_enum, default_value_t = KvCacheArg::F16)]
     pub kv_cache: KvCacheArg,
@@ -138,7 +142,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     // More positions for the profiled decode steps after the timed ones.
-    let context = args.prompt_tokens + args.gen_tokens + args.profile_steps as usize;
+    let needed = args.prompt_tokens + args.gen_tokens + args.profile_steps as usize;
+    let context = args.context.unwrap_or(0).max(needed);
     let start = Instant::now();
     let (checkpoint, source) = open_checkpoint(args, context)?;
     let options = ModelOptions {
@@ -154,7 +159,7 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     let host_peak_rss_bytes = peak_rss_bytes();
     let config = checkpoint.config.clone();
     drop(checkpoint);
-    if model.options.max_context < context {
+    if model.options.max_context < needed {
         bail!(
             "{} prompt + {} generated + {} profiled tokens exceed the model's context of {}",
             args.prompt_tokens,
@@ -174,6 +179,9 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     .await?;
     let (mut token, ttft_s, decode_s, energy) =
         (timed.token, timed.ttft_s, timed.decode_s, timed.energy);
+    // Again after running: the device zero-fills a buffer (the KV cache) on its first use, so on a CPU
+    // adapter its pages count only from then on.
+    let host_peak_rss_after_decode_bytes = peak_rss_bytes();
     let decode_tok_s = args.gen_tokens as f64 / decode_s;
     // Outside the timed steps: a profiled step runs a pass (or a submit) per kernel.
     let timing = args.kernel_timing.resolve(&ctx);
@@ -215,6 +223,8 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
             "bytes": model.transformer().lm_head_bytes(),
         },
         "host_peak_rss_bytes": host_peak_rss_bytes,
+        "host_peak_rss_after_decode_bytes": host_peak_rss_after_decode_bytes,
+        "kv_positions": context,
         "ternary_weight_bytes": ternary_bytes,
         "copy_gbps": copy.copy_gbps,
         "read_gbps": copy.read_gbps,
