@@ -1,9 +1,8 @@
 // Dense matrix-vector product for one row chunk of a table (the LM head):
 // out[t, first_row + r] = Σ_k W[r, k] · x[t, k] for the step's tokens t, W in f32, f16 or bf16 read as
 // raw u32 words (f16 via unpack2x16float, so no shader-f16 feature is needed; bf16 as bits << 16).
-// Two work layouts over the same bindings:
-//   row_per_invocation: one invocation per row, `vec4<u32>` weight loads, no reduction (CPU adapters);
-//   row_per_workgroup: a workgroup per row, coalesced loads, tree reduction in workgroup memory (GPUs).
+// The two work layouts (one invocation per row on CPU adapters, a workgroup per row on GPUs) are
+// common/row_matvec.wgsl's, over this file's `partial_dot`.
 // ALIGNED (rows start on 16 bytes: cols · dtype bytes % 16 == 0) enables the vec4 loads of weights and
 // of x (bound a second time as `x4`: a vec4 binding hides a trailing partial vec4, which only unaligned
 // x rows have); otherwise elements are decoded one at a time.
@@ -89,41 +88,7 @@ fn partial_dot(r: u32, t: u32, lane: u32, stride: u32) -> f32 {
     return acc;
 }
 
-@compute @workgroup_size(WG)
-fn row_per_invocation(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let r = gid.x + gid.y * groups.x * WG;
-    if (r >= params.rows) {
-        return;
-    }
-    for (var t = 0u; t < step.tokens; t = t + 1u) {
-        out[t * params.out_stride + params.first_row + r] = partial_dot(r, t, 0u, 1u);
-    }
-}
-
-var<workgroup> partial: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn row_per_workgroup(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let r = wid.x + wid.y * groups.x;
-    if (r >= params.rows) {
-        return; // uniform across the workgroup
-    }
-    for (var t = 0u; t < step.tokens; t = t + 1u) {
-        partial[lid] = partial_dot(r, t, lid, WG);
-        for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-            workgroupBarrier();
-            if (lid < stride) {
-                partial[lid] = partial[lid] + partial[lid + stride];
-            }
-        }
-        workgroupBarrier();
-        if (lid == 0u) {
-            out[t * params.out_stride + params.first_row + r] = partial[0];
-        }
-        workgroupBarrier();
-    }
+// Float tables carry no row scale (× 1 is exact).
+fn row_scale(r: u32) -> f32 {
+    return 1.0;
 }

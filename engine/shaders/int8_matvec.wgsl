@@ -1,9 +1,8 @@
 // Int8 matrix-vector product for one row chunk of a per-row absmax int8 table (the int8 LM head,
 // made by quantize_rows_int8.wgsl): out[t, first_row + r] = s_r · Σ_k q[r, k] · x[t, k] in f32, x in f32
 // (only the weights are rounded). Codes are four int8 per u32 word, rows padded to whole vec4<u32>s.
-// The same two work layouts as dense_matvec.wgsl:
-//   row_per_invocation: one invocation per row, `vec4<u32>` loads (16 codes), no reduction (CPU adapters);
-//   row_per_workgroup: a workgroup per row, coalesced loads, tree reduction in workgroup memory (GPUs).
+// The two work layouts are common/row_matvec.wgsl's (as for dense_matvec.wgsl), over this file's
+// `partial_dot` (`vec4<u32>` loads: 16 codes) and the row's scale.
 // ALIGNED (cols % 16 == 0: no padding, x rows start on a vec4) enables the vec4 loads of x (bound a
 // second time as `x4`); otherwise codes are decoded one at a time. Each token's sum runs in the same
 // order whatever the step's token count, so a row's logit does not depend on the batch around it.
@@ -63,43 +62,6 @@ fn partial_dot(r: u32, t: u32, lane: u32, stride: u32) -> f32 {
     return acc;
 }
 
-@compute @workgroup_size(WG)
-fn row_per_invocation(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let r = gid.x + gid.y * groups.x * WG;
-    if (r >= params.rows) {
-        return;
-    }
-    let scale = scales[r];
-    for (var t = 0u; t < step.tokens; t = t + 1u) {
-        out[t * params.out_stride + params.first_row + r] = scale * partial_dot(r, t, 0u, 1u);
-    }
-}
-
-var<workgroup> partial: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn row_per_workgroup(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let r = wid.x + wid.y * groups.x;
-    if (r >= params.rows) {
-        return; // uniform across the workgroup
-    }
-    let scale = scales[r];
-    for (var t = 0u; t < step.tokens; t = t + 1u) {
-        partial[lid] = partial_dot(r, t, lid, WG);
-        for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-            workgroupBarrier();
-            if (lid < stride) {
-                partial[lid] = partial[lid] + partial[lid + stride];
-            }
-        }
-        workgroupBarrier();
-        if (lid == 0u) {
-            out[t * params.out_stride + params.first_row + r] = scale * partial[0];
-        }
-        workgroupBarrier();
-    }
+fn row_scale(r: u32) -> f32 {
+    return scales[r];
 }

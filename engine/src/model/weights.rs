@@ -9,7 +9,7 @@ use crate::format::config::ScaleConvention;
 use crate::format::gguf::unpermute_rope_rows;
 use crate::format::source::read_range;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
-use crate::layout::{words_per_row, TernaryLayout};
+use crate::layout::TernaryLayout;
 use crate::ops::embedding::{DenseTable, TokenTable};
 use crate::ops::quantize::Quantizer;
 use crate::ops::quantize_rows::RowQuantizer;

@@ -59,7 +59,7 @@ pub mod sources {
     /// The memory-bandwidth yardstick's read and copy kernels.
     pub const COPY_BANDWIDTH: &str = shader!("copy_bandwidth");
     /// Dense matvec over one table chunk (the LM head).
-    pub const DENSE_MATVEC: &str = shader!("dense_matvec", "step");
+    pub const DENSE_MATVEC: &str = shader!("dense_matvec", "step", "row_matvec");
     /// Float-weight projections with the ternary epilogues (the FP16 baseline).
     pub const DENSE_PROJECTION: &str = shader!("dense_projection", "step", "epilogue");
     /// Embedding gather from one table chunk.
@@ -73,7 +73,7 @@ pub mod sources {
     /// Repacks GGUF TQ2_0 ternary weights into the engine layout.
     pub const REPACK_TQ2_0: &str = shader!("repack_tq2_0", "repack");
     /// Int8 matvec over one chunk of a per-row int8 table (the int8 LM head).
-    pub const INT8_MATVEC: &str = shader!("int8_matvec", "step");
+    pub const INT8_MATVEC: &str = shader!("int8_matvec", "step", "row_matvec");
     /// Per-row absmax int8 quantization of one float table chunk (the int8 LM head, at load).
     pub const QUANTIZE_ROWS_INT8: &str = shader!("quantize_rows_int8", "float_load");
     /// Plain f32 RMSNorm (the final norm).
