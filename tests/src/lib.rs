@@ -128,3 +128,19 @@ pub fn random_f32(rng: &mut impl rand::Rng, n: usize, scale: f32) -> Vec<f32> {
 pub fn seeded(seed: u64) -> rand::rngs::StdRng {
     rand::SeedableRng::seed_from_u64(seed)
 }
+
+/// `values` as the little-endian bytes of a table in `dtype` (each value rounded to it).
+pub fn table_bytes(dtype: tern::layout::FloatDType, values: &[f32]) -> Vec<u8> {
+    use tern::layout::FloatDType;
+    match dtype {
+        FloatDType::F32 => bytemuck::cast_slice(values).to_vec(),
+        FloatDType::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        FloatDType::BF16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+    }
+}

@@ -14,27 +14,13 @@ use tern::ops::StepParams;
 use tern::reference::dense::matvec;
 use tern::reference::embedding::table_element;
 use tern::reference::quantize_rows::{int8_code, int8_matvec, quantize_rows_int8};
-use tern_tests::{for_each_adapter, random_f32, seeded};
+use tern_tests::{for_each_adapter, random_f32, seeded, table_bytes};
 
 const LAYOUTS: [MatvecLayout; 2] = [
     MatvecLayout::RowPerInvocation,
     MatvecLayout::RowPerWorkgroup,
 ];
 const DTYPES: [FloatDType; 3] = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
-
-fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
-    match dtype {
-        FloatDType::F32 => bytemuck::cast_slice(values).to_vec(),
-        FloatDType::F16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        FloatDType::BF16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-    }
-}
 
 fn run_gpu(ctx: &Context, layout: MatvecLayout, table: &TokenTable, x: &[f32]) -> Vec<f32> {
     let tokens = x.len() / table.cols();

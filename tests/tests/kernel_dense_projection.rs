@@ -11,7 +11,7 @@ use tern::ops::ternary_matvec::Epilogue;
 use tern::ops::StepParams;
 use tern::reference::dense::{dense_project, matvec};
 use tern::reference::embedding::table_element;
-use tern_tests::{for_each_adapter, random_f32, seeded};
+use tern_tests::{for_each_adapter, random_f32, seeded, table_bytes};
 
 const EPILOGUES: [Epilogue; 4] = [
     Epilogue::Store,
@@ -32,20 +32,6 @@ const VARIANTS: [Variant; 3] = [
     Variant::Decode(DenseLayout::RowPerWorkgroup),
     Variant::Prefill,
 ];
-
-fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
-    match dtype {
-        FloatDType::F32 => bytemuck::cast_slice(values).to_vec(),
-        FloatDType::F16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        FloatDType::BF16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-    }
-}
 
 /// A weight matrix: its bytes and its table on the GPU.
 struct Weight {

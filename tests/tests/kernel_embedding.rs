@@ -10,22 +10,7 @@ use tern::ops::quantize_rows::RowQuantizer;
 use tern::ops::StepParams;
 use tern::reference::embedding::embed;
 use tern::reference::quantize_rows::{int8_embed, quantize_rows_int8};
-use tern_tests::{for_each_adapter, random_f32, seeded};
-
-/// Random values in the table's dtype as little-endian bytes (f16 includes subnormals: scale 1e-4).
-fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
-    match dtype {
-        FloatDType::F32 => bytemuck::cast_slice(values).to_vec(),
-        FloatDType::F16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        FloatDType::BF16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-    }
-}
+use tern_tests::{for_each_adapter, random_f32, seeded, table_bytes};
 
 fn run_gpu(ctx: &Context, table: &TokenTable, ids: &[u32]) -> Vec<f32> {
     let kernel = Embedding::new(ctx, table.format());

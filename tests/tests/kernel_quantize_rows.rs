@@ -7,23 +7,9 @@ use tern::gpu::Context;
 use tern::ops::embedding::{DenseTable, FloatDType};
 use tern::ops::quantize_rows::{int8_row_words, Int8Table, RowQuantizer};
 use tern::reference::quantize_rows::{int8_code, quantize_rows_int8};
-use tern_tests::{for_each_adapter, random_f32, seeded};
+use tern_tests::{for_each_adapter, random_f32, seeded, table_bytes};
 
 const DTYPES: [FloatDType; 3] = [FloatDType::F32, FloatDType::F16, FloatDType::BF16];
-
-fn table_bytes(dtype: FloatDType, values: &[f32]) -> Vec<u8> {
-    match dtype {
-        FloatDType::F32 => bytemuck::cast_slice(values).to_vec(),
-        FloatDType::F16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        FloatDType::BF16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-    }
-}
 
 /// Every chunk's codes and scales, concatenated in row order.
 fn read_back(ctx: &Context, table: &Int8Table) -> (Vec<u32>, Vec<f32>) {

@@ -21,7 +21,12 @@ fn session(ctx: &Context, path: &Path, kv_cache: KvCacheDtype) -> Session {
     session_with_head(ctx, path, kv_cache, LmHead::Stored)
 }
 
-fn session_with_head(ctx: &Context, path: &Path, kv_cache: KvCacheDtype, lm_head: LmHead) -> Session {
+fn session_with_head(
+    ctx: &Context,
+    path: &Path,
+    kv_cache: KvCacheDtype,
+    lm_head: LmHead,
+) -> Session {
     let what = path.display();
     let options = OpenOptions {
         context: Some(ctx.clone()),
@@ -321,7 +326,10 @@ fn trained_default_model_with_an_int8_head() {
             // The exact cache, so only the head differs.
             let mut session = session_with_head(ctx, &path, KvCacheDtype::F32, lm_head);
             let vocab = session.model().config().vocab_size;
-            (window_logits(&mut session, &golden.ids, golden.window), vocab)
+            (
+                window_logits(&mut session, &golden.ids, golden.window),
+                vocab,
+            )
         };
         let (stored, vocab) = run(LmHead::Stored);
         let (int8, _) = run(LmHead::Int8);
