@@ -4,8 +4,9 @@
 
 use proptest::prelude::*;
 use tern::gpu::Context;
+use tern::ops::embedding::{int8_row_words, Int8Table};
 use tern::ops::embedding::{DenseTable, FloatDType};
-use tern::ops::quantize_rows::{int8_row_words, Int8Table, RowQuantizer};
+use tern::ops::quantize_rows::RowQuantizer;
 use tern::reference::quantize_rows::{int8_code, quantize_rows_int8};
 use tern_tests::{for_each_adapter, random_f32, seeded, table_bytes};
 

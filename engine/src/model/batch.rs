@@ -20,7 +20,7 @@ use crate::error::NO_FINITE_LOGIT;
 use crate::format::config::ModelConfig;
 use crate::gpu::{read_buffer, AllocationCount, KernelProfile, KernelTiming, StepRecorder};
 use crate::model::forward::{
-    attention_shape, read_f32, LastLayerActivations, ModelOptions, Output, StepResult, Transformer,
+    read_f32, LastLayerActivations, ModelOptions, Output, StepResult, Transformer,
 };
 use crate::model::graph::{bitnet_step, Activations, GraphBuilder, Slot, SlotStep, StepGraph};
 use crate::model::limits;
@@ -119,7 +119,7 @@ fn capped_context(config: &ModelConfig, max_context: usize) -> usize {
 /// `max_context` positions stored as `kv_cache`: what [`SequenceBatch::slot_bytes`] reports once
 /// allocated, known before anything is.
 pub fn slot_bytes(config: &ModelConfig, max_context: usize, kv_cache: KvCacheDtype) -> u64 {
-    let shape = attention_shape(config, capped_context(config, max_context), kv_cache);
+    let shape = limits::attention_shape(config, capped_context(config, max_context), kv_cache);
     2 * config.num_layers as u64 * shape.cache_bytes()
 }
 
@@ -153,7 +153,7 @@ impl SequenceBatch {
             .map_err(on_adapter)?;
         let allocations = AllocationCount::start();
         let (weights, kernels) = (model.weights(), model.kernels());
-        let shape = attention_shape(&config, options.max_context, kv_cache);
+        let shape = limits::attention_shape(&config, options.max_context, kv_cache);
         let slots = (0..slots)
             .map(|_| Slot::new(ctx, config.num_layers, shape))
             .collect::<Result<Vec<_>>>()?;

@@ -13,7 +13,7 @@ use crate::gpu::{read_buffer, Context, GpuBuffer};
 use crate::model::graph::Kernels;
 use crate::model::limits;
 use crate::model::weights::{self, LmHead, LoadProgress, ProjectionKind, Weights};
-use crate::ops::attention::{AttentionShape, KvCacheDtype};
+use crate::ops::attention::KvCacheDtype;
 use crate::ops::select::Candidate;
 use crate::Result;
 
@@ -165,21 +165,6 @@ impl Transformer {
 
     pub(super) fn kernels(&self) -> &Kernels {
         &self.0.kernels
-    }
-}
-
-/// The attention shape of `config` with a cache of `max_context` positions stored as `cache`.
-pub(super) fn attention_shape(
-    config: &ModelConfig,
-    max_context: usize,
-    cache: KvCacheDtype,
-) -> AttentionShape {
-    AttentionShape {
-        heads: config.num_heads,
-        kv_heads: config.num_kv_heads,
-        head_dim: config.head_dim,
-        max_seq: max_context,
-        cache,
     }
 }
 

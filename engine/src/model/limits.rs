@@ -7,10 +7,9 @@
 //! Pure functions of the limits and the model's shape, so any GPU's limits can be checked anywhere.
 
 use crate::format::config::ModelConfig;
-use crate::model::forward::attention_shape;
 use crate::model::weights::ProjectionKind;
 use crate::model::ModelOptions;
-use crate::ops::attention::{KvCacheDtype, DECODE_CHUNK};
+use crate::ops::attention::{AttentionShape, KvCacheDtype, DECODE_CHUNK};
 use crate::ops::ternary_matvec::weight_bytes;
 use crate::ops::{padded_activation_words, ActStats, MAX_DISPATCH_X};
 use crate::{Error, Result};
@@ -59,6 +58,21 @@ impl LimitExceeded {
     /// The engine error for `adapter`.
     pub fn into_error(self, adapter: &str) -> Error {
         Error::Gpu(format!("{adapter}: {self}"))
+    }
+}
+
+/// The attention shape of `config` with a cache of `max_context` positions stored as `cache`.
+pub(super) fn attention_shape(
+    config: &ModelConfig,
+    max_context: usize,
+    cache: KvCacheDtype,
+) -> AttentionShape {
+    AttentionShape {
+        heads: config.num_heads,
+        kv_heads: config.num_kv_heads,
+        head_dim: config.head_dim,
+        max_seq: max_context,
+        cache,
     }
 }
 

@@ -4,7 +4,6 @@
 //! LM head ([`super::dense_matvec`]): a tied head reads the embedding's own buffers. A [`TokenTable`]
 //! is either such a float table or its int8 form ([`Int8Table`]).
 
-use super::quantize_rows::Int8Table;
 use super::sources;
 use crate::gpu::{BufferUsage, Context, GpuBuffer};
 pub use crate::layout::FloatDType;
@@ -316,5 +315,44 @@ impl Embedding {
             pass.set_bind_group(0, bind_group, &[]);
             pass.dispatch_workgroups(x, y, 1);
         }
+    }
+}
+
+/// u32 words per row of an int8 table with `cols` columns: four codes a word, rows padded with zero
+/// codes to whole 16-byte vec4s (the matvec's loads).
+pub fn int8_row_words(cols: usize) -> usize {
+    cols.div_ceil(16) * 4
+}
+
+/// Rows `first_row .. first_row + rows` of an int8 table: codes and scales in buffers of their own.
+pub struct Int8Chunk {
+    /// u32 [rows, [`int8_row_words`]]: int8 codes, element k of a row in byte k % 4 of word k / 4.
+    pub codes: GpuBuffer,
+    /// f32 `[rows]`: each row's scale, max|w| / 127 (a row's values are code · scale).
+    pub scales: GpuBuffer,
+    /// Index of the chunk's first row in the whole table.
+    pub first_row: usize,
+    /// Rows in this chunk.
+    pub rows: usize,
+}
+
+/// A [rows, cols] matrix as per-row absmax int8 codes with an f32 scale per row, in row chunks that
+/// each fit one storage binding (those of the float table it was made from).
+pub struct Int8Table {
+    /// Rows of the whole matrix.
+    pub rows: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// The chunks, in row order, covering every row once.
+    pub chunks: Vec<Int8Chunk>,
+}
+
+impl Int8Table {
+    /// Bytes the codes and scales occupy on the GPU.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .map(|c| c.codes.size + c.scales.size)
+            .sum()
     }
 }

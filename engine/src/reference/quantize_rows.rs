@@ -3,7 +3,7 @@
 
 use super::embedding::table_element;
 use crate::layout::FloatDType;
-use crate::ops::quantize_rows::int8_row_words;
+use crate::ops::embedding::int8_row_words;
 
 /// The f32 nearest 1/127: a row's scale is max|w| times it (the kernel's `INV_127`).
 pub const INV_127: f32 = 1.0 / 127.0;
