@@ -11,6 +11,7 @@ use tern::generate::{
 use tern::gpu::{Context, ContextOptions};
 use tern::model::weights::{LmHead, ProjectionKind};
 use tern::text::chat_template::ChatMessage;
+use tern::KvCacheDtype;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::future_to_promise;
@@ -29,6 +30,8 @@ struct LoadOptions {
     on_progress: JsValue,
     /// KV-cache length in tokens (capped at the model's maximum).
     max_context: Option<usize>,
+    /// KV-cache storage: "f16" (default: half the memory) or "f32" (exact).
+    kv_cache: Option<String>,
     /// Where hub repo ids are fetched from (default https://huggingface.co).
     hub_endpoint: Option<String>,
     /// Keep downloads in (and serve them from) Cache Storage "tern-models-v1" (default true).
@@ -184,13 +187,14 @@ async fn with_session<T>(
 impl Engine {
     /// Downloads the model at `model_url` (a model directory URL, a .gguf URL or a Hugging Face repo
     /// id) and uploads it to the GPU, streaming weight files by HTTP Range requests through the
-    /// download cache. Options: `onProgress(loadedBytes, totalBytes)`, `maxContext`, `hubEndpoint`,
-    /// `cache` (false: neither read nor write the download cache).
+    /// download cache. Options: `onProgress(loadedBytes, totalBytes)`, `maxContext`, `kvCache`
+    /// ("f16" or "f32"), `hubEndpoint`, `cache` (false: neither read nor write the download cache).
     pub async fn load(
         model_url: String,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions | undefined")] options: JsValue,
     ) -> Result<Engine, JsError> {
         let options: LoadOptions = parse_options("load options", options)?;
+        let session = Engine::session_options(options.max_context, options.kv_cache.as_deref())?;
         let on_progress = match options.on_progress {
             f if f.is_undefined() || f.is_null() => None,
             f => Some(
@@ -217,7 +221,7 @@ impl Engine {
         let ctx = Context::new(&ContextOptions::default())
             .await
             .map_err(js_error)?;
-        Engine::from_checkpoint(&ctx, &checkpoint, options.max_context).await
+        Engine::from_checkpoint(&ctx, &checkpoint, session).await
     }
 
     /// Deletes every cached download (Cache Storage "tern-models-v1"); resolves to whether there
@@ -361,16 +365,34 @@ impl Engine {
 }
 
 impl Engine {
-    /// An engine over an already resolved checkpoint (also the entry point of the browser tests).
-    pub async fn from_checkpoint(
-        ctx: &Context,
-        checkpoint: &Checkpoint,
+    /// The session `Engine.load`'s `maxContext` and `kvCache` ask for (engine defaults otherwise).
+    pub fn session_options(
         max_context: Option<usize>,
-    ) -> Result<Engine, JsError> {
+        kv_cache: Option<&str>,
+    ) -> Result<SessionOptions, JsError> {
         let mut options = SessionOptions::default();
         if let Some(n) = max_context {
             options.max_context = n;
         }
+        options.kv_cache = match kv_cache {
+            None => options.kv_cache,
+            Some("f16") => KvCacheDtype::F16,
+            Some("f32") => KvCacheDtype::F32,
+            Some(other) => {
+                return Err(JsError::new(&format!(
+                    "options.kvCache: \"{other}\" is neither \"f16\" nor \"f32\""
+                )))
+            }
+        };
+        Ok(options)
+    }
+
+    /// An engine over an already resolved checkpoint (also the entry point of the browser tests).
+    pub async fn from_checkpoint(
+        ctx: &Context,
+        checkpoint: &Checkpoint,
+        options: SessionOptions,
+    ) -> Result<Engine, JsError> {
         let model = Model::load(
             ctx,
             checkpoint,
@@ -431,6 +453,7 @@ const TS_TYPES: &str = r#"
 export interface LoadOptions {
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   maxContext?: number;
+  kvCache?: "f16" | "f32";
   hubEndpoint?: string;
   cache?: boolean;
 }
