@@ -128,7 +128,8 @@ impl Repacker {
 
     /// Repacks tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) into a new buffer in
     /// the engine layout and returns it with its block scale ([`RepackQueue::finish`]): a queue of
-    /// one.
+    /// one (the kernel tests' entry point).
+    #[cfg(any(test, feature = "internals"))]
     pub async fn repack(
         &self,
         ctx: &Context,
