@@ -389,6 +389,16 @@ mod tests {
         assert!(message.contains("134217728 bytes"), "{message}");
     }
 
+    /// Llama-3-8B-1.58: 8 KV heads × head_dim 128.
+    const LLAMA_3_8B: Shape = Shape {
+        hidden: 4096,
+        layers: 32,
+        heads: 32,
+        kv_heads: 8,
+        intermediate: 14336,
+        vocab: 128_256,
+    };
+
     #[test]
     fn kv_cache_larger_than_a_binding_names_the_largest_context() {
         let limits = webgpu_defaults();
@@ -407,15 +417,7 @@ mod tests {
         assert!(error.advice.contains("--context 52428"), "{error}");
 
         // 8 KV heads × head_dim 128 (Llama-3-8B-1.58): exactly 128 MiB at 32k, too much beyond.
-        let llama_8b = Shape {
-            hidden: 4096,
-            layers: 32,
-            heads: 32,
-            kv_heads: 8,
-            intermediate: 14336,
-            vocab: 128_256,
-        };
-        let config = config_of(llama_8b, 1 << 17);
+        let config = config_of(LLAMA_3_8B, 1 << 17);
         assert_eq!(largest_context(&limits, &config, KvCacheDtype::F32), 32_768);
         assert!(check_context(&limits, &config, 32_769, KvCacheDtype::F32).is_err());
     }
@@ -437,15 +439,7 @@ mod tests {
         );
         assert!(error.advice.contains("--context 104857"), "{error}");
         // Llama-3-8B-1.58's 8 KV heads: 64k positions in f16 where f32 holds 32k.
-        let llama_8b = Shape {
-            hidden: 4096,
-            layers: 32,
-            heads: 32,
-            kv_heads: 8,
-            intermediate: 14336,
-            vocab: 128_256,
-        };
-        let config = config_of(llama_8b, 1 << 17);
+        let config = config_of(LLAMA_3_8B, 1 << 17);
         assert_eq!(largest_context(&limits, &config, KvCacheDtype::F16), 65_536);
     }
 
