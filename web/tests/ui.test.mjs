@@ -453,6 +453,9 @@ try {
   for (const when of ["downloaded", "from the cache"]) {
     const before = log.length;
     await page.goto(`${base}/www/`);
+    // The page fills the chooser with its default once the served list arrives: typing before that
+    // races it (the two texts end up joined).
+    await page.waitForFunction(() => document.getElementById("model-input").value.startsWith("/models/"));
     await page.fill("#model-input", "/models/bitnet-2b4t-sharded");
     await page.evaluate(() => {
       window.progressSeen = [];
