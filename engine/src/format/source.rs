@@ -44,10 +44,22 @@ pub trait TensorSource: SourceBounds {
 
 /// Reads `len` bytes at `offset` into a new vector, checking the range before allocating.
 pub async fn read_range(src: &dyn TensorSource, offset: u64, len: u64) -> Result<Vec<u8>> {
-    check_range(src.name(), offset, len, src.len())?;
-    let mut buf = vec![0u8; len as usize];
-    src.read_at(offset, &mut buf).await?;
+    let mut buf = Vec::new();
+    read_range_into(src, offset, len, &mut buf).await?;
     Ok(buf)
+}
+
+/// [`read_range`] into `buf` (resized to `len`): a loader reading block after block reuses one
+/// buffer instead of faulting in fresh pages for each.
+pub async fn read_range_into(
+    src: &dyn TensorSource,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    check_range(src.name(), offset, len, src.len())?;
+    buf.resize(len as usize, 0);
+    src.read_at(offset, buf).await
 }
 
 /// The result of `work` over sources whose reads complete at once (files, memory, synthetic

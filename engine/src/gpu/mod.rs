@@ -4,7 +4,9 @@
 mod buffers;
 mod context;
 mod timer;
+mod upload;
 
 pub use buffers::{read_buffer, AllocationCount, BufferUsage, GpuBuffer};
 pub use context::{AdapterReport, Capabilities, Context, ContextOptions};
 pub use timer::{KernelProfile, KernelTime, KernelTiming, StepRecorder};
+pub use upload::Uploader;

@@ -7,8 +7,8 @@ use crate::format::checkpoint::{
 };
 use crate::format::config::ScaleConvention;
 use crate::format::gguf::unpermute_rope_rows;
-use crate::format::source::read_range;
-use crate::gpu::{BufferUsage, Context, GpuBuffer};
+use crate::format::source::read_range_into;
+use crate::gpu::{BufferUsage, Context, GpuBuffer, Uploader};
 use crate::layout::TernaryLayout;
 use crate::ops::embedding::{DenseTable, TokenTable};
 use crate::ops::quantize::Quantizer;
@@ -192,6 +192,7 @@ pub async fn load(
         repacks: RefCell::new(repacker.queue(ctx, config.num_layers * TENSORS_PER_LAYER)?),
         row_scales: RefCell::new(Vec::new()),
         quantizer: Quantizer::new(ctx),
+        uploader: RefCell::new(Uploader::new(ctx)),
     };
     let total = config.num_layers * 11 + 3;
     let mut done = 0;
@@ -264,6 +265,8 @@ struct Loader<'a> {
     /// Fused weights whose row scales are written once the repack queue's block scales are known.
     row_scales: RefCell<Vec<PendingRowScales>>,
     quantizer: Quantizer,
+    /// Tables and host-repacked weights go to the GPU through reused staging memory.
+    uploader: RefCell<Uploader>,
 }
 
 /// A fused weight's row-scale buffer and, per part, its rows and where its scale comes from.
@@ -293,13 +296,36 @@ impl Loader<'_> {
     }
 
     async fn read(&self, source: usize, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.read_into(source, offset, len, &mut bytes).await?;
+        Ok(bytes)
+    }
+
+    /// [`Loader::read`] into a buffer reused from block to block.
+    async fn read_into(
+        &self,
+        source: usize,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let source = self.checkpoint.sources.get(source).ok_or_else(|| {
             Error::Invalid(format!(
                 "tensor refers to source {source}, the checkpoint has {}",
                 self.checkpoint.sources.len()
             ))
         })?;
-        read_range(source.as_ref(), offset, len).await
+        read_range_into(source.as_ref(), offset, len, buf).await
+    }
+
+    /// Uploads rows `first_row..` of `table` from `bytes` once the previous block's copy has run
+    /// (one block of staging in flight), the next block read from the file meanwhile.
+    async fn upload_rows(&self, table: &DenseTable, first_row: usize, bytes: &[u8]) -> Result<()> {
+        self.ctx.wait().await?;
+        let mut uploader = self.uploader.borrow_mut();
+        table.upload_rows(self.ctx, &mut uploader, first_row, bytes)?;
+        uploader.submit(self.ctx);
+        Ok(())
     }
 
     /// A small f32 vector (norm gains).
@@ -314,18 +340,14 @@ impl Loader<'_> {
         let table = DenseTable::allocate(self.ctx, &r.name, dtype, r.rows, r.cols)?;
         let row_bytes = r.cols * dtype.bytes();
         let rows_per_read = (TABLE_READ_BYTES / row_bytes.max(1)).max(1);
-        let mut row = 0;
+        let (mut row, mut block) = (0, Vec::new());
         while row < r.rows {
             let rows = rows_per_read.min(r.rows - row);
-            let bytes = self
-                .read(
-                    r.source,
-                    r.offset + (row * row_bytes) as u64,
-                    (rows * row_bytes) as u64,
-                )
+            let (offset, len) = (r.offset + (row * row_bytes) as u64, rows * row_bytes);
+            self.read_into(r.source, offset, len as u64, &mut block)
                 .await?;
-            check_finite(r, row * r.cols, &bytes)?;
-            table.write_rows(self.ctx, row, &bytes)?;
+            check_finite(r, row * r.cols, &block)?;
+            self.upload_rows(&table, row, &block).await?;
             row += rows;
         }
         self.ctx.wait().await?;
@@ -377,7 +399,7 @@ impl Loader<'_> {
         } else {
             vec![&refs[..]]
         };
-        let mut tables = Vec::with_capacity(stacks.len());
+        let (mut tables, mut block) = (Vec::with_capacity(stacks.len()), Vec::new());
         for stack in stacks {
             let rows = stack.iter().map(|r| r.rows).sum();
             let table = DenseTable::allocate(self.ctx, &label, dtype, rows, cols)?;
@@ -388,8 +410,9 @@ impl Loader<'_> {
                 for row in (0..r.rows).step_by(rows_per_read) {
                     let n = rows_per_read.min(r.rows - row);
                     let offset = r.offset + (row * row_bytes) as u64;
-                    let bytes = self.read(r.source, offset, (n * row_bytes) as u64).await?;
-                    table.write_rows(self.ctx, first_row + row, &bytes)?;
+                    self.read_into(r.source, offset, (n * row_bytes) as u64, &mut block)
+                        .await?;
+                    self.upload_rows(&table, first_row + row, &block).await?;
                 }
                 first_row += r.rows;
             }
@@ -459,17 +482,32 @@ impl Loader<'_> {
             let head_dim = self.checkpoint.config.head_dim;
             bytes = unpermute_rope_rows(&r.file, &r.name, &bytes, r.rows, row_bytes, head_dim)?;
         }
-        // The previous tensor's repack has run: one upload in flight bounds the host's memory.
+        // The previous tensor's repack or upload has run: one in flight bounds the host's memory.
         self.ctx.wait().await?;
-        let raw = GpuBuffer::from_bytes(self.ctx, &r.name, &bytes, BufferUsage::Storage)?;
-        drop(bytes);
         match r.data {
             WeightData::Ternary { layout, scale } => {
                 let mut repacks = self.repacks.borrow_mut();
                 let slot = repacks.submitted();
-                repacks.submit(
-                    self.ctx, &r.name, layout, &raw, r.rows, r.cols, codes, first_row,
-                )?;
+                if self.ctx.caps.is_cpu {
+                    let mut uploader = self.uploader.borrow_mut();
+                    repacks.repack_on_host(
+                        self.ctx,
+                        &mut uploader,
+                        &r.name,
+                        layout,
+                        &bytes,
+                        r.rows,
+                        r.cols,
+                        codes,
+                        first_row,
+                    )?;
+                } else {
+                    let raw =
+                        GpuBuffer::from_bytes(self.ctx, &r.name, &bytes, BufferUsage::Storage)?;
+                    repacks.submit(
+                        self.ctx, &r.name, layout, &raw, r.rows, r.cols, codes, first_row,
+                    )?;
+                }
                 // Only HF packed files store the reciprocal under the plain-BitLinear convention;
                 // GGUF scales are always multipliers.
                 let divide = layout == TernaryLayout::HfPacked
@@ -484,6 +522,8 @@ impl Loader<'_> {
                 })
             }
             WeightData::Float { dtype } => {
+                let raw = GpuBuffer::from_bytes(self.ctx, &r.name, &bytes, BufferUsage::Storage)?;
+                drop(bytes);
                 let (part, scale) = self
                     .quantizer
                     .quantize(self.ctx, &r.name, dtype, &raw, r.rows, r.cols)

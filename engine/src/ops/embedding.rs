@@ -5,7 +5,7 @@
 //! is either such a float table or its int8 form ([`Int8Table`]).
 
 use super::sources;
-use crate::gpu::{BufferUsage, Context, GpuBuffer};
+use crate::gpu::{BufferUsage, Context, GpuBuffer, Uploader};
 pub use crate::layout::FloatDType;
 use crate::{Error, Result};
 
@@ -106,6 +106,31 @@ impl DenseTable {
 
     /// Writes `bytes` (whole rows in the table's dtype, row-major) starting at row `first_row`.
     pub fn write_rows(&self, ctx: &Context, first_row: usize, bytes: &[u8]) -> Result<()> {
+        self.for_each_chunk(first_row, bytes, |buffer, offset, src| {
+            buffer.write(ctx, offset, src)
+        })
+    }
+
+    /// [`DenseTable::write_rows`] through the loader's `uploader` (sent at its next submit).
+    pub fn upload_rows(
+        &self,
+        ctx: &Context,
+        uploader: &mut Uploader,
+        first_row: usize,
+        bytes: &[u8],
+    ) -> Result<()> {
+        self.for_each_chunk(first_row, bytes, |buffer, offset, src| {
+            uploader.write(ctx, buffer, offset, src)
+        })
+    }
+
+    /// Splits whole rows from `first_row` on by chunk: `write(chunk buffer, byte offset, bytes)`.
+    fn for_each_chunk(
+        &self,
+        first_row: usize,
+        bytes: &[u8],
+        mut write: impl FnMut(&GpuBuffer, u64, &[u8]),
+    ) -> Result<()> {
         let row_bytes = self.cols * self.dtype.bytes();
         if !bytes.len().is_multiple_of(row_bytes) || first_row + bytes.len() / row_bytes > self.rows
         {
@@ -123,9 +148,11 @@ impl DenseTable {
             let end = end_row.min(chunk.first_row + chunk.rows);
             if start < end {
                 let src = &bytes[(start - first_row) * row_bytes..(end - first_row) * row_bytes];
-                chunk
-                    .buffer
-                    .write(ctx, ((start - chunk.first_row) * row_bytes) as u64, src);
+                write(
+                    &chunk.buffer,
+                    ((start - chunk.first_row) * row_bytes) as u64,
+                    src,
+                );
             }
         }
         Ok(())

@@ -1,12 +1,15 @@
-//! GPU repack of ternary weights from a file's layout into the engine layout: the loader
-//! uploads a tensor's raw bytes and runs one dispatch, so no CPU pass touches the weights.
+//! Repack of ternary weights from a file's layout into the engine layout. On a GPU the loader
+//! uploads a tensor's raw bytes and runs one dispatch, so no CPU pass touches the weights; on a CPU
+//! adapter it repacks on the host ([`host`]) and uploads the result, the same words and checks.
 //! Kernels: `shaders/repack_{hf_packed,i2s,tq2_0,tq1_0}.wgsl`. CPU twins: [`crate::reference::repack`]
 //! (decode) followed by [`crate::reference::ternary::pack_ternary`].
+
+mod host;
 
 use half::f16;
 
 use super::{dispatch_grid, sources};
-use crate::gpu::{BufferUsage, Context, GpuBuffer};
+use crate::gpu::{BufferUsage, Context, GpuBuffer, Uploader};
 pub use crate::layout::TernaryLayout;
 use crate::layout::{words_per_row, I2S_BLOCK, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES, TQ_BLOCK};
 use crate::{Error, Result};
@@ -79,6 +82,7 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// What a repack reports in its status entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Status {
@@ -123,6 +127,7 @@ impl Repacker {
             repacker: self,
             status: GpuBuffer::from_slice(ctx, "repack.status", &status, BufferUsage::Storage)?,
             tensors: Vec::with_capacity(capacity),
+            host_words: Vec::new(),
         })
     }
 
@@ -155,11 +160,21 @@ pub fn engine_bytes(rows: usize, cols: usize) -> u64 {
 /// Repacks submitted to the GPU one after another without waiting for any, so the loader reads the
 /// next tensor from its file while the GPU repacks the last; each writes its invalid-code count and
 /// block-scale range to its own status entry, and [`RepackQueue::finish`] reads them all back once.
+/// Repacks done on the host ([`RepackQueue::repack_on_host`]) keep their status here instead.
 pub struct RepackQueue<'a> {
     repacker: &'a Repacker,
     status: GpuBuffer,
-    /// Name and layout of each submitted tensor, by status slot.
-    tensors: Vec<(String, TernaryLayout)>,
+    /// Each submitted tensor by status slot: its name, layout and, if repacked on the host, status.
+    tensors: Vec<(String, TernaryLayout, Option<Status>)>,
+    /// The host repack's output, reused from tensor to tensor.
+    host_words: Vec<u32>,
+}
+
+/// Where a tensor's repacked words go: `words` u32 from word `out_offset` of the output.
+struct Placement {
+    code_bytes: u64,
+    words: usize,
+    out_offset: usize,
 }
 
 impl RepackQueue<'_> {
@@ -168,28 +183,26 @@ impl RepackQueue<'_> {
         self.tensors.len()
     }
 
-    /// Submits the repack of tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) into
-    /// `out` from row `first_row` on (rows of `words_per_row(cols)` u32). `raw` may be dropped at
-    /// once: the GPU keeps it until the repack has run.
+    /// Checks tensor `name` (W[rows, cols] in `layout`, `raw_bytes` of it) against the layout, the
+    /// binding limit, the rows of `out` it goes to and the queue's capacity.
     #[allow(clippy::too_many_arguments)] // one tensor's description, as the kernels take it
-    pub fn submit(
-        &mut self,
+    fn place(
+        &self,
         ctx: &Context,
         name: &str,
         layout: TernaryLayout,
-        raw: &GpuBuffer,
+        raw_bytes: u64,
         rows: usize,
         cols: usize,
         out: &GpuBuffer,
         first_row: usize,
-    ) -> Result<()> {
+    ) -> Result<Placement> {
         layout.check_shape(name, rows, cols)?;
         let code_bytes = layout.code_bytes(rows, cols) as u64;
-        if raw.size < code_bytes {
+        if raw_bytes < code_bytes {
             return Err(Error::Invalid(format!(
-                "{name}: {} {rows}×{cols} needs {code_bytes} bytes, the upload has {}",
+                "{name}: {} {rows}×{cols} needs {code_bytes} bytes, the upload has {raw_bytes}",
                 layout.name(),
-                raw.size
             )));
         }
         let words = rows * words_per_row(cols);
@@ -207,13 +220,76 @@ impl RepackQueue<'_> {
                 out.size
             )));
         }
-        let slot = self.tensors.len();
-        if slot as u64 * 16 >= self.status.size {
+        if self.tensors.len() as u64 * 16 >= self.status.size {
             return Err(Error::Invalid(format!(
                 "{name}: the repack queue holds {} tensors",
                 self.status.size / 16
             )));
         }
+        Ok(Placement {
+            code_bytes,
+            words,
+            out_offset,
+        })
+    }
+
+    /// Repacks tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) on the host into
+    /// `out` from row `first_row` on, as [`RepackQueue::submit`] does on the GPU: for CPU adapters.
+    /// The upload through `uploader` starts at once; its status is checked with the others at
+    /// [`RepackQueue::finish`].
+    #[allow(clippy::too_many_arguments)] // one tensor's description, as `submit` takes it
+    pub fn repack_on_host(
+        &mut self,
+        ctx: &Context,
+        uploader: &mut Uploader,
+        name: &str,
+        layout: TernaryLayout,
+        raw: &[u8],
+        rows: usize,
+        cols: usize,
+        out: &GpuBuffer,
+        first_row: usize,
+    ) -> Result<()> {
+        let place = self.place(
+            ctx,
+            name,
+            layout,
+            raw.len() as u64,
+            rows,
+            cols,
+            out,
+            first_row,
+        )?;
+        self.host_words.resize(place.words, 0);
+        let status = host::repack(layout, raw, rows, cols, &mut self.host_words);
+        let bytes = bytemuck::cast_slice(&self.host_words);
+        uploader.write(ctx, out, place.out_offset as u64 * 4, bytes);
+        uploader.submit(ctx);
+        self.tensors.push((name.to_string(), layout, Some(status)));
+        Ok(())
+    }
+
+    /// Submits the repack of tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) into
+    /// `out` from row `first_row` on (rows of `words_per_row(cols)` u32). `raw` may be dropped at
+    /// once: the GPU keeps it until the repack has run.
+    #[allow(clippy::too_many_arguments)] // one tensor's description, as the kernels take it
+    pub fn submit(
+        &mut self,
+        ctx: &Context,
+        name: &str,
+        layout: TernaryLayout,
+        raw: &GpuBuffer,
+        rows: usize,
+        cols: usize,
+        out: &GpuBuffer,
+        first_row: usize,
+    ) -> Result<()> {
+        let Placement {
+            code_bytes,
+            words,
+            out_offset,
+        } = self.place(ctx, name, layout, raw.size, rows, cols, out, first_row)?;
+        let slot = self.tensors.len();
         let r = self.repacker;
         let (pipeline, fields, grid) = match layout {
             TernaryLayout::HfPacked | TernaryLayout::I2S => {
@@ -262,7 +338,7 @@ impl RepackQueue<'_> {
             pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         }
         ctx.queue.submit([encoder.finish()]);
-        self.tensors.push((name.to_string(), layout));
+        self.tensors.push((name.to_string(), layout, None));
         Ok(())
     }
 
@@ -271,11 +347,15 @@ impl RepackQueue<'_> {
     /// scale each layout stores in its blocks (TQ1_0/TQ2_0: d, a multiplier); HF packed takes it from
     /// a separate tensor and I2_S from the blob's tail ([`crate::reference::repack::i2s_scale`]).
     pub async fn finish(self, ctx: &Context) -> Result<Vec<Option<f32>>> {
-        let status: Vec<Status> = self.status.read_vec(ctx).await?;
+        let on_gpu = self.tensors.iter().any(|(_, _, host)| host.is_none());
+        let gpu_status: Vec<Status> = match on_gpu {
+            true => self.status.read_vec(ctx).await?,
+            false => vec![EMPTY_STATUS; self.tensors.len()],
+        };
         self.tensors
             .iter()
-            .zip(status)
-            .map(|((name, layout), status)| checked_scale(name, *layout, status))
+            .zip(gpu_status)
+            .map(|((name, layout, host), gpu)| checked_scale(name, *layout, host.unwrap_or(gpu)))
             .collect()
     }
 }

@@ -1,0 +1,73 @@
+//! Uploads of a model load through reused staging memory. `Queue::write_buffer` stages every write
+//! in a fresh allocation; a gigabyte of weights then pays for a gigabyte of new pages (on a CPU
+//! adapter, page faults on the same cores that read the file). The uploader's staging belt maps the
+//! same chunks again once the GPU has copied them, so a load touches a few chunks of staging memory.
+//! In the browser `writeBuffer` already stages efficiently and map callbacks wait for the event
+//! loop, so there it writes directly.
+
+use super::{Context, GpuBuffer};
+
+/// Staging chunk size: the loader's largest single write (a table block) fits one chunk.
+#[cfg(not(target_arch = "wasm32"))]
+const CHUNK_BYTES: u64 = 32 << 20;
+
+/// Batches writes into one submission each time [`Uploader::submit`] is called.
+pub struct Uploader {
+    #[cfg(not(target_arch = "wasm32"))]
+    belt: wgpu::util::StagingBelt,
+    #[cfg(not(target_arch = "wasm32"))]
+    encoder: Option<wgpu::CommandEncoder>,
+}
+
+impl Uploader {
+    /// An uploader for `ctx`'s device; it allocates staging on first use.
+    pub fn new(ctx: &Context) -> Self {
+        #[cfg(target_arch = "wasm32")]
+        let _ = ctx;
+        Uploader {
+            #[cfg(not(target_arch = "wasm32"))]
+            belt: wgpu::util::StagingBelt::new(ctx.device.clone(), CHUNK_BYTES),
+            #[cfg(not(target_arch = "wasm32"))]
+            encoder: None,
+        }
+    }
+
+    /// Queues a write of `data` to `target` at `offset` (a multiple of 4); data that is not a
+    /// multiple of 4 bytes is zero-padded. It reaches the GPU at the next [`Uploader::submit`].
+    pub fn write(&mut self, ctx: &Context, target: &GpuBuffer, offset: u64, data: &[u8]) {
+        #[cfg(target_arch = "wasm32")]
+        target.write(ctx, offset, data);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let size = wgpu::BufferSize::new(data.len().next_multiple_of(4) as u64);
+            let Some(size) = size.filter(|_| offset.is_multiple_of(4)) else {
+                // Nothing to stage, or an offset no copy may start at: the queue's own write
+                // (which reports a misaligned offset as a device error instead of panicking).
+                return target.write(ctx, offset, data);
+            };
+            let encoder = self
+                .encoder
+                .get_or_insert_with(|| ctx.device.create_command_encoder(&Default::default()));
+            let mut staging = self
+                .belt
+                .write_buffer(encoder, &target.buffer, offset, size);
+            let staging = staging.slice(..);
+            let (mut body, mut padding) = staging.split_at(data.len());
+            body.copy_from_slice(data);
+            padding.fill(0);
+        }
+    }
+
+    /// Submits the queued writes; their staging chunks return to the belt once the GPU has copied
+    /// them (a later [`Context::wait`] lets that happen).
+    pub fn submit(&mut self, ctx: &Context) {
+        #[cfg(target_arch = "wasm32")]
+        let _ = ctx;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(encoder) = self.encoder.take() {
+            self.belt.finish();
+            ctx.queue.submit([encoder.finish()]);
+            self.belt.recall();
+        }
+    }
+}
