@@ -79,17 +79,25 @@ impl FloatDType {
     /// exponent bits set. One pass over the bytes that loading reads anyway.
     pub fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {
         match self {
-            Self::F32 => bytes.chunks_exact(4).position(|b| {
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+            Self::F32 => first_where(bytes, |b: [u8; 4]| {
+                u32::from_le_bytes(b) & 0x7f80_0000 == 0x7f80_0000
             }),
-            Self::F16 => bytes
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
-            Self::BF16 => bytes
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+            Self::F16 => first_where(bytes, |b: [u8; 2]| u16::from_le_bytes(b) & 0x7c00 == 0x7c00),
+            Self::BF16 => first_where(bytes, |b: [u8; 2]| u16::from_le_bytes(b) & 0x7f80 == 0x7f80),
         }
     }
+}
+
+/// The index of the first `N`-byte element where `test` holds. Runs of elements are tested
+/// without an early exit, which the compiler turns into vector code: the check runs at memory
+/// speed over a gigabyte-sized table.
+fn first_where<const N: usize>(bytes: &[u8], test: impl Fn([u8; N]) -> bool) -> Option<usize> {
+    const RUN: usize = 512;
+    let (elements, _) = bytes.as_chunks::<N>();
+    elements.chunks(RUN).enumerate().find_map(|(run, items)| {
+        let any = items.iter().fold(false, |any, &item| any | test(item));
+        any.then(|| run * RUN + items.iter().position(|&item| test(item)).expect("found"))
+    })
 }
 
 /// Values per I2_S block (bitnet.cpp x86 layout, `QK_I2_S`).
@@ -117,4 +125,51 @@ pub fn inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FloatDType;
+
+    #[test]
+    fn the_first_nan_or_infinity_is_found_wherever_it_lies() {
+        let n = 1500; // three runs of 512 elements, the last one short
+        for dtype in [FloatDType::F32, FloatDType::F16, FloatDType::BF16] {
+            let encode = |values: &[f32]| -> Vec<u8> {
+                values
+                    .iter()
+                    .flat_map(|&v| match dtype {
+                        FloatDType::F32 => v.to_le_bytes().to_vec(),
+                        FloatDType::F16 => half::f16::from_f32(v).to_le_bytes().to_vec(),
+                        FloatDType::BF16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                    })
+                    .collect()
+            };
+            // The largest finite values and subnormals pass.
+            let mut values: Vec<f32> = (0..n).map(|i| (i as f32 - 700.0) * 0.37).collect();
+            values[3] = if dtype == FloatDType::F16 {
+                65504.0
+            } else {
+                3.0e38
+            };
+            values[4] = -1e-40;
+            assert_eq!(dtype.first_non_finite(&encode(&values)), None, "{dtype:?}");
+            for (at, bad) in [
+                (0, f32::NAN),
+                (511, f32::INFINITY),
+                (512, f32::NEG_INFINITY),
+                (1499, f32::NAN),
+            ] {
+                let mut values = values.clone();
+                values[at] = bad;
+                values[(at + 700) % n] = f32::NAN; // a later or earlier one: the first is named
+                let first = at.min((at + 700) % n);
+                assert_eq!(
+                    dtype.first_non_finite(&encode(&values)),
+                    Some(first),
+                    "{dtype:?} {bad} at {at}"
+                );
+            }
+        }
+    }
 }

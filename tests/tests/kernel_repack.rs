@@ -1,12 +1,13 @@
-//! `repack_{hf_packed,i2s,tq2_0,tq1_0}.wgsl` against `reference::repack` + `pack_ternary`.
-//! Integer paths: the GPU output must equal `pack_ternary` of the original values exactly, and block
-//! scales must be exact. A queue of repacks writes each tensor into its rows of one fused weight and
-//! reports each tensor's scale and errors by name, read back once.
+//! `repack_{hf_packed,i2s,tq2_0,tq1_0}.wgsl` and the host repack (what the loader runs on CPU
+//! adapters) against `reference::repack` + `pack_ternary`. Integer paths: each output must equal
+//! `pack_ternary` of the original values exactly, and block scales must be exact. A queue of repacks
+//! (GPU and host entries mixed) writes each tensor into its rows of one fused weight and reports
+//! each tensor's scale and errors by name, read back once.
 
 use half::f16;
 use proptest::prelude::*;
 use rand::Rng;
-use tern::gpu::{BufferUsage, Context, GpuBuffer};
+use tern::gpu::{BufferUsage, Context, GpuBuffer, Uploader};
 use tern::ops::repack::{engine_bytes, Repacker, TernaryLayout};
 use tern::reference::repack::{
     decode_hf_packed, decode_i2s, decode_tq1_0, decode_tq2_0, encode_hf_packed, encode_i2s,
@@ -22,17 +23,87 @@ const LAYOUTS: [TernaryLayout; 4] = [
     TernaryLayout::Tq1_0,
 ];
 
-fn gpu_repack(
+/// Where a repack runs: the kernel, or the host loop the loader uses on CPU adapters.
+#[derive(Clone, Copy, Debug)]
+enum RunOn {
+    Gpu,
+    Host,
+}
+
+const BOTH: [RunOn; 2] = [RunOn::Gpu, RunOn::Host];
+
+/// Queues the repack of `bytes` into `out` from `first_row` on, on the GPU or on the host.
+#[allow(clippy::too_many_arguments)] // one tensor's description, as the queue takes it
+fn push(
     ctx: &Context,
+    queue: &mut tern::ops::repack::RepackQueue<'_>,
+    on: RunOn,
+    name: &str,
+    layout: TernaryLayout,
+    bytes: &[u8],
+    (rows, cols): (usize, usize),
+    out: &GpuBuffer,
+    first_row: usize,
+) -> tern::Result<()> {
+    match on {
+        RunOn::Gpu => {
+            let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
+            queue.submit(ctx, name, layout, &raw, rows, cols, out, first_row)
+        }
+        RunOn::Host => {
+            let mut uploader = Uploader::new(ctx);
+            queue.repack_on_host(
+                ctx,
+                &mut uploader,
+                name,
+                layout,
+                bytes,
+                rows,
+                cols,
+                out,
+                first_row,
+            )
+        }
+    }
+}
+
+fn repack(
+    ctx: &Context,
+    on: RunOn,
     layout: TernaryLayout,
     bytes: &[u8],
     rows: usize,
     cols: usize,
 ) -> tern::Result<(Vec<u32>, Option<f32>)> {
-    let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
     let repacker = Repacker::new(ctx);
-    let (packed, scale) =
-        pollster::block_on(repacker.repack(ctx, "test.weight", layout, &raw, rows, cols))?;
+    let packed = match on {
+        RunOn::Gpu => {
+            let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
+            let (packed, scale) =
+                pollster::block_on(repacker.repack(ctx, "test.weight", layout, &raw, rows, cols))?;
+            return Ok((pollster::block_on(packed.read_vec(ctx)).unwrap(), scale));
+        }
+        RunOn::Host => GpuBuffer::new(
+            ctx,
+            "packed",
+            engine_bytes(rows, cols),
+            BufferUsage::Storage,
+        )
+        .unwrap(),
+    };
+    let mut queue = repacker.queue(ctx, 1).unwrap();
+    push(
+        ctx,
+        &mut queue,
+        on,
+        "test.weight",
+        layout,
+        bytes,
+        (rows, cols),
+        &packed,
+        0,
+    )?;
+    let scale = pollster::block_on(queue.finish(ctx))?[0];
     Ok((pollster::block_on(packed.read_vec(ctx)).unwrap(), scale))
 }
 
@@ -93,12 +164,17 @@ fn check(ctx: &Context, layout: TernaryLayout, rows: usize, cols: usize, seed: u
     let t = random_ternary(&mut rng, rows * cols);
     let scale = f16::from_f32(rng.random_range(0.5..3.0));
     let (bytes, expected_scale) = encode(layout, &t, rows, cols, scale);
-    let (packed, scale) = gpu_repack(ctx, layout, &bytes, rows, cols).unwrap();
-    assert_eq!(scale, expected_scale, "{layout:?} {rows}×{cols}: scale");
-    assert!(
-        packed == pack_ternary(&t, rows, cols),
-        "{layout:?} {rows}×{cols}: packed weights differ"
-    );
+    for on in BOTH {
+        let (packed, scale) = repack(ctx, on, layout, &bytes, rows, cols).unwrap();
+        assert_eq!(
+            scale, expected_scale,
+            "{layout:?} {rows}×{cols} on {on:?}: scale"
+        );
+        assert!(
+            packed == pack_ternary(&t, rows, cols),
+            "{layout:?} {rows}×{cols} on {on:?}: packed weights differ"
+        );
+    }
 }
 
 #[test]
@@ -112,12 +188,14 @@ fn model_shapes() {
         for layout in LAYOUTS {
             let (bytes, expected_scale) = encode(layout, &t, rows, cols, scale);
             for_each_adapter(|ctx| {
-                let (packed, scale) = gpu_repack(ctx, layout, &bytes, rows, cols).unwrap();
-                assert_eq!(scale, expected_scale, "{layout:?} {rows}×{cols}: scale");
-                assert!(
-                    packed == expected,
-                    "{layout:?} {rows}×{cols}: packed weights differ"
-                );
+                for on in BOTH {
+                    let (packed, scale) = repack(ctx, on, layout, &bytes, rows, cols).unwrap();
+                    assert_eq!(scale, expected_scale, "{layout:?} {rows}×{cols} on {on:?}");
+                    assert!(
+                        packed == expected,
+                        "{layout:?} {rows}×{cols} on {on:?}: packed weights differ"
+                    );
+                }
             });
         }
     }
@@ -197,10 +275,12 @@ fn hand_made_blocks() {
         (TernaryLayout::Tq1_0, &tq1, 1, 256, &tq1_t, Some(0.25)),
     ];
     for_each_adapter(|ctx| {
-        for (layout, bytes, rows, cols, t, scale) in cases {
-            let (packed, got_scale) = gpu_repack(ctx, layout, bytes, rows, cols).unwrap();
-            assert_eq!(got_scale, scale, "{layout:?}");
-            assert_eq!(packed, pack_ternary(t, rows, cols), "{layout:?}");
+        for ((layout, bytes, rows, cols, t, scale), on) in
+            cases.into_iter().flat_map(|c| BOTH.map(|on| (c, on)))
+        {
+            let (packed, got_scale) = repack(ctx, on, layout, bytes, rows, cols).unwrap();
+            assert_eq!(got_scale, scale, "{layout:?} on {on:?}");
+            assert_eq!(packed, pack_ternary(t, rows, cols), "{layout:?} on {on:?}");
         }
     });
 }
@@ -245,25 +325,23 @@ fn rejects_mixed_block_scales_and_invalid_codes() {
             (TernaryLayout::HfPacked, &hf, 8, 5, "invalid 2-bit codes"),
             (TernaryLayout::I2S, &i2s, 1, 256, "invalid 2-bit codes"),
         ] {
-            let err = gpu_repack(ctx, layout, bytes, rows, cols)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("test.weight") && err.contains(expect),
-                "{layout:?}: {err}"
-            );
+            for on in BOTH {
+                let err = repack(ctx, on, layout, bytes, rows, cols)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains("test.weight") && err.contains(expect),
+                    "{layout:?} on {on:?}: {err}"
+                );
+            }
         }
         // Zero tensors: no block carries a scale.
         let zeros = vec![0i8; 2 * 256];
-        let (packed, scale) = gpu_repack(
-            ctx,
-            TernaryLayout::Tq2_0,
-            &encode_tq2_0(&zeros, f16::ONE),
-            2,
-            256,
-        )
-        .unwrap();
-        assert_eq!((packed, scale), (pack_ternary(&zeros, 2, 256), Some(0.0)));
+        for on in BOTH {
+            let tq2 = encode_tq2_0(&zeros, f16::ONE);
+            let (packed, scale) = repack(ctx, on, TernaryLayout::Tq2_0, &tq2, 2, 256).unwrap();
+            assert_eq!((packed, scale), (pack_ternary(&zeros, 2, 256), Some(0.0)));
+        }
     });
 }
 
@@ -341,100 +419,110 @@ fn a_queue_fuses_tensors_and_checks_each() {
     let rows: usize = parts.iter().map(|p| p.1).sum();
     for_each_adapter(|ctx| {
         let repacker = Repacker::new(ctx);
-        let fused =
-            GpuBuffer::new(ctx, "fused", engine_bytes(rows, cols), BufferUsage::Storage).unwrap();
-        let mut queue = repacker.queue(ctx, parts.len() + 1).unwrap();
-        let mut first_row = 0;
-        for (&(layout, part_rows), (_, bytes, _)) in parts.iter().zip(&encoded) {
-            let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
-            let name = format!("part.{layout:?}");
-            queue
-                .submit(ctx, &name, layout, &raw, part_rows, cols, &fused, first_row)
+        // Each part alternately on the GPU and on the host, then the other way round.
+        for host_first in [false, true] {
+            let on = |i: usize| {
+                if i.is_multiple_of(2) == host_first {
+                    RunOn::Host
+                } else {
+                    RunOn::Gpu
+                }
+            };
+            let fused =
+                GpuBuffer::new(ctx, "fused", engine_bytes(rows, cols), BufferUsage::Storage)
+                    .unwrap();
+            let mut queue = repacker.queue(ctx, parts.len() + 1).unwrap();
+            let mut first_row = 0;
+            for (i, (&(layout, part_rows), (_, bytes, _))) in parts.iter().zip(&encoded).enumerate()
+            {
+                let name = format!("part.{layout:?}");
+                let shape = (part_rows, cols);
+                push(
+                    ctx,
+                    &mut queue,
+                    on(i),
+                    &name,
+                    layout,
+                    bytes,
+                    shape,
+                    &fused,
+                    first_row,
+                )
                 .unwrap();
-            first_row += part_rows;
+                first_row += part_rows;
+            }
+            let scales = pollster::block_on(queue.finish(ctx)).unwrap();
+            let expected_scales: Vec<Option<f32>> = encoded.iter().map(|e| e.2).collect();
+            assert_eq!(scales, expected_scales, "scales in submission order");
+            let packed: Vec<u32> = pollster::block_on(fused.read_vec(ctx)).unwrap();
+            let expected: Vec<u32> = parts
+                .iter()
+                .zip(&encoded)
+                .flat_map(|(&(_, part_rows), (t, _, _))| pack_ternary(t, part_rows, cols))
+                .collect();
+            assert!(
+                packed == expected,
+                "fused rows differ from each part's packing (host first: {host_first})"
+            );
         }
-        let scales = pollster::block_on(queue.finish(ctx)).unwrap();
-        let expected_scales: Vec<Option<f32>> = encoded.iter().map(|e| e.2).collect();
-        assert_eq!(scales, expected_scales, "scales in submission order");
-        let packed: Vec<u32> = pollster::block_on(fused.read_vec(ctx)).unwrap();
-        let expected: Vec<u32> = parts
-            .iter()
-            .zip(&encoded)
-            .flat_map(|(&(_, part_rows), (t, _, _))| pack_ternary(t, part_rows, cols))
-            .collect();
-        assert!(
-            packed == expected,
-            "fused rows differ from each part's packing"
-        );
 
-        // One bad tensor (an HF byte of code 3) between good ones: the error names it.
+        // One bad tensor (an HF byte of code 3) between good ones, wherever each ran: the error
+        // names it.
         let mut bad = encoded[0].1.clone();
         bad[3] = 0xff;
-        let mut queue = repacker.queue(ctx, 3).unwrap();
-        for (name, bytes) in [
-            ("good.a", &encoded[0].1),
-            ("bad.b", &bad),
-            ("good.c", &encoded[0].1),
-        ] {
-            let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
-            let out =
-                GpuBuffer::new(ctx, name, engine_bytes(12, cols), BufferUsage::Storage).unwrap();
-            queue
-                .submit(ctx, name, TernaryLayout::HfPacked, &raw, 12, cols, &out, 0)
+        for (good_on, bad_on) in [(RunOn::Gpu, RunOn::Host), (RunOn::Host, RunOn::Gpu)] {
+            let mut queue = repacker.queue(ctx, 3).unwrap();
+            for (name, bytes, on) in [
+                ("good.a", &encoded[0].1, good_on),
+                ("bad.b", &bad, bad_on),
+                ("good.c", &encoded[0].1, good_on),
+            ] {
+                let out = GpuBuffer::new(ctx, name, engine_bytes(12, cols), BufferUsage::Storage)
+                    .unwrap();
+                let layout = TernaryLayout::HfPacked;
+                push(
+                    ctx,
+                    &mut queue,
+                    on,
+                    name,
+                    layout,
+                    bytes,
+                    (12, cols),
+                    &out,
+                    0,
+                )
                 .unwrap();
+            }
+            let err = pollster::block_on(queue.finish(ctx))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("bad.b") && err.contains("invalid 2-bit codes"),
+                "bad tensor on {bad_on:?}: {err}"
+            );
         }
-        let err = pollster::block_on(queue.finish(ctx))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("bad.b") && err.contains("invalid 2-bit codes"),
-            "{err}"
-        );
 
         // Rows past the end of the weight and a full queue are refused before anything runs.
-        let raw = GpuBuffer::from_bytes(ctx, "raw", &encoded[0].1, BufferUsage::Storage).unwrap();
         let small =
             GpuBuffer::new(ctx, "small", engine_bytes(12, cols), BufferUsage::Storage).unwrap();
-        let mut queue = repacker.queue(ctx, 1).unwrap();
-        let err = queue
-            .submit(
-                ctx,
-                "late",
-                TernaryLayout::HfPacked,
-                &raw,
-                12,
-                cols,
-                &small,
-                1,
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("late") && err.contains("do not fit"), "{err}");
-        queue
-            .submit(
-                ctx,
-                "first",
-                TernaryLayout::HfPacked,
-                &raw,
-                12,
-                cols,
-                &small,
-                0,
-            )
-            .unwrap();
-        let err = queue
-            .submit(
-                ctx,
-                "second",
-                TernaryLayout::HfPacked,
-                &raw,
-                12,
-                cols,
-                &small,
-                0,
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("second") && err.contains("holds 1"), "{err}");
+        let (hf, bytes, shape) = (TernaryLayout::HfPacked, &encoded[0].1, (12, cols));
+        for on in BOTH {
+            let mut queue = repacker.queue(ctx, 1).unwrap();
+            let err = push(ctx, &mut queue, on, "late", hf, bytes, shape, &small, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("late") && err.contains("do not fit"),
+                "{on:?}: {err}"
+            );
+            push(ctx, &mut queue, on, "first", hf, bytes, shape, &small, 0).unwrap();
+            let err = push(ctx, &mut queue, on, "second", hf, bytes, shape, &small, 0)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("second") && err.contains("holds 1"),
+                "{on:?}: {err}"
+            );
+        }
     });
 }

@@ -200,7 +200,6 @@ pub async fn load(
         done += n;
         progress(done, total);
     };
-
     let embedding = loader.table(&checkpoint.embedding()?).await?;
     let (embedding, head) = match (lm_head, config.tie_word_embeddings) {
         (LmHead::Stored, true) => (TokenTable::Float(embedding), None),
@@ -318,10 +317,9 @@ impl Loader<'_> {
         read_range_into(source.as_ref(), offset, len, buf).await
     }
 
-    /// Uploads rows `first_row..` of `table` from `bytes` once the previous block's copy has run
-    /// (one block of staging in flight), the next block read from the file meanwhile.
-    async fn upload_rows(&self, table: &DenseTable, first_row: usize, bytes: &[u8]) -> Result<()> {
-        self.ctx.wait().await?;
+    /// Uploads rows `first_row..` of `table` from `bytes` (the uploader waits for the previous
+    /// block's copy; the next block is read from the file meanwhile).
+    fn upload_rows(&self, table: &DenseTable, first_row: usize, bytes: &[u8]) -> Result<()> {
         let mut uploader = self.uploader.borrow_mut();
         table.upload_rows(self.ctx, &mut uploader, first_row, bytes)?;
         uploader.submit(self.ctx);
@@ -347,7 +345,7 @@ impl Loader<'_> {
             self.read_into(r.source, offset, len as u64, &mut block)
                 .await?;
             check_finite(r, row * r.cols, &block)?;
-            self.upload_rows(&table, row, &block).await?;
+            self.upload_rows(&table, row, &block)?;
             row += rows;
         }
         self.ctx.wait().await?;
@@ -412,7 +410,7 @@ impl Loader<'_> {
                     let offset = r.offset + (row * row_bytes) as u64;
                     self.read_into(r.source, offset, (n * row_bytes) as u64, &mut block)
                         .await?;
-                    self.upload_rows(&table, first_row + row, &block).await?;
+                    self.upload_rows(&table, first_row + row, &block)?;
                 }
                 first_row += r.rows;
             }
@@ -482,8 +480,11 @@ impl Loader<'_> {
             let head_dim = self.checkpoint.config.head_dim;
             bytes = unpermute_rope_rows(&r.file, &r.name, &bytes, r.rows, row_bytes, head_dim)?;
         }
-        // The previous tensor's repack or upload has run: one in flight bounds the host's memory.
-        self.ctx.wait().await?;
+        // Uploads through the uploader wait for their predecessor themselves; before an upload
+        // of raw bytes, the previous tensor's repack has run: one in flight bounds host memory.
+        if !(self.ctx.caps.is_cpu && matches!(r.data, WeightData::Ternary { .. })) {
+            self.ctx.wait().await?;
+        }
         match r.data {
             WeightData::Ternary { layout, scale } => {
                 let mut repacks = self.repacks.borrow_mut();

@@ -107,7 +107,8 @@ impl DenseTable {
     /// Writes `bytes` (whole rows in the table's dtype, row-major) starting at row `first_row`.
     pub fn write_rows(&self, ctx: &Context, first_row: usize, bytes: &[u8]) -> Result<()> {
         self.for_each_chunk(first_row, bytes, |buffer, offset, src| {
-            buffer.write(ctx, offset, src)
+            buffer.write(ctx, offset, src);
+            Ok(())
         })
     }
 
@@ -129,7 +130,7 @@ impl DenseTable {
         &self,
         first_row: usize,
         bytes: &[u8],
-        mut write: impl FnMut(&GpuBuffer, u64, &[u8]),
+        mut write: impl FnMut(&GpuBuffer, u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let row_bytes = self.cols * self.dtype.bytes();
         if !bytes.len().is_multiple_of(row_bytes) || first_row + bytes.len() / row_bytes > self.rows
@@ -152,7 +153,7 @@ impl DenseTable {
                     &chunk.buffer,
                     ((start - chunk.first_row) * row_bytes) as u64,
                     src,
-                );
+                )?;
             }
         }
         Ok(())

@@ -134,7 +134,7 @@ impl Repacker {
     /// Repacks tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) into a new buffer in
     /// the engine layout and returns it with its block scale ([`RepackQueue::finish`]): a queue of
     /// one (the kernel tests' entry point).
-    #[cfg(any(test, feature = "internals"))]
+    #[cfg(feature = "internals")]
     pub async fn repack(
         &self,
         ctx: &Context,
@@ -263,7 +263,7 @@ impl RepackQueue<'_> {
         self.host_words.resize(place.words, 0);
         let status = host::repack(layout, raw, rows, cols, &mut self.host_words);
         let bytes = bytemuck::cast_slice(&self.host_words);
-        uploader.write(ctx, out, place.out_offset as u64 * 4, bytes);
+        uploader.write(ctx, out, place.out_offset as u64 * 4, bytes)?;
         uploader.submit(ctx);
         self.tensors.push((name.to_string(), layout, Some(status)));
         Ok(())

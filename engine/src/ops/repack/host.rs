@@ -1,8 +1,8 @@
 //! The repack on the host, for CPU adapters (lavapipe, SwiftShader): there the "GPU" is the same
 //! cores, and a kernel interpreted lane by lane moves the codes several times slower than this loop
 //! (a 2B-4T load spent most of its time waiting for the repack kernel). It writes the same words
-//! and reports the same status as the `repack_*` kernels, which it follows function for function
-//! (`gather16`, `store_word`, the TQ block loops); the kernel tests hold both to the CPU twins.
+//! and reports the same status as the `repack_*` kernels, with the same gathers (16 bytes under one
+//! shift make a word); the kernel tests hold both to the CPU twins.
 
 use super::{Status, EMPTY_STATUS};
 use crate::layout::{
@@ -12,8 +12,12 @@ use crate::layout::{
 /// A word of 16 zero values (code 1): padding columns keep it.
 const ZERO_WORD: u32 = 0x5555_5555;
 
+/// Output words a thread is given at least: smaller tensors are repacked on the calling thread.
+const WORDS_PER_THREAD: usize = 1 << 18;
+
 /// Writes tensor W[rows, cols] (its file bytes in `raw`, at least `layout.code_bytes(rows, cols)`)
 /// to `out` (rows × `words_per_row(cols)` words) in the engine layout and returns its status.
+/// Natively the rows are shared among the machine's cores.
 pub(super) fn repack(
     layout: TernaryLayout,
     raw: &[u8],
@@ -21,23 +25,76 @@ pub(super) fn repack(
     cols: usize,
     out: &mut [u32],
 ) -> Status {
+    let row_words = words_per_row(cols);
+    let out = &mut out[..rows * row_words];
+    #[cfg(not(target_arch = "wasm32"))]
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(target_arch = "wasm32")]
+    let threads = 1;
+    let threads = threads.min((rows * row_words / WORDS_PER_THREAD).max(1));
+    if threads == 1 {
+        return repack_rows(layout, raw, rows, cols, 0, out);
+    }
+    let rows_per_thread = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = out
+            .chunks_mut(rows_per_thread * row_words)
+            .enumerate()
+            .map(|(part, out)| {
+                let first_row = part * rows_per_thread;
+                scope.spawn(move || repack_rows(layout, raw, rows, cols, first_row, out))
+            })
+            .collect();
+        parts.into_iter().fold(EMPTY_STATUS, |total, part| {
+            let part = part.join().expect("a repack thread does not panic");
+            Status {
+                invalid_codes: total.invalid_codes + part.invalid_codes,
+                scale_min: total.scale_min.min(part.scale_min),
+                scale_max: total.scale_max.max(part.scale_max),
+                _pad: 0,
+            }
+        })
+    })
+}
+
+/// Rows `first_row..` of the tensor into `out` (whole rows).
+fn repack_rows(
+    layout: TernaryLayout,
+    raw: &[u8],
+    rows: usize,
+    cols: usize,
+    first_row: usize,
+    out: &mut [u32],
+) -> Status {
     let mut status = EMPTY_STATUS;
+    let blocks_per_row = cols / TQ_BLOCK;
     match layout {
-        TernaryLayout::HfPacked => hf_packed(raw, rows, cols, out, &mut status),
-        TernaryLayout::I2S => i2s(raw, rows, cols, out, &mut status),
-        TernaryLayout::Tq2_0 => tq2_0(raw, rows * cols / TQ_BLOCK, out, &mut status),
-        TernaryLayout::Tq1_0 => tq1_0(raw, rows * cols / TQ_BLOCK, out, &mut status),
+        TernaryLayout::HfPacked => hf_packed(raw, rows, cols, first_row, out, &mut status),
+        TernaryLayout::I2S => i2s(raw, cols, first_row, out, &mut status),
+        TernaryLayout::Tq2_0 => {
+            let raw = &raw[first_row * blocks_per_row * TQ2_0_BLOCK_BYTES..];
+            tq2_0(raw, out, &mut status)
+        }
+        TernaryLayout::Tq1_0 => {
+            let raw = &raw[first_row * blocks_per_row * TQ1_0_BLOCK_BYTES..];
+            tq1_0(raw, out, &mut status)
+        }
     }
     status
 }
 
 /// Bits `shift..shift+1` of 16 bytes as one engine word: byte b of the word takes bytes b, b+4,
-/// b+8, b+12 (the code of column 4s + b sits at bit 8b + 2s).
+/// b+8, b+12 (the code of column 4s + b sits at bit 8b + 2s). In two 64-bit halves: after the
+/// shift and mask each byte holds its code, and folding a half's upper 32 bits onto its lower ones
+/// (shifted by 2) interleaves bytes b and b+4 without crossing a byte.
 fn gather16(bytes: &[u8; 16], shift: u32) -> u32 {
-    let (quads, _) = bytes.as_chunks::<4>();
-    quads.iter().enumerate().fold(0, |word, (q, &four)| {
-        word | (((u32::from_le_bytes(four) >> shift) & 0x0303_0303) << (2 * q))
-    })
+    const CODES: u64 = 0x0303_0303_0303_0303;
+    let (halves, _) = bytes.as_chunks::<8>();
+    let fold = |half: [u8; 8]| {
+        let codes = (u64::from_le_bytes(half) >> shift) & CODES;
+        (codes | (codes >> 30)) as u32
+    };
+    fold(halves[0]) | (fold(halves[1]) << 4)
 }
 
 /// The 16 bytes from `first`.
@@ -51,48 +108,59 @@ fn with_code(word: u32, s: usize, code: u32) -> u32 {
     (word & !(3 << shift)) | (code << shift)
 }
 
-/// Stores a word and counts its code-3 fields (not ternary values).
-fn store_word(out: &mut u32, word: u32, status: &mut Status) {
-    *out = word;
-    let invalid = word & (word >> 1) & 0x5555_5555;
-    if invalid != 0 {
-        status.invalid_codes += invalid.count_ones();
+/// Fills `words` with `word(j)` and counts their code-3 fields (not ternary values); the count
+/// runs only where one is present, so the fill stays a loop without branches.
+fn fill_words(words: &mut [u32], status: &mut Status, word: impl Fn(usize) -> u32) {
+    let mut invalid = 0;
+    for (j, out) in words.iter_mut().enumerate() {
+        *out = word(j);
+        invalid |= *out & (*out >> 1);
+    }
+    if invalid & 0x5555_5555 != 0 {
+        let count = |w: &u32| (w & (w >> 1) & 0x5555_5555).count_ones();
+        status.invalid_codes += words.iter().map(count).sum::<u32>();
     }
 }
 
 /// U8 [rows/4, cols]: output row i·rows/4 + r takes bits 2i of packed row r.
-fn hf_packed(raw: &[u8], rows: usize, cols: usize, out: &mut [u32], status: &mut Status) {
-    let (block_rows, row_words) = (rows / 4, words_per_row(cols));
-    for (row, words) in out.chunks_exact_mut(row_words).take(rows).enumerate() {
+fn hf_packed(
+    raw: &[u8],
+    rows: usize,
+    cols: usize,
+    first_row: usize,
+    out: &mut [u32],
+    status: &mut Status,
+) {
+    let block_rows = rows / 4;
+    for (local, words) in out.chunks_exact_mut(words_per_row(cols)).enumerate() {
+        let row = first_row + local;
         let plane = 2 * (row / block_rows) as u32;
         let source = &raw[(row % block_rows) * cols..][..cols];
         let (full, tail) = source.as_chunks::<16>();
-        for (out, bytes) in words.iter_mut().zip(full) {
-            store_word(out, gather16(bytes, plane), status);
-        }
-        if !tail.is_empty() {
-            let word = tail.iter().enumerate().fold(ZERO_WORD, |word, (s, &byte)| {
+        let (words, tail_word) = words.split_at_mut(full.len());
+        fill_words(words, status, |j| gather16(&full[j], plane));
+        fill_words(tail_word, status, |_| {
+            tail.iter().enumerate().fold(ZERO_WORD, |word, (s, &byte)| {
                 with_code(word, s, u32::from(byte >> plane) & 3)
-            });
-            store_word(&mut words[full.len()], word, status);
-        }
+            })
+        });
     }
 }
 
 /// The flattened tensor in 128-value blocks of 32 bytes: value j of a block is bits 6 − 2·(j / 32)
 /// of byte j mod 32. Blocks run across row ends, so only 16-aligned runs take the fast gather.
-fn i2s(raw: &[u8], rows: usize, cols: usize, out: &mut [u32], status: &mut Status) {
-    let row_words = words_per_row(cols);
+fn i2s(raw: &[u8], cols: usize, first_row: usize, out: &mut [u32], status: &mut Status) {
     let position = |e: usize| {
         let j = e % I2S_BLOCK;
         ((e / I2S_BLOCK) * 32 + j % 32, 6 - 2 * (j / 32) as u32)
     };
-    for (row, words) in out.chunks_exact_mut(row_words).take(rows).enumerate() {
-        for (j, out) in words.iter_mut().enumerate() {
+    for (local, words) in out.chunks_exact_mut(words_per_row(cols)).enumerate() {
+        let row = first_row + local;
+        fill_words(words, status, |j| {
             let first = 16 * j;
             let count = (cols - first).min(16);
             let start = row * cols + first;
-            let word = if count == 16 && start.is_multiple_of(16) {
+            if count == 16 && start.is_multiple_of(16) {
                 let (byte, shift) = position(start);
                 gather16(bytes16(raw, byte), shift)
             } else {
@@ -100,9 +168,8 @@ fn i2s(raw: &[u8], rows: usize, cols: usize, out: &mut [u32], status: &mut Statu
                     let (byte, shift) = position(start + s);
                     with_code(word, s, u32::from(raw[byte] >> shift) & 3)
                 })
-            };
-            store_word(out, word, status);
-        }
+            }
+        });
     }
 }
 
@@ -115,19 +182,14 @@ fn block_scale(status: &mut Status, block: &[u8], at: usize) {
 
 /// 256-value blocks of 64 code bytes and d: value 128h + 32l + m is bits 2l of byte 32h + m, so
 /// word w of a block is 16 consecutive bytes under one shift.
-fn tq2_0(raw: &[u8], blocks: usize, out: &mut [u32], status: &mut Status) {
-    let pairs = raw
-        .chunks_exact(TQ2_0_BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(16));
-    for (block, words) in pairs.take(blocks) {
-        let mut live = false;
-        for (w, out) in words.iter_mut().enumerate() {
+fn tq2_0(raw: &[u8], out: &mut [u32], status: &mut Status) {
+    let blocks = raw.chunks_exact(TQ2_0_BLOCK_BYTES);
+    for (block, words) in blocks.zip(out.chunks_exact_mut(16)) {
+        fill_words(words, status, |w| {
             let (h, l) = (w / 8, (w / 2) % 4);
-            let word = gather16(bytes16(block, 32 * h + 16 * (w % 2)), 2 * l as u32);
-            live |= word != ZERO_WORD;
-            store_word(out, word, status);
-        }
-        if live {
+            gather16(bytes16(block, 32 * h + 16 * (w % 2)), 2 * l as u32)
+        });
+        if words.iter().any(|&word| word != ZERO_WORD) {
             block_scale(status, block, 64);
         }
     }
@@ -152,14 +214,11 @@ const TQ1_0_DIGITS: [[u8; 5]; 256] = {
 
 /// 256-value blocks of 52 base-3 bytes and d: words 0–9 are digit w/2 of bytes 16·(w % 2) …,
 /// words 10–14 digit w − 10 of bytes 32 …, word 15 digit s/4 of byte 48 + s % 4.
-fn tq1_0(raw: &[u8], blocks: usize, out: &mut [u32], status: &mut Status) {
-    let pairs = raw
-        .chunks_exact(TQ1_0_BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(16));
-    for (block, words) in pairs.take(blocks) {
-        let mut live = false;
+fn tq1_0(raw: &[u8], out: &mut [u32], status: &mut Status) {
+    let blocks = raw.chunks_exact(TQ1_0_BLOCK_BYTES);
+    for (block, words) in blocks.zip(out.chunks_exact_mut(16)) {
         for (w, out) in words.iter_mut().enumerate() {
-            let word = (0..16).fold(0, |word, s| {
+            *out = (0..16).fold(0, |word, s| {
                 let (q, lane) = (s / 4, s % 4);
                 let (byte, digit) = match w {
                     0..10 => (16 * (w % 2) + 4 * q + lane, w / 2),
@@ -168,10 +227,8 @@ fn tq1_0(raw: &[u8], blocks: usize, out: &mut [u32], status: &mut Status) {
                 };
                 word | (u32::from(TQ1_0_DIGITS[block[byte] as usize][digit]) << (8 * lane + 2 * q))
             });
-            live |= word != ZERO_WORD;
-            *out = word;
         }
-        if live {
+        if words.iter().any(|&word| word != ZERO_WORD) {
             block_scale(status, block, 52);
         }
     }
@@ -266,5 +323,31 @@ mod tests {
             status.scale_min > status.scale_max,
             "an all-zero block has no scale"
         );
+    }
+
+    #[test]
+    fn a_tensor_shared_among_threads_gets_the_words_and_status_of_one_thread() {
+        // 2049 rows: an uneven split; enough words for two threads on any machine with two cores.
+        let (rows, cols) = (2049, 4096);
+        let mut raw = encode_i2s(&values(rows * cols, 3), 1.0);
+        raw[rows * cols / 4 - 1] |= 0b11; // code 3 in the last row
+        raw[5] |= 0b1100_0000; // and in the first
+        let mut threaded = vec![0; rows * words_per_row(cols)];
+        let status = repack(TernaryLayout::I2S, &raw, rows, cols, &mut threaded);
+        let mut single = vec![0; threaded.len()];
+        let one = repack_rows(TernaryLayout::I2S, &raw, rows, cols, 0, &mut single);
+        assert!(threaded == single, "the words differ");
+        assert_eq!((status.invalid_codes, one.invalid_codes), (2, 2));
+
+        let mut raw = encode_tq2_0(&values(rows * cols, 4), f16::from_f32(0.5));
+        let last = raw.len() - 2;
+        raw[last..].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
+        let status = repack(TernaryLayout::Tq2_0, &raw, rows, cols, &mut threaded);
+        let one = repack_rows(TernaryLayout::Tq2_0, &raw, rows, cols, 0, &mut single);
+        assert!(threaded == single, "the words differ");
+        let range = (status.scale_min, status.scale_max);
+        assert_eq!(range, (one.scale_min, one.scale_max));
+        let (quarter, half) = (f16::from_f32(0.25).to_bits(), f16::from_f32(0.5).to_bits());
+        assert_eq!(range, (quarter.into(), half.into()));
     }
 }
