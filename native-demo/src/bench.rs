@@ -6,7 +6,10 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use tern::format::checkpoint::Checkpoint;
-use tern::gpu::{Context, ContextOptions, KernelProfile, KernelTiming};
+use tern::format::source::read_range_into;
+use tern::gpu::{
+    BufferUsage, Context, ContextOptions, GpuBuffer, KernelProfile, KernelTiming, Uploader,
+};
 use tern::model::synthetic::{self, Shape};
 use tern::model::weights::ProjectionKind;
 use tern::model::{ModelOptions, Sequence};
@@ -157,6 +160,8 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     let load_s = start.elapsed().as_secs_f64();
     // Read now: the high-water mark of loading, before the yardstick allocates its buffers.
     let host_peak_rss_bytes = peak_rss_bytes();
+    let source_read_s = read_sources_once(&checkpoint).await?;
+    let upload_gbps = upload_gbps(&ctx).await?;
     let config = checkpoint.config.clone();
     drop(checkpoint);
     if model.options.max_context < needed {
@@ -213,6 +218,10 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
         "load_s": load_s,
+        "source_read_s": source_read_s,
+        "load_over_source_read": load_s / source_read_s,
+        "upload_gbps": upload_gbps,
+        "upload_s_of_gpu_bytes": model.gpu_bytes() as f64 / (upload_gbps * 1e9),
         "ttft_ms": ttft_s * 1e3,
         "prefill_tok_s": args.prompt_tokens as f64 / ttft_s,
         "decode_tok_s": decode_tok_s,
@@ -239,6 +248,38 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
         "energy": energy,
         "energy_estimate": energy::estimate(dims),
     }))
+}
+
+/// Seconds to read every byte of the checkpoint's files once more (page-cached after the load, or
+/// generated for a synthetic one) in the loader's 32 MiB blocks into one buffer: `load_s`'s yardstick.
+async fn read_sources_once(checkpoint: &Checkpoint) -> anyhow::Result<f64> {
+    const BLOCK: u64 = 32 << 20;
+    let start = Instant::now();
+    let mut block = Vec::new();
+    for source in &checkpoint.sources {
+        for offset in (0..source.len()).step_by(BLOCK as usize) {
+            let len = BLOCK.min(source.len() - offset);
+            read_range_into(source.as_ref(), offset, len, &mut block).await?;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// The adapter's upload rate into fresh device memory through the loader's uploader (256 MiB, or
+/// the largest buffer if smaller, in 32 MiB writes): what a load must pay per byte beyond reading.
+async fn upload_gbps(ctx: &Context) -> anyhow::Result<f64> {
+    const WRITE: u64 = 32 << 20;
+    let total = (256u64 << 20).min(ctx.caps.max_buffer_bytes) / WRITE * WRITE;
+    let target = GpuBuffer::new(ctx, "upload yardstick", total, BufferUsage::Storage)?;
+    let bytes = vec![0x5a_u8; WRITE as usize];
+    let mut uploader = Uploader::new(ctx);
+    let start = Instant::now();
+    for offset in (0..total).step_by(WRITE as usize) {
+        uploader.write(ctx, &target, offset, &bytes)?;
+        uploader.submit(ctx);
+    }
+    ctx.wait().await?;
+    Ok(total as f64 / start.elapsed().as_secs_f64() / 1e9)
 }
 
 /// The checkpoint `--model` names, or a synthetic one of `--shape` with `context` positions; and
