@@ -160,10 +160,7 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     let load_s = start.elapsed().as_secs_f64();
     // Read now: the high-water mark of loading, before the yardstick allocates its buffers.
     let host_peak_rss_bytes = peak_rss_bytes();
-    let source_read_s = read_sources_once(&checkpoint).await?;
-    let upload_gbps = upload_gbps(&ctx).await?;
     let config = checkpoint.config.clone();
-    drop(checkpoint);
     if model.options.max_context < needed {
         bail!(
             "{} prompt + {} generated + {} profiled tokens exceed the model's context of {}",
@@ -187,6 +184,10 @@ async fn measure(ctx: Context, args: &BenchArgs) -> anyhow::Result<Value> {
     // Again after running: the device zero-fills a buffer (the KV cache) on its first use, so on a CPU
     // adapter its pages count only from then on.
     let host_peak_rss_after_decode_bytes = peak_rss_bytes();
+    // The load's yardsticks, after the memory readings (their buffers must not count there).
+    let source_read_s = read_sources_once(&checkpoint).await?;
+    drop(checkpoint);
+    let upload_gbps = upload_gbps(&ctx).await?;
     let decode_tok_s = args.gen_tokens as f64 / decode_s;
     // Outside the timed steps: a profiled step runs a pass (or a submit) per kernel.
     let timing = args.kernel_timing.resolve(&ctx);

@@ -80,8 +80,9 @@ impl Uploader {
     /// Submits the queued writes; their staging chunks return to the belt once the GPU has copied
     /// them (a later [`Context::wait`] lets that happen).
     pub fn submit(&mut self, ctx: &Context) {
+        // The browser's queue sends its written bytes on with the next submission.
         #[cfg(target_arch = "wasm32")]
-        let _ = ctx;
+        ctx.queue.submit([]);
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(encoder) = self.encoder.take() {
             self.belt.finish();
