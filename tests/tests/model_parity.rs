@@ -409,3 +409,69 @@ fn argmax(row: &[f32]) -> usize {
         .enumerate()
         .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
 }
+
+/// Greedy agreement of each approximation (the f16 KV cache, the int8 LM head) with the exact path
+/// (f32 cache, stored head) on the parity goldens' prompts, 32 tokens each: the tokens kept before
+/// the first change are reported, and a change may come only at a step where the reference's top-2
+/// margin is below `FLIP_MARGIN`, so neither approximation overturns a clear choice.
+#[test]
+fn approximations_keep_greedy_continuations() {
+    const FLIP_MARGIN: f32 = 1.0;
+    // The trained model, and the 2B-4T fixture whose random weights leave small margins everywhere
+    // (llama-1bitllm and plain-bitnet behave alike: BENCHMARKS.md, "Fewer bytes per token").
+    let models = [
+        (fixture("bitnet-2b4t"), "bitnet-2b4t"),
+        (repo_root().join("models/tern-pydoc-6m"), "tern-pydoc-6m"),
+    ];
+    let greedy = |session: &mut Session, golden: &tern_tests::goldens::GoldenPrompt| {
+        session.reset();
+        let options = GenerateOptions {
+            max_new_tokens: golden.greedy.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        pollster::block_on(session.generate(&golden.ids, &options, |_| {}))
+            .unwrap()
+            .ids
+    };
+    for (path, golden_name) in &models {
+        let goldens = load_goldens(golden_name);
+        for ctx in contexts() {
+            let adapter = ctx.adapter_name();
+            let mut exact = session(ctx, path, KvCacheDtype::F32);
+            let exact_ids: Vec<Vec<u32>> = goldens.iter().map(|g| greedy(&mut exact, g)).collect();
+            drop(exact);
+            for (what, kv_cache, lm_head) in [
+                ("f16 cache", KvCacheDtype::F16, LmHead::Stored),
+                ("int8 head", KvCacheDtype::F32, LmHead::Int8),
+            ] {
+                let mut approximate = session_with_head(ctx, path, kv_cache, lm_head);
+                let (mut kept, mut total, mut whole) = (0, 0, 0);
+                for (p, (golden, exact)) in goldens.iter().zip(&exact_ids).enumerate() {
+                    let ids = greedy(&mut approximate, golden);
+                    let same = ids.iter().zip(exact).take_while(|(a, b)| a == b).count();
+                    (kept, total) = (kept + same, total + exact.len());
+                    if same == exact.len() {
+                        whole += 1;
+                        continue;
+                    }
+                    // The reference's margin is the exact path's while that path follows it.
+                    if exact[..=same] == golden.greedy[..=same] {
+                        let margin = golden.greedy_margin[same];
+                        assert!(
+                            margin < FLIP_MARGIN,
+                            "{golden_name} p{p} on {adapter}, {what}: greedy token {same} changed \
+                             where the reference's top-2 margin is {margin}"
+                        );
+                        eprintln!("{golden_name} p{p} on {adapter}, {what}: changed at token {same} (margin {margin:.4})");
+                    }
+                }
+                eprintln!(
+                    "{golden_name} on {adapter}, {what}: greedy tokens kept before the first change \
+                     {kept}/{total}, whole continuations {whole}/{}",
+                    goldens.len()
+                );
+            }
+        }
+    }
+}
