@@ -200,6 +200,7 @@ pub async fn load(
         done += n;
         progress(done, total);
     };
+
     let embedding = loader.table(&checkpoint.embedding()?).await?;
     let (embedding, head) = match (lm_head, config.tie_word_embeddings) {
         (LmHead::Stored, true) => (TokenTable::Float(embedding), None),
