@@ -424,8 +424,9 @@ impl Loader<'_> {
     }
 
     /// The projections `parts` of `layer` in the engine layout, stacked row-wise into one weight:
-    /// each part repacked on the GPU straight into its rows (float latents quantized, then copied).
-    /// Nothing waits for the repacks: the next part is read from its file while the GPU works.
+    /// each part repacked straight into its rows, on the GPU (on a CPU adapter, on the host; float
+    /// latents quantized, then copied). Nothing waits for a GPU repack: the next part is read from
+    /// its file while the GPU works.
     async fn fused(&self, layer: usize, parts: &[Projection]) -> Result<TernaryWeight> {
         let refs = parts
             .iter()
