@@ -76,21 +76,13 @@ fn repack(
     cols: usize,
 ) -> tern::Result<(Vec<u32>, Option<f32>)> {
     let repacker = Repacker::new(ctx);
-    let packed = match on {
-        RunOn::Gpu => {
-            let raw = GpuBuffer::from_bytes(ctx, "raw", bytes, BufferUsage::Storage).unwrap();
-            let (packed, scale) =
-                pollster::block_on(repacker.repack(ctx, "test.weight", layout, &raw, rows, cols))?;
-            return Ok((pollster::block_on(packed.read_vec(ctx)).unwrap(), scale));
-        }
-        RunOn::Host => GpuBuffer::new(
-            ctx,
-            "packed",
-            engine_bytes(rows, cols),
-            BufferUsage::Storage,
-        )
-        .unwrap(),
-    };
+    let packed = GpuBuffer::new(
+        ctx,
+        "packed",
+        engine_bytes(rows, cols),
+        BufferUsage::Storage,
+    )
+    .unwrap();
     let mut queue = repacker.queue(ctx, 1).unwrap();
     push(
         ctx,

@@ -130,26 +130,6 @@ impl Repacker {
             host_words: Vec::new(),
         })
     }
-
-    /// Repacks tensor `name` (W[rows, cols] in `layout`, its file bytes in `raw`) into a new buffer in
-    /// the engine layout and returns it with its block scale ([`RepackQueue::finish`]): a queue of
-    /// one (the kernel tests' entry point).
-    #[cfg(feature = "internals")]
-    pub async fn repack(
-        &self,
-        ctx: &Context,
-        name: &str,
-        layout: TernaryLayout,
-        raw: &GpuBuffer,
-        rows: usize,
-        cols: usize,
-    ) -> Result<(GpuBuffer, Option<f32>)> {
-        let packed = GpuBuffer::new(ctx, name, engine_bytes(rows, cols), BufferUsage::Storage)?;
-        let mut queue = self.queue(ctx, 1)?;
-        queue.submit(ctx, name, layout, raw, rows, cols, &packed, 0)?;
-        let scale = queue.finish(ctx).await?[0];
-        Ok((packed, scale))
-    }
 }
 
 /// Bytes of a [rows, cols] ternary matrix in the engine layout.
